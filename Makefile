@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
+	@command -v mvn >/dev/null || { echo "make: Maven (mvn) is needed to fetch the Kafka broker"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/cosnap-metrics run
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .cosnap-data .pytest_cache .mypy_cache .ruff_cache

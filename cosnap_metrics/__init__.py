@@ -1,0 +1,1 @@
+"""The runner: one command that starts the embedded pipeline, plus the CLI around it."""

@@ -1,0 +1,182 @@
+"""A single-node Apache Kafka broker (KRaft) from the official Maven Central artifacts.
+
+The jars are fetched once with `mvn dependency:copy-dependencies` into a cache outside the
+repository; storage is formatted on first start; the broker listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from cosnap_metrics.errors import RunnerError
+from cosnap_metrics.processes import spawn, stop
+
+
+def fetch_kafka(version: str, cache_dir: Path) -> Path:
+    """Return the directory holding the broker's jars, downloading them on first use.
+
+    Blocks while Maven runs and prints its download lines as progress. Raises RunnerError when
+    Maven or Java is missing or the download fails.
+    """
+    libs = cache_dir / version / "libs"
+    done = libs / ".complete"
+    if done.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None or shutil.which("java") is None:
+        raise RunnerError("the embedded Kafka broker needs Java 17+ and Maven (mvn) on PATH")
+    workdir = cache_dir / version
+    workdir.mkdir(parents=True, exist_ok=True)
+    pom = workdir / "pom.xml"
+    pom.write_text(resources.files("cosnap_metrics").joinpath("kafka/pom.xml").read_text())
+    print(f"[kafka] fetching Apache Kafka {version} from Maven Central into {libs} (once)", flush=True)
+    argv = [
+        mvn, "-B", "-f", str(pom), f"-Dkafka.version={version}",
+        "dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime",
+    ]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as mvn_run:  # noqa: S603
+        if mvn_run.stdout is None:
+            raise RunnerError("could not read mvn's output")
+        fetched = 0
+        tail: list[str] = []
+        for line in mvn_run.stdout:
+            tail = [*tail[-30:], line]
+            if line.startswith("Downloaded from"):
+                fetched += 1
+                name = line.rsplit("/", 1)[-1].split(" ")[0]
+                print(f"[kafka] {fetched:4d} downloaded {name}", flush=True)
+        if mvn_run.wait() != 0:
+            raise RunnerError("mvn failed to fetch the Kafka broker:\n" + "".join(tail))
+    jars = list(libs.glob("*.jar"))
+    done.write_text(f"{len(jars)} jars\n")
+    print(f"[kafka] {len(jars)} jars ready", flush=True)
+    return libs
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    libs: Path
+    data_dir: Path
+    port: int
+    controller_port: int
+    heap: str = "768m"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class KafkaBroker:
+    """One KRaft node acting as broker and controller.
+
+    `start()` formats storage on first use and blocks until the broker answers metadata
+    requests; `stop()` shuts it down (SIGTERM, then SIGKILL after the timeout).
+    """
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.bootstrap
+
+    def _java(self, main: str, *args: str, log: Path | None = None) -> list[str]:
+        cfg = self.config
+        log_dir = cfg.data_dir / "logs"
+        log4j = resources.files("cosnap_metrics").joinpath("kafka/log4j2.properties")
+        return [
+            "java", f"-Xmx{cfg.heap}", "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={log_dir}",
+            "-cp", f"{cfg.libs}/*", main, *args,
+        ]  # fmt: skip
+
+    def _write_properties(self) -> Path:
+        cfg = self.config
+        props = cfg.data_dir / "server.properties"
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{cfg.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{cfg.port},CONTROLLER://127.0.0.1:{cfg.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{cfg.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(cfg.data_dir / "data"),
+            "num.partitions": "3",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+        }
+        props.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        return props
+
+    def _format_storage(self, props: Path) -> None:
+        if (self.config.data_dir / "data" / "meta.properties").exists():
+            return
+        cluster_id = uuid.uuid4().hex[:22]
+        result = subprocess.run(  # noqa: S603
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RunnerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+
+    def start(self, timeout: float = 90.0) -> None:
+        props = self._write_properties()
+        self._format_storage(props)
+        log_dir = self.config.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / "stdout.log").open("ab") as out:
+            self._process = spawn(self._java("kafka.Kafka", str(props)), stdout=out)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RunnerError(
+                    f"Kafka exited with {self._process.returncode}; see {self.config.data_dir / 'logs'}"
+                )
+            try:
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, client_id="cosnap-readiness", request_timeout_ms=3000
+                )
+                try:
+                    admin.describe_cluster()
+                    return
+                finally:
+                    admin.close()
+            except (KafkaError, OSError) as exc:
+                last_error = exc
+                time.sleep(0.3)
+        raise RunnerError(f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s: {last_error}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._process is not None:
+            stop(self._process, timeout)
+            self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the broker at once (fault tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None

@@ -1,0 +1,151 @@
+"""The `cosnap-metrics` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+
+
+def _run(_args: argparse.Namespace) -> int:
+    from cosnap_metrics.supervisor import run_pipeline
+
+    return run_pipeline(RunnerSettings())
+
+
+def _ingest(_args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingest.app import create_app
+
+    settings = IngestSettings()
+    _logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def _streams(_args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import create_app
+
+    settings = StreamsSettings()
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"))
+    worker.execute_from_commandline()
+    return 0
+
+
+def _sink(_args: argparse.Namespace) -> int:
+    from sinks.service import run_sink
+
+    settings = SinkSettings()
+    _logging(settings.log_level)
+    run_sink(settings)
+    return 0
+
+
+def _topics(_args: argparse.Namespace) -> int:
+    from cosnap_metrics.provision import ensure_topics
+
+    settings = CommonSettings()
+    created = ensure_topics(settings.kafka_bootstrap, settings.topics)
+    print(f"created: {', '.join(created) or 'none (all present)'}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from cosnap_metrics.errors import QueryError
+    from cosnap_metrics.query import format_tsv, run_query
+
+    try:
+        result = run_query(CommonSettings(), args.sql)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(result.model_dump(), indent=2))
+    else:
+        print(format_tsv(result))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cosnap_metrics.demo import run_demo
+    from ingest.keys import DEV_KEY_FILE
+
+    settings = IngestSettings()
+    key = args.key or (settings.data_dir / DEV_KEY_FILE).read_text().strip()
+    url = args.url or f"http://{settings.ingest_host}:{settings.ingest_port}"
+    return run_demo(url, key, args.minutes, args.rate)
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from ingest.keys import KeyStore
+
+    key = KeyStore(CommonSettings().keys_file).create(args.project)
+    print(key)
+    print(
+        f"write key for project {args.project!r}; it is shown once and stored only as a hash", file=sys.stderr
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cosnap-metrics", description="Cosnap Metrics event pipeline")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "run", help="run the whole embedded pipeline (Kafka, sink, streams, ingest)"
+    ).set_defaults(func=_run)
+    commands.add_parser("ingest", help="run the ingest API").set_defaults(func=_ingest)
+    commands.add_parser("streams", help="run the Faust worker").set_defaults(func=_streams)
+    commands.add_parser(
+        "sink", help="run the ClickHouse sink (and, on chDB, the query service)"
+    ).set_defaults(func=_sink)
+    commands.add_parser("topics", help="create the pipeline's Kafka topics").set_defaults(func=_topics)
+
+    query = commands.add_parser("query", help="run read-only SQL against the pipeline's ClickHouse")
+    query.add_argument("sql")
+    query.add_argument("--format", choices=["tsv", "json"], default="tsv")
+    query.set_defaults(func=_query)
+
+    demo = commands.add_parser("demo", help="post realistic Cosnap traffic to the ingest API")
+    demo.add_argument("--minutes", type=float, default=5.0)
+    demo.add_argument("--rate", type=float, default=200.0, help="events per second")
+    demo.add_argument("--url", help="ingest API base URL (default: this machine's)")
+    demo.add_argument("--key", help="write key (default: the development key in the data directory)")
+    demo.set_defaults(func=_demo)
+
+    keys = commands.add_parser("keys", help="manage project write keys").add_subparsers(
+        dest="keys", required=True
+    )
+    create = keys.add_parser("create", help="issue a write key for a project")
+    create.add_argument("--project", required=True)
+    create.set_defaults(func=_keys_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""`cosnap-metrics demo`: realistic Cosnap AI traffic posted to the ingest API.
+
+Subscriptions and renewals in several currencies, credit packs, the onboarding and checkout
+funnels, AI-effect usage, and latencies of the API, pages, payments and the AI provider, with
+the occasional failure (as tags: status, category, provider), at a steady rate.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+PRICES = {  # plan -> currency -> price
+    "monthly": {"USD": "9.99", "EUR": "9.99", "GBP": "8.99", "JPY": "1500", "BRL": "49.90"},
+    "yearly": {"USD": "59.99", "EUR": "59.99", "GBP": "49.99", "JPY": "9000", "BRL": "299.90"},
+}
+CURRENCY_WEIGHTS = {"USD": 50, "EUR": 25, "GBP": 10, "JPY": 8, "BRL": 7}
+CREDIT_PACKS = {"USD": "4.99", "EUR": "4.99", "GBP": "3.99", "JPY": "800", "BRL": "24.90"}
+ONBOARDING = ["app_opened", "signed_up", "photo_uploaded", "effect_applied", "subscribed"]
+ONBOARDING_KEEP = [1.0, 0.6, 0.75, 0.8, 0.12]
+CHECKOUT = ["paywall_viewed", "checkout_started", "payment_submitted", "payment_succeeded"]
+CHECKOUT_KEEP = [1.0, 0.35, 0.8, 0.96]
+EFFECTS = ["anime", "cartoon", "vintage", "oil_painting", "cyberpunk", "watercolor", "pixar", "sketch"]
+ROUTES = ["/api/effects/apply", "/api/photos/upload", "/api/auth/login", "/api/subscriptions", "/api/feed"]
+
+
+@dataclass
+class CosnapTraffic:
+    """Draws one realistic event at a time; `rng` makes a run reproducible."""
+
+    rng: random.Random = field(default_factory=random.Random)
+
+    def _common(self, user: str, source: str) -> dict[str, Any]:
+        return {
+            "event_id": uuid.uuid4().hex,
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "user_id": user,
+            "session_id": f"s-{user}-{self.rng.randint(1, 3)}",
+            "source": source,
+            "environment": "production",
+            "release": "cosnap@3.4.1",
+        }
+
+    def event(self) -> dict[str, Any]:
+        rng = self.rng
+        user = f"u{rng.randint(1, 20000)}"
+        kind = rng.choices(["revenue", "conversion", "feature", "performance"], [3, 17, 30, 50])[0]
+        if kind == "revenue":
+            currency = rng.choices(list(CURRENCY_WEIGHTS), list(CURRENCY_WEIGHTS.values()))[0]
+            name, amount, plan = rng.choice(
+                [
+                    ("subscription.started", PRICES["monthly"][currency], "monthly"),
+                    ("subscription.renewal", PRICES["monthly"][currency], "monthly"),
+                    ("subscription.renewal", PRICES["yearly"][currency], "yearly"),
+                    ("credits.purchase", CREDIT_PACKS[currency], "credits"),
+                ]
+            )
+            return self._common(user, "backend") | {
+                "type": "revenue", "name": name, "amount": amount, "currency": currency,
+                "tags": {"plan": plan, "store": rng.choice(["app_store", "play", "web"])},
+            }  # fmt: skip
+        if kind == "conversion":
+            funnel, steps, keep = rng.choice(
+                [("onboarding", ONBOARDING, ONBOARDING_KEEP), ("checkout", CHECKOUT, CHECKOUT_KEEP)]
+            )
+            index = 0
+            while index + 1 < len(steps) and rng.random() < keep[index + 1]:
+                index += 1
+            return self._common(user, "frontend") | {
+                "type": "conversion", "funnel": funnel, "step": steps[index], "step_index": index,
+            }  # fmt: skip
+        if kind == "feature":
+            feature, action = rng.choice(
+                [(f"ai_effect.{rng.choice(EFFECTS)}", "applied")] * 6
+                + [(f"ai_effect.{rng.choice(EFFECTS)}", "previewed")] * 3
+                + [("share", "clicked"), ("download", "clicked"), ("gallery", "opened")]
+            )
+            return self._common(user, "frontend") | {"type": "feature", "feature": feature, "action": action}
+        return self._performance(user)
+
+    def _performance(self, user: str) -> dict[str, Any]:
+        rng = self.rng
+        metric = rng.choices(
+            ["api.latency", "ai.provider.latency", "page.load", "payment.latency"], [60, 20, 15, 5]
+        )[0]
+        tags: dict[str, str]
+        if metric == "api.latency":
+            route = rng.choice(ROUTES)
+            status = rng.choices(["200", "500", "401"], [985, 10, 5])[0]
+            value = rng.lognormvariate(4.7, 0.5)
+            tags = {"route": route, "status": status}
+            if status == "401":
+                tags["category"] = "auth"
+        elif metric == "ai.provider.latency":
+            failed = rng.random() < 0.01
+            value = rng.lognormvariate(7.7, 0.35)
+            tags = {"provider": rng.choice(["replicate", "stability"]), "status": "error" if failed else "ok"}
+        elif metric == "payment.latency":
+            failed = rng.random() < 0.003
+            value = rng.lognormvariate(6.5, 0.3)
+            tags = {
+                "provider": "stripe",
+                "category": "payment",
+                "status": "failed" if failed else "succeeded",
+            }
+        else:
+            value = rng.lognormvariate(7.0, 0.4)
+            tags = {"page": rng.choice(["/", "/effects", "/paywall", "/gallery"])}
+        source = "frontend" if metric == "page.load" else "backend"
+        return self._common(user, source) | {
+            "type": "performance", "metric": metric, "value": round(value, 1), "unit": "ms", "tags": tags,
+        }  # fmt: skip
+
+
+def run_demo(url: str, write_key: str, minutes: float, rate: float, batch: int = 50) -> int:
+    """Post `rate` events per second for `minutes`; print a progress line; return 0 if every
+    request was accepted."""
+    traffic = CosnapTraffic()
+    total_seconds = minutes * 60
+    sent = accepted = failed = 0
+    started = time.monotonic()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {write_key}"}, timeout=30) as client:
+        while (elapsed := time.monotonic() - started) < total_seconds:
+            due = int(elapsed * rate) - sent
+            while due > 0:
+                size = min(batch, due)
+                body = {
+                    "events": [traffic.event() for _ in range(size)],
+                    "sent_at": datetime.now(UTC).isoformat(),
+                }
+                response = client.post("/v1/events", json=body)
+                sent += size
+                due -= size
+                if response.status_code == 202:
+                    accepted += response.json()["accepted"]
+                else:
+                    failed += size
+            done = min(elapsed / total_seconds, 1.0)
+            bar = "#" * int(done * 30)
+            print(
+                f"\r[demo] [{bar:<30}] {elapsed:6.0f}s  sent {sent}  accepted {accepted}  failed {failed}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(0.05)
+    print(file=sys.stderr)
+    return 0 if failed == 0 else 1

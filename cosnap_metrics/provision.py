@@ -1,0 +1,41 @@
+"""Create the pipeline's topics (DESIGN §3.3) on a broker; safe to run any number of times."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.topics import Topics
+
+
+def ensure_topics(bootstrap: str, topics: Topics, replication: int = 1, timeout: float = 60.0) -> list[str]:
+    """Create missing topics and return the names created. Retries while a fresh KRaft
+    controller is still electing; raises KafkaError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _create_missing(bootstrap, topics, replication)
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _create_missing(bootstrap: str, topics: Topics, replication: int) -> list[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cosnap-provision")
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
+            for spec in topics.specs()
+            if spec.name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
+                admin.create_topics(missing)
+        return [topic.name for topic in missing]
+    finally:
+        admin.close()

@@ -1,0 +1,123 @@
+"""From decoded JSON to an envelope: per-item validation, clock-skew correction, rejects.
+
+Timestamp policy: with a batch `sent_at`, an event's time is corrected for the client's clock,
+`ts = received_at - (sent_at - timestamp)`; without it, `timestamp` is taken as sent; without a
+timestamp, the receive time is used. The result is kept at millisecond precision in UTC and
+must lie within [received_at - max_event_age, received_at + max_future_skew], else the event is
+rejected with the reason `timestamp too far in the future` / `timestamp too old`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from ingest.errors import BadRequest, PayloadTooLarge
+from schemas.events import MAX_BATCH_EVENTS, Event, Rejection
+
+_EVENT = TypeAdapter[Event](Event)
+_SENT_AT = TypeAdapter(datetime)
+MAX_DEAD_LETTER_RAW = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TimePolicy:
+    max_future_skew: timedelta
+    max_event_age: timedelta
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """The accepted events as wire dicts, and the rejects with their raw items."""
+
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[Rejection, Any]] = field(default_factory=list)
+
+
+def split_body(payload: Any) -> tuple[list[Any], datetime | None, str | None]:
+    """Return (items, sent_at, api_key) of a single-event or batch body; 400/413 if neither."""
+    if not isinstance(payload, dict):
+        raise BadRequest('body must be an event object or {"events": [...]}')
+    api_key = payload.get("api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        raise BadRequest("api_key must be a string")
+    if "events" not in payload:
+        item = {k: v for k, v in payload.items() if k != "api_key"}
+        return [item], None, api_key
+    unknown = set(payload) - {"events", "sent_at", "api_key"}
+    if unknown:
+        raise BadRequest(f"unknown batch fields: {', '.join(sorted(unknown))}")
+    items = payload["events"]
+    if not isinstance(items, list) or not items:
+        raise BadRequest("events must be a non-empty array")
+    if len(items) > MAX_BATCH_EVENTS:
+        raise PayloadTooLarge(f"batch of {len(items)} events; at most {MAX_BATCH_EVENTS} per request")
+    sent_at = None
+    if payload.get("sent_at") is not None:
+        try:
+            sent_at = _SENT_AT.validate_python(payload["sent_at"])
+        except ValidationError as exc:
+            raise BadRequest("sent_at must be an RFC 3339 timestamp") from exc
+        if sent_at.tzinfo is None:
+            raise BadRequest("sent_at needs a UTC offset")
+    return items, sent_at, api_key
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:3]:
+        where = ".".join(
+            str(p) for p in error["loc"] if p not in {"revenue", "conversion", "feature", "performance"}
+        )
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+def _ms(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(microsecond=ts.microsecond // 1000 * 1000)
+
+
+def parse_events(
+    items: list[Any], sent_at: datetime | None, received_at: datetime, policy: TimePolicy
+) -> ParsedBatch:
+    """Validate each item on its own so a bad one never costs its neighbours."""
+    batch = ParsedBatch()
+    seen_ids: set[str] = set()
+    skew = received_at - sent_at if sent_at is not None else timedelta(0)
+    for index, item in enumerate(items):
+        try:
+            event = _EVENT.validate_python(item)
+        except ValidationError as exc:
+            batch.rejected.append((Rejection(index=index, reason=_reason(exc)), item))
+            continue
+        event_id = event.event_id or uuid.uuid4().hex
+        if event_id in seen_ids:
+            batch.rejected.append((Rejection(index=index, reason="duplicate event_id in this batch"), item))
+            continue
+        ts = received_at if event.timestamp is None else _ms(event.timestamp + skew)
+        if ts > received_at + policy.max_future_skew:
+            batch.rejected.append((Rejection(index=index, reason="timestamp too far in the future"), item))
+            continue
+        if ts < received_at - policy.max_event_age:
+            batch.rejected.append((Rejection(index=index, reason="timestamp too old"), item))
+            continue
+        seen_ids.add(event_id)
+        wire = event.model_dump(mode="json", exclude_none=True)
+        wire["event_id"] = event_id
+        wire["timestamp"] = ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        batch.accepted.append(wire)
+    return batch
+
+
+def dead_letter_raw(item: Any) -> str:
+    """The rejected item as text, capped so one huge item cannot bloat the dead-letter topic."""
+    try:
+        raw = orjson.dumps(item).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        raw = repr(item)
+    return raw[:MAX_DEAD_LETTER_RAW]

@@ -1,0 +1,53 @@
+"""Kafka topic names (DESIGN §3.3) and how they are provisioned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "metrics."
+# An envelope of 1,000 events (1 MiB of input) plus server fields stays well below this.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Public topic names under one prefix; tests use a unique prefix each to stay isolated."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events.v1"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead-letter.v1"
+
+    @property
+    def aggregates(self) -> str:
+        return f"{self.prefix}aggregates.v1"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts.v1"
+
+    @property
+    def internal(self) -> str:
+        """Prefix of internal topics (Faust changelogs, repartition, leader election)."""
+        return f"{self.prefix}internal."
+
+    def specs(self) -> list[TopicSpec]:
+        week = str(7 * 24 * 3600 * 1000)
+        return [
+            TopicSpec(self.events, 6, {"retention.ms": week, "max.message.bytes": str(MAX_RECORD_BYTES)}),
+            TopicSpec(self.dead_letter, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+            TopicSpec(self.aggregates, 6, {"retention.ms": week}),
+            TopicSpec(self.alerts, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+        ]

@@ -1,0 +1,1 @@
+"""Sinks: Kafka topics into ClickHouse tables, batched, committing offsets only after inserts."""

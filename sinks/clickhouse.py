@@ -1,0 +1,67 @@
+"""Connections to ClickHouse (chDB in-process, or a server over HTTP) and the versioned DDL.
+
+Migrations are `migrations/NNNN_name.sql`, applied in order at sink start-up and recorded in
+`<database>.schema_migrations`; docker-compose and the embedded path run the same files.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+_MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def connect(url: str) -> Client:
+    """A client for `chdb:///path` (embedded; one process per directory) or `http(s)://...`."""
+    if url.startswith("chdb:"):
+        return clickhouse_connect.get_client(dsn=url)
+    parsed = urlparse(url)
+    return clickhouse_connect.get_client(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 8123,
+        username=parsed.username or "default",
+        password=parsed.password or "",
+        secure=parsed.scheme == "https",
+    )
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every migration shipped with the package, in order."""
+    folder = resources.files("sinks").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
+def apply_migrations(client: Client, database: str) -> list[str]:
+    """Create `database` and apply the migrations it lacks; return the names applied."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+    )
+    # `database` matches the identifier pattern of the settings, so splicing it is safe.
+    versions = client.query(f"SELECT version FROM {database}.schema_migrations")  # noqa: S608
+    done = {row[0] for row in versions.result_rows}
+    applied = []
+    for version, name, sql in migrations():
+        if version in done:
+            continue
+        for statement in _statements(sql):
+            client.command(statement.replace("{database}", database))
+        client.insert(f"{database}.schema_migrations", [[version, name]], column_names=["version", "name"])
+        applied.append(name)
+    return applied

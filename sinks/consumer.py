@@ -1,0 +1,122 @@
+"""The sink loop: consume topics, batch rows per table, insert, then commit offsets.
+
+Offsets are committed only after every row consumed so far has been inserted, so a crash at
+any point replays (never loses) records; the tables' replacing keys make a replay harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+
+from sinks.errors import SinkError
+from sinks.writer import BatchWriter
+
+log = logging.getLogger("cosnap.sink")
+
+RowBuilder = Callable[[bytes, int, int], list[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    topic: str
+    build_rows: RowBuilder
+    writer: BatchWriter
+
+
+class TopicSink:
+    """Runs until `stop()`; `run()` blocks the calling thread."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group_id: str,
+        routes: list[Route],
+        dead_letter_topic: str,
+        max_rows: int,
+        max_wait_s: float,
+    ) -> None:
+        self._routes = {route.topic: route for route in routes}
+        self._dead_letter_topic = dead_letter_topic
+        self._max_rows = max_rows
+        self._max_wait_s = max_wait_s
+        self._stopping = threading.Event()
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        # No rebalance listener: rows of a revoked partition stay buffered and are inserted with
+        # the next batch, while its new owner replays them from the last commit; the replacing
+        # keys of the tables collapse the two copies. A commit covers owned partitions only.
+        self._consumer.subscribe(list(self._routes))
+        self._dead_letters = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", client_id=f"{group_id}-dlq"
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _due(self) -> bool:
+        return any(route.writer.due(self._max_rows, self._max_wait_s) for route in self._routes.values())
+
+    def flush_and_commit(self) -> None:
+        """Insert every pending row, then commit what was consumed. Retries failed inserts with
+        backoff until they succeed or the sink is stopped (then nothing is committed)."""
+        delay = 0.2
+        for route in self._routes.values():
+            while True:
+                try:
+                    route.writer.flush()
+                    break
+                except SinkError as exc:
+                    if self._stopping.is_set():
+                        log.error("stopping with %d rows not inserted: %s", route.writer.pending, exc)
+                        return
+                    log.warning("%s; retrying in %.1fs", exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        self._consumer.commit()
+
+    def _dead_letter(self, topic: str, value: bytes, partition: int, offset: int, exc: Exception) -> None:
+        log.error("undecodable record %s[%d]@%d: %s", topic, partition, offset, exc)
+        record = {
+            "v": 1,
+            "project": None,
+            "request_id": f"{topic}:{partition}:{offset}",
+            "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "index": None,
+            "reason": f"sink could not decode the record: {exc}",
+            "raw": value[:16384].decode(errors="replace"),
+        }
+        self._dead_letters.send(self._dead_letter_topic, orjson.dumps(record)).get(timeout=30)
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                polled = self._consumer.poll(timeout_ms=100, max_records=2000)
+                for tp, records in polled.items():
+                    route = self._routes[tp.topic]
+                    for record in records:
+                        try:
+                            rows = route.build_rows(record.value, record.partition, record.offset)
+                        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                            self._dead_letter(tp.topic, record.value, record.partition, record.offset, exc)
+                            continue
+                        route.writer.add(rows)
+                if self._due():
+                    self.flush_and_commit()
+            self.flush_and_commit()
+        finally:
+            self._consumer.close(autocommit=False)
+            self._dead_letters.close(timeout=10)

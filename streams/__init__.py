@@ -1,0 +1,1 @@
+"""Stream processing: Faust agents that turn event envelopes into final window aggregates."""

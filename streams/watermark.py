@@ -1,0 +1,56 @@
+"""Event-time watermark over the partitions a worker owns.
+
+Per partition the clock is the highest event time seen; once a partition has been idle for
+`idle_s` of wall time, its clock moves on with the wall clock from there (so the last window
+of a quiet stream still closes). The worker's watermark is the slowest partition clock minus
+the allowed lateness, and it never goes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _PartitionClock:
+    max_event_time: float
+    last_arrival: float
+
+
+class Watermark:
+    def __init__(self, lateness_s: float, idle_s: float) -> None:
+        self._lateness = lateness_s
+        self._idle = idle_s
+        self._clocks: dict[int, _PartitionClock] = {}
+        self._current = float("-inf")
+
+    @property
+    def current(self) -> float:
+        """Event time (epoch seconds) up to which the stream is taken as complete."""
+        return self._current
+
+    def observe(self, partition: int, event_time: float, now: float) -> None:
+        """Record an event time seen on `partition` at wall time `now` (both epoch seconds)."""
+        clock = self._clocks.get(partition)
+        if clock is None:
+            self._clocks[partition] = _PartitionClock(event_time, now)
+            return
+        clock.last_arrival = now
+        if event_time > clock.max_event_time:
+            clock.max_event_time = event_time
+
+    def forget(self, partition: int) -> None:
+        """Drop a partition this worker no longer owns (after a rebalance)."""
+        self._clocks.pop(partition, None)
+
+    def advance(self, now: float) -> float:
+        """Recompute the watermark at wall time `now` and return it."""
+        if not self._clocks:
+            return self._current
+        slowest = min(
+            clock.max_event_time
+            + (now - clock.last_arrival if now - clock.last_arrival >= self._idle else 0.0)
+            for clock in self._clocks.values()
+        )
+        self._current = max(self._current, slowest - self._lateness)
+        return self._current
