@@ -1,0 +1,145 @@
+"""Shared fixtures: one real Apache Kafka broker per test session, and the pipeline's services
+started as real processes, each test with its own topics, data directory and ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+
+import httpx
+import pytest
+
+from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.processes import spawn, stop
+from cosnap_metrics.provision import ensure_topics
+from ingest.keys import KeyStore
+from schemas.settings import RunnerSettings
+from schemas.topics import Topics
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def kafka_libs() -> Path:
+    """The broker's jars, fetched from Maven Central into the shared cache on first use."""
+    settings = RunnerSettings()
+    return fetch_kafka(settings.kafka_version, settings.kafka_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real single-node Apache Kafka (KRaft) on free loopback ports, for the whole session."""
+    broker = KafkaBroker(BrokerConfig(kafka_libs, tmp_path_factory.mktemp("kafka"), free_port(), free_port()))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class Pipeline:
+    """The services of one test: their environment, processes and addresses."""
+
+    env: dict[str, str]
+    data_dir: Path
+    topics: Topics
+    ingest_url: str
+    query_url: str
+    write_key: str
+    logs: Path
+    processes: dict[str, Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, *services: str) -> None:
+        for name in services:
+            with (self.logs / f"{name}.log").open("ab") as out:
+                self.processes[name] = spawn(
+                    [sys.executable, "-m", "cosnap_metrics.cli", name], env=self.env, stdout=out
+                )
+        if "sink" in services:
+            self.wait_http(f"{self.query_url}/health", "sink")
+        if "ingest" in services:
+            self.wait_http(f"{self.ingest_url}/health/ready", "ingest")
+
+    def wait_http(self, url: str, name: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{url} not ready in {timeout}s:\n{self.log(name)}")
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self, *services: str, timeout: float = 30) -> None:
+        for name in services or tuple(reversed(self.processes)):
+            process = self.processes.pop(name, None)
+            if process is not None:
+                stop(process, timeout)
+
+    def query(self, sql: str) -> list[list[object]]:
+        token = (self.data_dir / "query-token").read_text().strip()
+        response = httpx.post(
+            f"{self.query_url}/v1/query",
+            json={"sql": sql},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        rows: list[list[object]] = response.json()["rows"]
+        return rows
+
+
+@pytest.fixture
+def pipeline(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pipeline]:
+    """Environment for the pipeline's processes on their own topics, ports and chDB directory.
+    Nothing is started; the test starts the services it needs."""
+    topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
+    ensure_topics(kafka.bootstrap, topics)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ingest_port, query_port = free_port(), free_port()
+    env = os.environ | {
+        "COSNAP_DATA_DIR": str(data_dir),
+        "COSNAP_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "COSNAP_TOPIC_PREFIX": topics.prefix,
+        "COSNAP_INGEST_PORT": str(ingest_port),
+        "COSNAP_QUERY_URL": f"http://127.0.0.1:{query_port}",
+        "COSNAP_WINDOW_LATENESS_S": "0",
+        "COSNAP_WINDOW_GRACE_S": "1",
+        "COSNAP_WATERMARK_IDLE_S": "1",
+        "COSNAP_SINK_FLUSH_MS": "200",
+        "PYTHONUNBUFFERED": "1",
+    }
+    write_key = KeyStore(data_dir / "write-keys.json").create("cosnap-test")
+    running = Pipeline(
+        env=env,
+        data_dir=data_dir,
+        topics=topics,
+        ingest_url=f"http://127.0.0.1:{ingest_port}",
+        query_url=f"http://127.0.0.1:{query_port}",
+        write_key=write_key,
+        logs=logs,
+    )
+    yield running
+    running.stop()

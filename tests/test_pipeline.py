@@ -1,0 +1,130 @@
+"""End to end on real Apache Kafka and chDB: HTTP in, rows in ClickHouse out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Pipeline
+
+pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
+
+REVENUE = [
+    ("subscription.renewal", "9.99", "USD"),
+    ("credits.purchase", "4.99", "EUR"),
+    ("subscription.started", "1500", "JPY"),
+]
+FUNNEL = ["app_opened", "signed_up", "photo_uploaded", "subscribed"]
+FEATURES = [("ai_effect.anime", "applied"), ("ai_effect.vintage", "previewed"), ("share", "clicked")]
+METRICS = [("api.latency", "ms"), ("ai.provider.latency", "ms"), ("page.load", "s")]
+
+
+def known_events(n: int, windows: list[datetime]) -> list[dict[str, Any]]:
+    """`n` events across the four types and the given one-minute windows, with known values."""
+    events = []
+    for i in range(n):
+        ts = windows[i % len(windows)] + timedelta(seconds=(i * 7) % 60, milliseconds=i % 1000)
+        common = {"event_id": f"e2e-{uuid.uuid4().hex}", "timestamp": ts.isoformat(), "user_id": f"u{i % 37}"}
+        kind = i % 4
+        if kind == 0:
+            name, amount, currency = REVENUE[i % len(REVENUE)]
+            events.append(common | {"type": "revenue", "name": name, "amount": amount, "currency": currency})
+        elif kind == 1:
+            events.append(
+                common | {"type": "conversion", "funnel": "onboarding", "step": FUNNEL[i % len(FUNNEL)]}
+            )
+        elif kind == 2:
+            feature, action = FEATURES[i % len(FEATURES)]
+            events.append(common | {"type": "feature", "feature": feature, "action": action})
+        else:
+            metric, unit = METRICS[i % len(METRICS)]
+            value = (i % 50) * 1.5 + 0.25
+            events.append(common | {"type": "performance", "metric": metric, "value": value, "unit": unit})
+    return sorted(events, key=lambda e: e["timestamp"])
+
+
+WindowKey = tuple[str, str, str, tuple[tuple[str, str], ...], str]
+
+
+def expected_windows(events: list[dict[str, Any]]) -> dict[WindowKey, tuple[int, Decimal]]:
+    """(type, name, currency, dims, window_start) -> (count, sum), computed independently."""
+    out: dict[WindowKey, list[Any]] = defaultdict(lambda: [0, Decimal(0)])
+    for e in events:
+        ts = datetime.fromisoformat(e["timestamp"])
+        start = ts.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%S")
+        if e["type"] == "revenue":
+            key, value = ("revenue", e["name"], e["currency"], ()), Decimal(e["amount"])
+        elif e["type"] == "conversion":
+            key, value = ("conversion", f"{e['funnel']}:{e['step']}", "", ()), Decimal(1)
+        elif e["type"] == "feature":
+            key, value = ("feature", e["feature"], "", (("action", e["action"]),)), Decimal(1)
+        else:
+            key, value = ("performance", e["metric"], "", (("unit", e["unit"]),)), Decimal(repr(e["value"]))
+        acc = out[(*key, start)]
+        acc[0] += 1
+        acc[1] += value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def wait_for(check: Any, timeout: float, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None:
+    pipeline.start("sink", "streams", "ingest")
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    windows = [minute - timedelta(minutes=m) for m in (4, 3, 2)]
+    events = known_events(1000, windows)
+
+    with httpx.Client(
+        base_url=pipeline.ingest_url, headers={"Authorization": f"Bearer {pipeline.write_key}"}
+    ) as client:
+        for start in range(0, len(events), 50):
+            response = client.post("/v1/events", json={"events": events[start : start + 50]})
+            assert response.status_code == 202, response.text
+            assert response.json() == {"accepted": 50, "rejected": []}
+
+    def events_landed() -> bool:
+        return pipeline.query("SELECT count() FROM metrics.events")[0][0] == 1000
+
+    assert wait_for(events_landed, timeout=30), pipeline.log("sink")
+    total, unique = pipeline.query("SELECT count(), uniqExact(event_id) FROM metrics.events FINAL")[0]
+    assert (total, unique) == (1000, 1000)
+    revenue = pipeline.query(
+        "SELECT currency, toString(sum(amount)) FROM metrics.events WHERE type = 'revenue' GROUP BY currency"
+    )
+    expected_revenue: dict[str, Decimal] = defaultdict(Decimal)
+    for e in events:
+        if e["type"] == "revenue":
+            expected_revenue[e["currency"]] += Decimal(e["amount"])
+    assert {c: Decimal(s) for c, s in revenue} == expected_revenue
+
+    expected = expected_windows(events)
+
+    def aggregates() -> dict[WindowKey, tuple[int, Decimal]]:
+        rows = pipeline.query(
+            "SELECT type, name, currency, dims, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'),"
+            " count, toString(sum) FROM metrics.aggregates FINAL WHERE granularity = '1m'"
+        )
+        found = {}
+        for kind, name, currency, dims, start, count, total in rows:
+            assert isinstance(dims, dict)
+            key = (str(kind), str(name), str(currency), tuple(sorted(dims.items())), str(start))
+            found[key] = (int(str(count)), Decimal(str(total)))
+        return found
+
+    found = wait_for(lambda: len(aggregates()) >= len(expected), timeout=60) and aggregates()
+    assert found == expected
+    assert sum(count for count, _ in found.values()) == 1000
