@@ -55,6 +55,9 @@ class TopicSink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            # A sink killed without leaving the group holds its partitions until this runs out.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
         )
         # No rebalance listener: rows of a revoked partition stay buffered and are inserted with
         # the next batch, while its new owner replays them from the last commit; the replacing
