@@ -38,7 +38,10 @@ def _alive(pid: int) -> bool:
 def _start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     with log.open("ab") as out:
         runner = subprocess.Popen(  # the console script, as `make run` starts it
-            [str(Path(sys.executable).parent / "cosnap-metrics"), "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(Path(sys.executable).parent / "cosnap-metrics"), "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

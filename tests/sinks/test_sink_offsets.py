@@ -29,7 +29,8 @@ def test_kill_before_insert_replays_every_event(pipeline: Pipeline, kafka: Kafka
     pipeline.env |= {"COSNAP_SINK_FLUSH_MS": "600000", "COSNAP_SINK_BATCH_ROWS": "1000000"}
     pipeline.start("sink", "ingest")
     events = [
-        {"event_id": f"k{i}", "type": "feature", "feature": "ai_effect.anime", "action": "applied"} for i in range(200)
+        {"event_id": f"k{i}", "type": "feature", "feature": "ai_effect.anime", "action": "applied"}
+        for i in range(200)
     ]
     for start in range(0, 200, 50):
         response = httpx.post(
