@@ -27,6 +27,7 @@ ONBOARDING = ["app_opened", "signed_up", "photo_uploaded", "effect_applied", "su
 ONBOARDING_KEEP = [1.0, 0.6, 0.75, 0.8, 0.12]
 CHECKOUT = ["paywall_viewed", "checkout_started", "payment_submitted", "payment_succeeded"]
 CHECKOUT_KEEP = [1.0, 0.35, 0.8, 0.96]
+FUNNELS = {"onboarding": (ONBOARDING, ONBOARDING_KEEP), "checkout": (CHECKOUT, CHECKOUT_KEEP)}
 EFFECTS = ["anime", "cartoon", "vintage", "oil_painting", "cyberpunk", "watercolor", "pixar", "sketch"]
 ROUTES = ["/api/effects/apply", "/api/photos/upload", "/api/auth/login", "/api/subscriptions", "/api/feed"]
 
@@ -36,6 +37,8 @@ class CosnapTraffic:
     """Draws one realistic event at a time; `rng` makes a run reproducible."""
 
     rng: random.Random = field(default_factory=random.Random)
+    # Users part-way through a funnel: user -> (funnel, index of the step they reached).
+    journeys: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def _common(self, user: str, source: str) -> dict[str, Any]:
         return {
@@ -67,15 +70,7 @@ class CosnapTraffic:
                 "tags": {"plan": plan, "store": rng.choice(["app_store", "play", "web"])},
             }  # fmt: skip
         if kind == "conversion":
-            funnel, steps, keep = rng.choice(
-                [("onboarding", ONBOARDING, ONBOARDING_KEEP), ("checkout", CHECKOUT, CHECKOUT_KEEP)]
-            )
-            index = 0
-            while index + 1 < len(steps) and rng.random() < keep[index + 1]:
-                index += 1
-            return self._common(user, "frontend") | {
-                "type": "conversion", "funnel": funnel, "step": steps[index], "step_index": index,
-            }  # fmt: skip
+            return self._conversion()
         if kind == "feature":
             feature, action = rng.choice(
                 [(f"ai_effect.{rng.choice(EFFECTS)}", "applied")] * 6
@@ -84,6 +79,23 @@ class CosnapTraffic:
             )
             return self._common(user, "frontend") | {"type": "feature", "feature": feature, "action": action}
         return self._performance(user)
+
+    def _conversion(self) -> dict[str, Any]:
+        """The next step of some user's journey, so funnels convert as real ones do."""
+        rng = self.rng
+        if not self.journeys or rng.random() < 0.35:
+            funnel = rng.choice(["onboarding", "checkout"])
+            user, index = f"u{rng.randint(1, 10**9)}", 0
+        else:
+            user = rng.choice(list(self.journeys))
+            funnel, index = self.journeys.pop(user)
+            index += 1
+        steps, keep = FUNNELS[funnel]
+        if index + 1 < len(steps) and rng.random() < keep[index + 1]:
+            self.journeys[user] = (funnel, index)
+        return self._common(user, "frontend") | {
+            "type": "conversion", "funnel": funnel, "step": steps[index], "step_index": index,
+        }  # fmt: skip
 
     def _performance(self, user: str) -> dict[str, Any]:
         rng = self.rng

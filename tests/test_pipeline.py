@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -128,3 +132,38 @@ def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None
     found = wait_for(lambda: len(aggregates()) >= len(expected), timeout=60) and aggregates()
     assert found == expected
     assert sum(count for count, _ in found.values()) == 1000
+
+
+def documented_queries() -> list[str]:
+    """Every statement of every ```sql block in the README and the reference docs."""
+    statements = []
+    for doc in (ROOT / "README.md", ROOT / "docs" / "reference.md"):
+        for block in re.findall(r"```sql\n(.*?)```", doc.read_text(), re.DOTALL):
+            statements.extend(s.strip() for s in block.split(";") if s.strip())
+    return statements
+
+
+def test_documented_queries_run(pipeline: Pipeline) -> None:
+    pipeline.start("sink", "ingest")
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    events = known_events(200, [minute - timedelta(minutes=2)])
+    events.append(
+        {
+            "type": "performance",
+            "metric": "payment.latency",
+            "value": 800.0,
+            "unit": "ms",
+            "tags": {"status": "failed"},
+        }
+    )
+    response = httpx.post(
+        f"{pipeline.ingest_url}/v1/events",
+        headers={"Authorization": f"Bearer {pipeline.write_key}"},
+        json={"events": events},
+    )
+    assert response.status_code == 202
+    assert wait_for(lambda: pipeline.query("SELECT count() FROM metrics.events")[0][0] == 201, timeout=30)
+    queries = documented_queries()
+    assert len(queries) >= 8
+    for sql in queries:
+        pipeline.query(sql)  # asserts a 200 from the read-only query service

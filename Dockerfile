@@ -1,0 +1,16 @@
+# One image for every service of docker-compose.yml; the command picks the service.
+FROM python:3.11.7-slim-bookworm
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY schemas ./schemas
+COPY ingest ./ingest
+COPY streams ./streams
+COPY sinks ./sinks
+COPY cosnap_metrics ./cosnap_metrics
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && useradd --uid 10001 --create-home cosnap \
+    && mkdir /data && chown cosnap /data
+USER cosnap
+ENV COSNAP_DATA_DIR=/data
+ENTRYPOINT ["cosnap-metrics"]
