@@ -101,7 +101,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _keys_create(args: argparse.Namespace) -> int:
     from ingest.keys import KeyStore
 
-    key = KeyStore(CommonSettings().keys_file).create(args.project)
+    key = KeyStore(CommonSettings().keys_file).create(args.project, tuple(args.origin))
     print(key)
     print(
         f"write key for project {args.project!r}; it is shown once and stored only as a hash", file=sys.stderr
@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = keys.add_parser("create", help="issue a write key for a project")
     create.add_argument("--project", required=True)
+    create.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        help="a browser origin allowed to post for the project (repeatable; patterns like https://*.cosnap.ai)",
+    )
     create.set_defaults(func=_keys_create)
     return parser
 

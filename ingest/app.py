@@ -14,22 +14,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
 from ingest.batch import TimePolicy, dead_letter_raw, parse_events, split_body
-from ingest.body import check_content_type, decode_json, decompress, read_capped
-from ingest.errors import IngestError, Unauthorized, UnsupportedMediaType
-from ingest.keys import KeyStore
+from ingest.body import check_content_type, decode_body, decompress, read_capped
+from ingest.envelopes import EnvelopePacker
+from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized, UnsupportedMediaType
+from ingest.keys import KeyStore, WriteKey
+from ingest.limits import RateLimiter
 from ingest.producer import EnvelopeProducer
-from schemas.events import Event, EventBatch, IngestResponse
+from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
 from schemas.records import DeadLetter
 from schemas.settings import IngestSettings
 
 log = logging.getLogger("cosnap.ingest")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Request-ID",
+    "Access-Control-Max-Age": "600",
+}
 
 
 def _header_key(authorization: str | None) -> str | None:
@@ -49,6 +56,15 @@ def _header_key(authorization: str | None) -> str | None:
     raise Unauthorized("use Authorization: Bearer <write key> or Basic with the key as user")
 
 
+def _cors(origin: str) -> dict[str, str]:
+    # Never `*`, and never Allow-Credentials: write keys travel in headers or the body, not cookies.
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+        "Access-Control-Expose-Headers": "Retry-After",
+    }
+
+
 def _openapi_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     template = "#/components/schemas/{model}"
     single = TypeAdapter[Event](Event).json_schema(ref_template=template)
@@ -57,22 +73,30 @@ def _openapi_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     return {"oneOf": [single, {"$ref": "#/components/schemas/EventBatch"}]}, components
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
 def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = None) -> FastAPI:
+    """The ingest app. `producer` replaces the Kafka producer (benchmarks use one that does
+    nothing, to measure validation alone)."""
     keys = KeyStore(settings.keys_file)
     topics = settings.topics
+    limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
     policy = TimePolicy(
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
         max_event_age=timedelta(seconds=settings.max_event_age_s),
     )
-    state: dict[str, EnvelopeProducer] = {}
+    state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["producer"] = producer or EnvelopeProducer(
-            settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s
-        )
+        kafka = producer or EnvelopeProducer(settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s)
+        state["producer"] = kafka
+        state["packer"] = EnvelopePacker(kafka, topics.events, linger_s=settings.linger_ms / 1000)
         yield
-        await asyncio.to_thread(state["producer"].close)
+        state["packer"].flush_open()
+        await asyncio.to_thread(kafka.close)
 
     app = FastAPI(
         title="Cosnap Metrics ingest API",
@@ -82,24 +106,42 @@ def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = Non
     )
 
     @app.exception_handler(IngestError)
-    async def _refused(_request: Request, exc: IngestError) -> JSONResponse:
-        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers)
+    async def _refused(request: Request, exc: IngestError) -> JSONResponse:
+        headers = dict(exc.headers)
+        origin = request.headers.get("origin")
+        if origin and keys.origin_allowed(origin):
+            headers |= _cors(origin)  # so that a page can read why it was refused
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
 
-    async def _dead_letter(
-        project: str | None, request_id: str, received_at: datetime, rows: list[DeadLetter]
-    ) -> None:
+    async def _dead_letter(project: str, request_id: str, received_at: datetime, rejected: list[Any]) -> None:
+        rows = [
+            DeadLetter(
+                project=project,
+                request_id=request_id,
+                received_at=received_at,
+                index=rejection.index,
+                reason=rejection.reason,
+                raw=dead_letter_raw(item),
+            )
+            for rejection, item in rejected
+        ]
         sends = [
             state["producer"].send(
-                topics.dead_letter,
-                key=(project or "").encode(),
-                value=row.model_dump_json().encode(),
-                headers={"request_id": request_id.encode()},
+                topics.dead_letter, key=project.encode(), value=row.model_dump_json().encode()
             )
             for row in rows
         ]
         for result in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(result, Exception):
                 log.warning("dead-letter write failed for request %s: %s", request_id, result)
+
+    def _authenticate(presented: str | None) -> WriteKey:
+        if presented is None:
+            raise Unauthorized("missing write key")
+        found = keys.authenticate(presented)
+        if found is None:
+            raise Unauthorized("unknown write key")
+        return found
 
     body_schema, body_components = _openapi_body_schema()
 
@@ -108,11 +150,25 @@ def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = Non
         status_code=202,
         response_model=IngestResponse,
         responses={
-            400: {"model": IngestResponse, "description": "No event was accepted (or the body is not JSON)"},
-            401: {"description": "Missing or unknown write key"},
-            413: {"description": "Body over 1 MiB (after decompression) or over 1,000 events"},
-            415: {"description": "Unsupported Content-Type or Content-Encoding"},
-            503: {"description": "Kafka cannot take the events now; retry after Retry-After seconds"},
+            400: {
+                "description": "No event was accepted (per-item reasons), or the body is not a valid request",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/IngestResponse"},
+                                {"$ref": "#/components/schemas/ErrorResponse"},
+                            ]
+                        }
+                    }
+                },
+            },
+            401: _error("Missing or unknown write key"),
+            403: _error("The page's origin is not allowed for this project"),
+            413: _error("Body over 1 MiB (after decompression) or over 1,000 events"),
+            415: _error("Unsupported Content-Type or Content-Encoding"),
+            429: _error("The write key's rate limit is reached; retry after Retry-After seconds"),
+            503: _error("Kafka cannot take the events now; retry after Retry-After seconds"),
         },
         openapi_extra={
             "requestBody": {
@@ -130,60 +186,43 @@ def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = Non
         header_id = request.headers.get("x-request-id", "")
         request_id = header_id if _REQUEST_ID.match(header_id) else uuid.uuid4().hex
         beacon = check_content_type(request.headers.get("content-type"))
-        key = _header_key(request.headers.get("authorization"))
-        project = keys.project_for(key) if key is not None else None
-        if key is not None and project is None:
-            raise Unauthorized("unknown write key")
+        header_key = _header_key(request.headers.get("authorization"))
+        write_key = _authenticate(header_key) if header_key is not None else None
         raw = await read_capped(request.stream(), request.headers.get("content-length"))
-        payload = decode_json(decompress(raw, request.headers.get("content-encoding")))
-        items, sent_at, body_key = split_body(payload)
-        if beacon and body_key is None:
+        payload, scanned = decode_body(decompress(raw, request.headers.get("content-encoding")))
+        body = split_body(payload, scanned)
+        if beacon and body.api_key is None:
             raise UnsupportedMediaType("a text/plain body must carry api_key (navigator.sendBeacon)")
-        if project is None:
-            if body_key is None:
-                raise Unauthorized("missing write key")
-            project = keys.project_for(body_key)
-            if project is None:
-                raise Unauthorized("unknown write key")
+        if write_key is None:
+            write_key = _authenticate(body.api_key)
+        project = write_key.project
+        headers = {"X-Request-ID": request_id}
+        origin = request.headers.get("origin")
+        if origin:
+            if not keys.origin_allowed(origin, project):
+                raise Forbidden(f"origin {origin} is not allowed for project {project}")
+            headers |= _cors(origin)
+        wait = limiter.take(write_key.key_id, len(body.items))
+        if wait:
+            raise RateLimited("rate limit of this write key reached", headers={"Retry-After": f"{wait:.0f}"})
 
-        parsed = parse_events(items, sent_at, received_at, policy)
+        parsed = parse_events(body.items, body.sent_at, received_at, request_id, policy)
         if parsed.accepted:
-            envelope = {
-                "v": 1,
-                "project": project,
-                "request_id": request_id,
-                "received_at": received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "events": parsed.accepted,
-            }
-            await state["producer"].send(
-                topics.events,
-                key=project.encode(),
-                value=orjson.dumps(envelope),
-                headers={"request_id": request_id.encode()},
-            )
+            await state["packer"].submit(project, orjson.dumps(project), parsed.accepted)
         if parsed.rejected:
-            await _dead_letter(
-                project,
-                request_id,
-                received_at,
-                [
-                    DeadLetter(
-                        project=project,
-                        request_id=request_id,
-                        received_at=received_at,
-                        index=rejection.index,
-                        reason=rejection.reason,
-                        raw=dead_letter_raw(item),
-                    )
-                    for rejection, item in parsed.rejected
-                ],
-            )
+            await _dead_letter(project, request_id, received_at, parsed.rejected)
         response = IngestResponse(accepted=len(parsed.accepted), rejected=[r for r, _ in parsed.rejected])
         return JSONResponse(
-            response.model_dump(),
-            status_code=202 if parsed.accepted else 400,
-            headers={"X-Request-ID": request_id},
+            response.model_dump(), status_code=202 if parsed.accepted else 400, headers=headers
         )
+
+    @app.options("/v1/events", status_code=204, include_in_schema=False)
+    async def preflight(request: Request) -> Response:
+        """CORS preflight: allowed for origins that some project lists."""
+        origin = request.headers.get("origin", "")
+        if not origin or not keys.origin_allowed(origin):
+            return Response(status_code=403)
+        return Response(status_code=204, headers=_cors(origin) | _PREFLIGHT)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -199,7 +238,10 @@ def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = Non
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_components)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body_components)
+            components["ErrorResponse"] = ErrorResponse.model_json_schema()
+            components["Rejection"] = Rejection.model_json_schema()
             app.openapi_schema = schema
         return app.openapi_schema
 

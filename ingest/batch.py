@@ -1,4 +1,4 @@
-"""From decoded JSON to an envelope: per-item validation, clock-skew correction, rejects.
+"""From a decoded body to accepted events: per-item validation, clock-skew correction, rejects.
 
 Timestamp policy: with a batch `sent_at`, an event's time is corrected for the client's clock,
 `ts = received_at - (sent_at - timestamp)`; without it, `timestamp` is taken as sent; without a
@@ -17,11 +17,13 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from ingest.body import Unparseable
 from ingest.errors import BadRequest, PayloadTooLarge
 from schemas.events import MAX_BATCH_EVENTS, Event, Rejection
 
 _EVENT = TypeAdapter[Event](Event)
 _SENT_AT = TypeAdapter(datetime)
+_TYPE_NAMES = {"revenue", "conversion", "feature", "performance"}
 MAX_DEAD_LETTER_RAW = 16 * 1024
 
 
@@ -33,26 +35,34 @@ class TimePolicy:
 
 @dataclass(slots=True)
 class ParsedBatch:
-    """The accepted events as wire dicts, and the rejects with their raw items."""
+    """The accepted events, each serialised with its server fields, and the rejects with their
+    raw items (for the dead-letter topic)."""
 
-    accepted: list[dict[str, Any]] = field(default_factory=list)
+    accepted: list[bytes] = field(default_factory=list)
     rejected: list[tuple[Rejection, Any]] = field(default_factory=list)
 
 
-def split_body(payload: Any) -> tuple[list[Any], datetime | None, str | None]:
-    """Return (items, sent_at, api_key) of a single-event or batch body; 400/413 if neither."""
+@dataclass(frozen=True, slots=True)
+class BodyParts:
+    items: list[Any]
+    sent_at: datetime | None
+    api_key: str | None
+
+
+def split_body(payload: Any, scanned_items: list[Any] | None = None) -> BodyParts:
+    """The items, `sent_at` and `api_key` of a single-event or batch body; 400/413 if neither.
+    `scanned_items` replaces `payload["events"]` when the body had to be split item by item."""
     if not isinstance(payload, dict):
         raise BadRequest('body must be an event object or {"events": [...]}')
     api_key = payload.get("api_key")
     if api_key is not None and not isinstance(api_key, str):
         raise BadRequest("api_key must be a string")
     if "events" not in payload:
-        item = {k: v for k, v in payload.items() if k != "api_key"}
-        return [item], None, api_key
+        return BodyParts([{k: v for k, v in payload.items() if k != "api_key"}], None, api_key)
     unknown = set(payload) - {"events", "sent_at", "api_key"}
     if unknown:
         raise BadRequest(f"unknown batch fields: {', '.join(sorted(unknown))}")
-    items = payload["events"]
+    items = scanned_items if scanned_items is not None else payload["events"]
     if not isinstance(items, list) or not items:
         raise BadRequest("events must be a non-empty array")
     if len(items) > MAX_BATCH_EVENTS:
@@ -65,31 +75,33 @@ def split_body(payload: Any) -> tuple[list[Any], datetime | None, str | None]:
             raise BadRequest("sent_at must be an RFC 3339 timestamp") from exc
         if sent_at.tzinfo is None:
             raise BadRequest("sent_at needs a UTC offset")
-    return items, sent_at, api_key
+    return BodyParts(items, sent_at, api_key)
 
 
 def _reason(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False)[:3]:
-        where = ".".join(
-            str(p) for p in error["loc"] if p not in {"revenue", "conversion", "feature", "performance"}
-        )
+        where = ".".join(str(p) for p in error["loc"] if p not in _TYPE_NAMES)
         parts.append(f"{where}: {error['msg']}" if where else error["msg"])
     return "; ".join(parts)
 
 
-def _ms(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(microsecond=ts.microsecond // 1000 * 1000)
+def _iso_ms(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_events(
-    items: list[Any], sent_at: datetime | None, received_at: datetime, policy: TimePolicy
+    items: list[Any], sent_at: datetime | None, received_at: datetime, request_id: str, policy: TimePolicy
 ) -> ParsedBatch:
     """Validate each item on its own so a bad one never costs its neighbours."""
     batch = ParsedBatch()
     seen_ids: set[str] = set()
     skew = received_at - sent_at if sent_at is not None else timedelta(0)
+    received = _iso_ms(received_at)
     for index, item in enumerate(items):
+        if isinstance(item, Unparseable):
+            batch.rejected.append((Rejection(index=index, reason=item.reason), item))
+            continue
         try:
             event = _EVENT.validate_python(item)
         except ValidationError as exc:
@@ -99,7 +111,7 @@ def parse_events(
         if event_id in seen_ids:
             batch.rejected.append((Rejection(index=index, reason="duplicate event_id in this batch"), item))
             continue
-        ts = received_at if event.timestamp is None else _ms(event.timestamp + skew)
+        ts = received_at if event.timestamp is None else event.timestamp + skew
         if ts > received_at + policy.max_future_skew:
             batch.rejected.append((Rejection(index=index, reason="timestamp too far in the future"), item))
             continue
@@ -109,13 +121,17 @@ def parse_events(
         seen_ids.add(event_id)
         wire = event.model_dump(mode="json", exclude_none=True)
         wire["event_id"] = event_id
-        wire["timestamp"] = ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        batch.accepted.append(wire)
+        wire["timestamp"] = _iso_ms(ts)
+        wire["received_at"] = received
+        wire["request_id"] = request_id
+        batch.accepted.append(orjson.dumps(wire))
     return batch
 
 
 def dead_letter_raw(item: Any) -> str:
     """The rejected item as text, capped so one huge item cannot bloat the dead-letter topic."""
+    if isinstance(item, Unparseable):
+        return item.raw
     try:
         raw = orjson.dumps(item).decode()
     except (TypeError, orjson.JSONEncodeError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -55,9 +57,74 @@ def check_content_type(content_type: str | None) -> bool:
     raise UnsupportedMediaType(f"Content-Type {media!r} is not supported; send application/json")
 
 
-def decode_json(body: bytes) -> Any:
-    """Parse JSON strictly: no NaN/Infinity, no lone surrogates, integers within 64 bits."""
+@dataclass(frozen=True, slots=True)
+class Unparseable:
+    """A batch item that is not valid JSON on its own; it is rejected with `reason`."""
+
+    reason: str
+    raw: str
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]', re.DOTALL)
+
+
+def _scan_events(body: bytes) -> tuple[bytes, list[bytes]] | None:
+    """Find the raw items of a top-level `"events": [...]` without parsing them.
+
+    Returns the body with that array emptied and each item's bytes, or None when no such array
+    exists. Used only when the whole body failed to parse, so that one bad item (a 5,000-digit
+    number, NaN, a lone surrogate, 10,000 levels of nesting) costs only itself.
+    """
+    depth = 0
+    recent: list[bytes] = []  # the last tokens seen at depth 1
+    items: list[bytes] = []
+    start = item_start = -1
+    for match in _TOKEN.finditer(body):
+        token = match.group()
+        if start >= 0:  # inside the events array
+            if token in (b"[", b"{"):
+                depth += 1
+            elif token in (b"]", b"}"):
+                depth -= 1
+                if depth == 1:
+                    items.append(body[item_start : match.start()])
+                    items = [item for item in items if item.strip()]
+                    return body[:start] + body[match.start() :], items
+            elif token == b"," and depth == 2:
+                items.append(body[item_start : match.start()])
+                item_start = match.end()
+            continue
+        if token in (b"[", b"{"):
+            if token == b"[" and depth == 1 and recent[-2:] == [b'"events"', b":"]:
+                start = item_start = match.end()
+            depth += 1
+        elif token in (b"]", b"}"):
+            depth -= 1
+        elif depth == 1:
+            recent = [*recent[-1:], token]
+    return None
+
+
+def decode_body(body: bytes) -> tuple[Any, list[Any] | None]:
+    """Parse the body. Returns (payload, None) when it is valid JSON; when it is not, but it is a
+    batch whose `events` array can be delimited, returns (the batch without its events, items)
+    where each item is its parsed JSON or an `Unparseable`. Raises BadRequest otherwise."""
     try:
-        return orjson.loads(body)
+        return orjson.loads(body), None
+    except orjson.JSONDecodeError as exc:
+        whole_body_error = exc
+    scanned = _scan_events(body)
+    if scanned is None:
+        raise BadRequest(f"body is not valid JSON: {whole_body_error}")
+    skeleton, raw_items = scanned
+    try:
+        payload = orjson.loads(skeleton)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    items: list[Any] = []
+    for raw in raw_items:
+        try:
+            items.append(orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            items.append(Unparseable(f"item is not valid JSON: {exc}", raw[:16384].decode(errors="replace")))
+    return payload, items

@@ -36,3 +36,15 @@ class KafkaUnavailable(IngestError):
     """Kafka did not acknowledge in time (backpressure): nothing was accepted, retry later."""
 
     status = 503
+
+
+class Forbidden(IngestError):
+    """The page's origin is not among the project's allowed origins."""
+
+    status = 403
+
+
+class RateLimited(IngestError):
+    """The write key spent its events for now; `Retry-After` says when to come back."""
+
+    status = 429

@@ -1,4 +1,5 @@
-"""Project write keys: issued once, stored only as SHA-256 hashes, compared in constant time.
+"""Projects and their write keys: issued once, stored only as SHA-256 hashes, compared in
+constant time; each project lists the browser origins allowed to post its events (CORS).
 
 The store is a JSON file in the data directory; the API re-reads it when it changes, so a key
 created with `cosnap-metrics keys create` works at once. A write key can only write events.
@@ -6,6 +7,7 @@ created with `cosnap-metrics keys create` works at once. A write key can only wr
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import json
@@ -14,88 +16,124 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 KEY_PREFIX = "cmk_"
 DEV_KEY_FILE = "dev-write-key"
 DEFAULT_PROJECT = "default"
+# The embedded default accepts browser pages served from this machine.
+DEV_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://localhost", "http://127.0.0.1")
 
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _lookup(key: str) -> str:
+    """The first characters after the prefix: finds candidates without revealing the secret."""
+    return key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
+
+
 @dataclass(frozen=True, slots=True)
-class StoredKey:
+class WriteKey:
+    """An authenticated key: its project, and a non-secret id (for rate limits and logs)."""
+
     project: str
-    lookup: str  # the first characters after the prefix, to find candidates without the secret
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredKey:
+    project: str
+    key_id: str
     digest: str
 
 
 class KeyStore:
-    """Write keys of every project. `project_for` is called per request and never blocks
-    longer than a stat() and, after a change, one small file read."""
+    """Write keys and project origins. `authenticate` and the origin checks are called per request
+    and cost a stat() and, after a change of the file, one small read."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._mtime_ns = -1
-        self._by_lookup: dict[str, list[StoredKey]] = {}
+        self._by_lookup: dict[str, list[_StoredKey]] = {}
+        self._origins: dict[str, tuple[str, ...]] = {}
+
+    def _read(self) -> dict[str, Any]:
+        if not self._path.exists():
+            return {"keys": [], "projects": {}}
+        data: dict[str, Any] = json.loads(self._path.read_text())
+        data.setdefault("projects", {})
+        return data
 
     def _reload(self) -> None:
         try:
             mtime = self._path.stat().st_mtime_ns
         except FileNotFoundError:
-            self._by_lookup, self._mtime_ns = {}, -1
+            self._by_lookup, self._origins, self._mtime_ns = {}, {}, -1
             return
         if mtime == self._mtime_ns:
             return
-        entries = json.loads(self._path.read_text())["keys"]
-        by_lookup: dict[str, list[StoredKey]] = {}
-        for entry in entries:
-            stored = StoredKey(entry["project"], entry["lookup"], entry["digest"])
-            by_lookup.setdefault(stored.lookup, []).append(stored)
+        data = self._read()
+        by_lookup: dict[str, list[_StoredKey]] = {}
+        for entry in data["keys"]:
+            by_lookup.setdefault(entry["lookup"], []).append(
+                _StoredKey(entry["project"], entry["lookup"], entry["digest"])
+            )
+        self._origins = {name: tuple(p.get("origins", ())) for name, p in data["projects"].items()}
         self._by_lookup, self._mtime_ns = by_lookup, mtime
 
-    def project_for(self, key: str) -> str | None:
-        """The project `key` writes to, or None for an unknown key."""
+    def authenticate(self, key: str) -> WriteKey | None:
+        """The project and id of `key`, or None for an unknown key."""
         if not key.startswith(KEY_PREFIX):
             return None
         self._reload()
         digest = _digest(key)
-        project = None
-        for candidate in self._by_lookup.get(key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8], []):
+        found = None
+        for candidate in self._by_lookup.get(_lookup(key), []):
             if hmac.compare_digest(candidate.digest, digest):
-                project = candidate.project
-        return project
+                found = WriteKey(candidate.project, candidate.key_id)
+        return found
 
-    def create(self, project: str) -> str:
-        """Issue a new write key for `project`; the plaintext is returned once and never stored."""
+    def origin_allowed(self, origin: str, project: str | None = None) -> bool:
+        """Whether a browser page at `origin` may post for `project` (any project when None).
+        Patterns are shell-style: `https://*.cosnap.ai`, `http://localhost:*`."""
+        self._reload()
+        projects = self._origins.values() if project is None else [self._origins.get(project, ())]
+        return any(fnmatch.fnmatchcase(origin, pattern) for patterns in projects for pattern in patterns)
+
+    def create(self, project: str, origins: tuple[str, ...] = ()) -> str:
+        """Issue a new write key for `project` (adding `origins` to the project's allowed origins);
+        the plaintext is returned once and never stored."""
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        entries = json.loads(self._path.read_text())["keys"] if self._path.exists() else []
-        entries.append(
+        data = self._read()
+        data["keys"].append(
             {
                 "project": project,
-                "lookup": key[len(KEY_PREFIX) : len(KEY_PREFIX) + 8],
+                "lookup": _lookup(key),
                 "digest": _digest(key),
                 "created_at": datetime.now(UTC).isoformat(),
             }
         )
+        entry = data["projects"].setdefault(project, {"origins": []})
+        entry["origins"] = sorted(set(entry.get("origins", [])) | set(origins))
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": entries}, indent=2))
+        tmp.write_text(json.dumps(data, indent=2))
         os.chmod(tmp, 0o600)
         tmp.replace(self._path)
         return key
 
 
 def ensure_dev_key(store: KeyStore, data_dir: Path) -> str:
-    """The development write key of the embedded default (project `default`), created on first
-    run and kept in `<data_dir>/dev-write-key` so that a second run prints the same key."""
+    """The development write key of the embedded default (project `default`, pages on this
+    machine allowed), created on first run and kept in `<data_dir>/dev-write-key`."""
     path = data_dir / DEV_KEY_FILE
     if path.exists():
         key = path.read_text().strip()
-        if store.project_for(key) is not None:
+        if store.authenticate(key) is not None:
             return key
-    key = store.create(DEFAULT_PROJECT)
+    key = store.create(DEFAULT_PROJECT, DEV_ORIGINS)
     path.write_text(key + "\n")
     os.chmod(path, 0o600)
     return key

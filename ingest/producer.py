@@ -43,23 +43,26 @@ class EnvelopeProducer:
         while self._running:
             self._producer.poll(0.05)
 
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str | bytes | None]
-    ) -> None:
-        """Resolve once Kafka acknowledged the record (acks=all). Raises KafkaUnavailable when
-        the local queue is full or Kafka did not acknowledge within the timeout."""
-        loop = asyncio.get_running_loop()
-        acked: asyncio.Future[None] = loop.create_future()
+    def produce(self, topic: str, *, key: bytes | None, value: bytes, acked: asyncio.Future[None]) -> None:
+        """Queue one record; `acked` resolves once Kafka acknowledged it (acks=all), or fails with
+        KafkaUnavailable (queue full, refused, or not acknowledged within the timeout). Never
+        blocks; must be called on the event loop that owns `acked`."""
+        loop = acked.get_loop()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, acked, err)
 
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-        except BufferError as exc:
-            raise KafkaUnavailable("the Kafka producer queue is full", headers={"Retry-After": "1"}) from exc
+            self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except BufferError:
+            _settle(acked, "the Kafka producer queue is full")
         except KafkaException as exc:
-            raise KafkaUnavailable(f"Kafka refused the record: {exc}", headers={"Retry-After": "5"}) from exc
+            _settle(acked, exc)
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes) -> None:
+        """Write one record and wait for its acknowledgement; raises KafkaUnavailable."""
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.produce(topic, key=key, value=value, acked=acked)
         await acked
 
     def ready(self, timeout_s: float) -> bool:

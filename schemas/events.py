@@ -152,3 +152,9 @@ class Rejection(BaseModel):
 class IngestResponse(BaseModel):
     accepted: int
     rejected: list[Rejection]
+
+
+class ErrorResponse(BaseModel):
+    """A request refused as a whole (bad body, auth, size, media type, rate, Kafka down)."""
+
+    detail: str

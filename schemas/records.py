@@ -5,30 +5,66 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.events import Event, EventType
+from schemas.events import (
+    ConversionEvent,
+    EventId,
+    EventType,
+    FeatureEvent,
+    PerformanceEvent,
+    RevenueEvent,
+)
 
 Granularity = Literal["10s", "1m", "1h"]
 GRANULARITY_SECONDS: dict[Granularity, int] = {"10s": 10, "1m": 60, "1h": 3600}
 
 
-class Envelope(BaseModel):
-    """One Kafka record carrying many validated events of one project.
+class _Stored(BaseModel):
+    """What the ingest API adds to an accepted event before it goes to Kafka. It comes first in
+    the bases so that its required `event_id` and `timestamp` replace the client's optional ones."""
 
-    Faust spends ~200 µs per record, so records carry events by the hundred. Every event in an
-    envelope has `event_id` and a skew-corrected `timestamp` set by the ingest API.
+    event_id: EventId
+    timestamp: AwareDatetime = Field(description="Event time, skew-corrected, UTC, milliseconds")
+    received_at: AwareDatetime = Field(description="When the ingest API received the request")
+    request_id: str = Field(description="The HTTP request that carried the event (correlation id)")
+
+
+class StoredRevenue(_Stored, RevenueEvent):  # type: ignore[misc]  # required narrows optional
+    pass
+
+
+class StoredConversion(_Stored, ConversionEvent):  # type: ignore[misc]  # required narrows optional
+    pass
+
+
+class StoredFeature(_Stored, FeatureEvent):  # type: ignore[misc]  # required narrows optional
+    pass
+
+
+class StoredPerformance(_Stored, PerformanceEvent):  # type: ignore[misc]  # required narrows optional
+    pass
+
+
+StoredEvent = Annotated[
+    StoredRevenue | StoredConversion | StoredFeature | StoredPerformance, Field(discriminator="type")
+]
+
+
+class Envelope(BaseModel):
+    """One Kafka record carrying many accepted events of one project, from one or many requests.
+
+    Faust spends ~200 µs per record, so records carry events by the hundred: the ingest API packs
+    the events of concurrent requests into shared envelopes (see ingest/envelopes.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     v: Literal[1] = 1
     project: str
-    request_id: str
-    received_at: AwareDatetime
-    events: list[Event] = Field(min_length=1)
+    events: list[StoredEvent] = Field(min_length=1)
 
 
 class WindowAggregate(BaseModel):

@@ -62,6 +62,11 @@ class IngestSettings(CommonSettings):
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for Kafka's ack")
     max_future_skew_s: float = Field(default=600.0, ge=0, description="Reject events further ahead")
     max_event_age_s: float = Field(default=30 * 86400.0, gt=0, description="Reject events older than this")
+    linger_ms: float = Field(
+        default=5.0, ge=0, description="How long an envelope waits for events of concurrent requests"
+    )
+    rate_limit_events_per_s: float = Field(default=10_000, ge=0, description="Per write key; 0 = no limit")
+    rate_limit_burst: float = Field(default=20_000, ge=0, description="Events a key may send at once")
 
 
 class StreamsSettings(CommonSettings):

@@ -21,13 +21,7 @@ AGGREGATE_COLUMNS = [
 def event_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
     """One row per event of an envelope record."""
     envelope: dict[str, Any] = orjson.loads(value)
-    shared = {
-        "project": envelope["project"],
-        "received_at": envelope["received_at"],
-        "request_id": envelope["request_id"],
-        "kafka_partition": partition,
-        "kafka_offset": offset,
-    }
+    shared = {"project": envelope["project"], "kafka_partition": partition, "kafka_offset": offset}
     return [orjson.dumps(event | shared) for event in envelope["events"]]
 
 

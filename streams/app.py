@@ -65,8 +65,8 @@ def _late_record(envelope: dict[str, Any], event: dict[str, Any]) -> bytes:
         {
             "v": 1,
             "project": envelope["project"],
-            "request_id": envelope["request_id"],
-            "received_at": envelope["received_at"],
+            "request_id": event["request_id"],
+            "received_at": event["received_at"],
             "index": None,
             "reason": "late",
             "raw": orjson.dumps(event).decode(),

@@ -70,7 +70,8 @@ def test_accepted_events_are_one_envelope_in_kafka(ingest: Pipeline, kafka: Kafk
     [envelope] = records(kafka, ingest.topics.events, 1)
     assert envelope["project"] == "cosnap-test"
     assert [e["event_id"] for e in envelope["events"]] == ["a1", "a2"]
-    received = datetime.fromisoformat(envelope["received_at"])
+    assert {e["request_id"] for e in envelope["events"]} == {response.headers["X-Request-ID"]}
+    received = datetime.fromisoformat(envelope["events"][0]["received_at"])
     corrected = datetime.fromisoformat(envelope["events"][0]["timestamp"])
     assert abs((received - corrected) - timedelta(seconds=30)) < timedelta(seconds=2)
     assert envelope["events"][0]["amount"] == "9.99"
