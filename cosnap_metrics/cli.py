@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
 
@@ -109,6 +110,14 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schemas_export(args: argparse.Namespace) -> int:
+    from schemas.export import export
+
+    for path in export(args.dir) if args.dir else export():
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosnap-metrics", description="Cosnap Metrics event pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", help="ingest API base URL (default: this machine's)")
     demo.add_argument("--key", help="write key (default: the development key in the data directory)")
     demo.set_defaults(func=_demo)
+
+    schemas = commands.add_parser("schemas", help="the JSON Schema files of the contract").add_subparsers(
+        dest="schemas", required=True
+    )
+    export = schemas.add_parser("export", help="write schemas/json/*.schema.json from the models")
+    export.add_argument("--dir", type=Path, help="another directory to write to")
+    export.set_defaults(func=_schemas_export)
 
     keys = commands.add_parser("keys", help="manage project write keys").add_subparsers(
         dest="keys", required=True

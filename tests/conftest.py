@@ -109,9 +109,32 @@ class Pipeline:
 
 
 @pytest.fixture
+def own_kafka(kafka_libs: Path, tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A broker of the test's own, for tests that stop and restart it."""
+    broker = KafkaBroker(BrokerConfig(kafka_libs, tmp_path / "own-kafka", free_port(), free_port()))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
 def pipeline(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pipeline]:
     """Environment for the pipeline's processes on their own topics, ports and chDB directory.
     Nothing is started; the test starts the services it needs."""
+    running = make_pipeline(kafka, tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def pipeline_on_own_kafka(own_kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pipeline]:
+    """Like `pipeline`, on the test's own broker (`own_kafka`), which the test may stop."""
+    running = make_pipeline(own_kafka, tmp_path)
+    yield running
+    running.stop()
+
+
+def make_pipeline(kafka: KafkaBroker, tmp_path: Path) -> Pipeline:
     topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
     ensure_topics(kafka.bootstrap, topics)
     data_dir = tmp_path / "data"
@@ -132,7 +155,7 @@ def pipeline(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pipeline]:
         "PYTHONUNBUFFERED": "1",
     }
     write_key = KeyStore(data_dir / "write-keys.json").create("cosnap-test")
-    running = Pipeline(
+    return Pipeline(
         env=env,
         data_dir=data_dir,
         topics=topics,
@@ -141,5 +164,3 @@ def pipeline(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pipeline]:
         write_key=write_key,
         logs=logs,
     )
-    yield running
-    running.stop()

@@ -1,0 +1,124 @@
+"""HTTP behaviours of the ingest API on a real broker: CORS, rate limits, shared envelopes, the
+streaming body cap, and 503 while Kafka is down."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import time
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from cosnap_metrics.broker import KafkaBroker
+from ingest.keys import KeyStore
+from tests.conftest import Pipeline
+from tests.ingest.test_api import REVENUE, post, records
+
+pytestmark = [pytest.mark.kafka]
+
+
+def test_cors_is_per_project_origin_and_never_a_wildcard(pipeline: Pipeline) -> None:
+    key = KeyStore(pipeline.data_dir / "write-keys.json").create("web", ("https://*.cosnap.ai",))
+    pipeline.start("ingest")
+    url = f"{pipeline.ingest_url}/v1/events"
+    preflight = httpx.options(
+        url,
+        headers={
+            "Origin": "https://app.cosnap.ai",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://app.cosnap.ai"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-credentials" not in preflight.headers
+    assert httpx.options(url, headers={"Origin": "https://evil.example"}).status_code == 403
+
+    ok = httpx.post(
+        url, json=REVENUE, headers={"Authorization": f"Bearer {key}", "Origin": "https://app.cosnap.ai"}
+    )
+    assert ok.status_code == 202
+    assert ok.headers["access-control-allow-origin"] == "https://app.cosnap.ai"
+    other = httpx.post(
+        url,
+        json=REVENUE,
+        headers={"Authorization": f"Bearer {pipeline.write_key}", "Origin": "https://app.cosnap.ai"},
+    )
+    assert other.status_code == 403  # the test project does not list that origin
+    assert "not allowed" in other.json()["detail"]
+
+
+def test_rate_limit_answers_429_with_retry_after(pipeline: Pipeline) -> None:
+    pipeline.env |= {"COSNAP_RATE_LIMIT_EVENTS_PER_S": "10", "COSNAP_RATE_LIMIT_BURST": "20"}
+    pipeline.start("ingest")
+    batch = {"events": [REVENUE] * 15}
+    assert post(pipeline, batch).status_code == 202
+    limited = post(pipeline, batch)
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    time.sleep(int(limited.headers["retry-after"]))
+    assert post(pipeline, batch).status_code == 202
+
+
+def test_concurrent_single_events_share_envelopes(pipeline: Pipeline, kafka: KafkaBroker) -> None:
+    pipeline.env |= {"COSNAP_LINGER_MS": "20"}
+    pipeline.start("ingest")
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(lambda _: post(pipeline, REVENUE).status_code, range(200)))
+    assert statuses == [202] * 200
+    envelopes = records(kafka, pipeline.topics.events, 1, timeout_s=5)
+    assert sum(len(e["events"]) for e in envelopes) == 200
+    assert len(envelopes) < 100  # single-event requests became multi-event records
+
+
+def test_body_cap_is_enforced_while_streaming(pipeline: Pipeline) -> None:
+    """A chunked body without Content-Length gets its 413 before the client finished sending."""
+    pipeline.start("ingest")
+    where = urlparse(pipeline.ingest_url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {pipeline.write_key}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        chunk = b"x" * 65536
+        for _ in range(17):  # 1.06 MiB: just over the cap, out of a body that would go on forever
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        answer = b""
+        while not answer.endswith(b"}") and (part := sock.recv(4096)):
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"body over" in answer
+
+
+def test_503_while_kafka_is_down_and_202_again_after(
+    pipeline_on_own_kafka: Pipeline, own_kafka: KafkaBroker
+) -> None:
+    pipeline = pipeline_on_own_kafka
+    pipeline.env |= {"COSNAP_PRODUCE_TIMEOUT_S": "3"}
+    pipeline.start("ingest")
+    assert post(pipeline, REVENUE).status_code == 202
+    own_kafka.stop()
+    started = time.monotonic()
+    down = post(pipeline, REVENUE)
+    assert down.status_code == 503
+    assert down.headers["retry-after"]
+    assert time.monotonic() - started < 10
+    assert httpx.get(f"{pipeline.ingest_url}/health/ready", timeout=10).status_code == 503
+    own_kafka.start()
+    deadline = time.monotonic() + 60
+    while post(pipeline, REVENUE).status_code != 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_a_write_key_cannot_read(pipeline: Pipeline) -> None:
+    pipeline.start("sink")
+    response = httpx.post(
+        f"{pipeline.query_url}/v1/query",
+        json={"sql": "SELECT count() FROM metrics.events"},
+        headers={"Authorization": f"Bearer {pipeline.write_key}"},
+    )
+    assert response.status_code == 401
