@@ -111,7 +111,11 @@ def parse_events(
         if event_id in seen_ids:
             batch.rejected.append((Rejection(index=index, reason="duplicate event_id in this batch"), item))
             continue
-        ts = received_at if event.timestamp is None else event.timestamp + skew
+        try:
+            ts = received_at if event.timestamp is None else event.timestamp + skew
+        except OverflowError:  # a clock thousands of years off: no correction can place it
+            batch.rejected.append((Rejection(index=index, reason="timestamp out of range"), item))
+            continue
         if ts > received_at + policy.max_future_skew:
             batch.rejected.append((Rejection(index=index, reason="timestamp too far in the future"), item))
             continue

@@ -138,3 +138,9 @@ def test_rate_limit_is_a_token_bucket_per_key() -> None:
     assert limiter.take("k2", 200, now=0) == 0  # another key has its own bucket
     assert limiter.take("k1", 100, now=0.5) == 0
     assert RateLimiter(events_per_s=0, burst=0).take("k", 10**6) == 0
+
+
+def test_absurd_clock_offsets_are_rejected_not_crashed() -> None:
+    far = datetime(9999, 12, 31, tzinfo=UTC)
+    batch = parse([FEATURE | {"timestamp": "0001-01-01T00:00:00Z"}], far)
+    assert [r.reason for r, _ in batch.rejected] == ["timestamp out of range"]
