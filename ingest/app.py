@@ -25,7 +25,7 @@ from ingest.envelopes import EnvelopePacker
 from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized, UnsupportedMediaType
 from ingest.keys import KeyStore, WriteKey
 from ingest.limits import RateLimiter
-from ingest.producer import EnvelopeProducer
+from ingest.producer import EnvelopeProducer, RecordProducer
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
 from schemas.records import DeadLetter
 from schemas.settings import IngestSettings
@@ -77,7 +77,7 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
-def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = None) -> FastAPI:
+def create_app(settings: IngestSettings, producer: RecordProducer | None = None) -> FastAPI:
     """The ingest app. `producer` replaces the Kafka producer (benchmarks use one that does
     nothing, to measure validation alone)."""
     keys = KeyStore(settings.keys_file)
@@ -91,7 +91,9 @@ def create_app(settings: IngestSettings, producer: EnvelopeProducer | None = Non
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        kafka = producer or EnvelopeProducer(settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s)
+        kafka: RecordProducer = producer or EnvelopeProducer(
+            settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s
+        )
         state["producer"] = kafka
         state["packer"] = EnvelopePacker(kafka, topics.events, linger_s=settings.linger_ms / 1000)
         yield

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from ingest.producer import EnvelopeProducer
+from ingest.producer import RecordProducer
 
 _HEAD = b'{"v":1,"project":'
 
@@ -32,7 +32,7 @@ class EnvelopePacker:
 
     def __init__(
         self,
-        producer: EnvelopeProducer,
+        producer: RecordProducer,
         topic: str,
         *,
         linger_s: float,

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from ingest.errors import KafkaUnavailable
 from schemas.topics import MAX_RECORD_BYTES
+
+
+class RecordProducer(Protocol):
+    """What the ingest app needs of a producer (benchmarks substitute one that writes nothing)."""
+
+    def produce(
+        self, topic: str, *, key: bytes | None, value: bytes, acked: asyncio.Future[None]
+    ) -> None: ...
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes) -> None: ...
+
+    def ready(self, timeout_s: float) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class EnvelopeProducer:

@@ -1,0 +1,1 @@
+"""bench/ingest: the ingest API against itself with producing switched off."""
