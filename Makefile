@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
 	@command -v mvn >/dev/null || { echo "make: Maven (mvn) is needed to fetch the Kafka broker"; exit 1; }
+	@command -v node >/dev/null || { echo "make: Node.js 18+ is needed to test the JavaScript SDK"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
