@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup run test lint clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
 	@command -v mvn >/dev/null || { echo "make: Maven (mvn) is needed to fetch the Kafka broker"; exit 1; }
 	@command -v node >/dev/null || { echo "make: Node.js 18+ is needed to test the JavaScript SDK"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' -e sdk/python
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -74,7 +74,9 @@ class RevenueEvent(EventBase):
     name: Name
     amount: Decimal = Field(description="Exact decimal; send it as a string to keep every digit.")
     currency: str = Field(
-        description="ISO 4217 code, upper case", examples=["USD"], json_schema_extra={"enum": list[JsonValue](sorted(ISO_4217))}
+        description="ISO 4217 code, upper case",
+        examples=["USD"],
+        json_schema_extra={"enum": list[JsonValue](sorted(ISO_4217))},
     )
 
     @field_validator("amount", mode="before")

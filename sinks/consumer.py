@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from sinks.errors import SinkError
 from sinks.writer import BatchWriter
@@ -89,7 +90,13 @@ class TopicSink:
                     log.warning("%s; retrying in %.1fs", exc, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
-        self._consumer.commit()
+        try:
+            self._consumer.commit()
+        except KafkaError as exc:
+            # The rows are in ClickHouse; an offset not committed only means they are consumed
+            # and inserted again (collapsed by the replacing keys). Broker outages and a group
+            # that rebalanced meanwhile (CommitFailedError) both land here; the loop goes on.
+            log.warning("offset commit failed, rows will be replayed: %r", exc)
 
     def _dead_letter(self, topic: str, value: bytes, partition: int, offset: int, exc: Exception) -> None:
         log.error("undecodable record %s[%d]@%d: %s", topic, partition, offset, exc)
@@ -107,7 +114,12 @@ class TopicSink:
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                polled = self._consumer.poll(timeout_ms=100, max_records=2000)
+                try:
+                    polled = self._consumer.poll(timeout_ms=100, max_records=2000)
+                except KafkaError as exc:  # the client reconnects by itself; keep asking
+                    log.warning("poll failed: %r", exc)
+                    time.sleep(1)
+                    continue
                 for tp, records in polled.items():
                     route = self._routes[tp.topic]
                     for record in records:

@@ -8,10 +8,11 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,16 @@ from cosnap_metrics.provision import ensure_topics
 from ingest.keys import KeyStore
 from schemas.settings import RunnerSettings
 from schemas.topics import Topics
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
+    """Call `check` until it returns something truthy or `timeout` seconds pass; return its last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
 
 
 def free_port() -> int:

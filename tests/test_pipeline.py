@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,15 +74,6 @@ def expected_windows(events: list[dict[str, Any]]) -> dict[WindowKey, tuple[int,
         acc[0] += 1
         acc[1] += value
     return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def wait_for(check: Any, timeout: float, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None:

@@ -87,7 +87,9 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=10, help="length of each load run")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -96,7 +98,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     settings = RunnerSettings()
     broker = KafkaBroker(
-        BrokerConfig(fetch_kafka(settings.kafka_version, settings.kafka_cache_dir), work / "kafka", free_port(), free_port())
+        BrokerConfig(
+            fetch_kafka(settings.kafka_version, settings.kafka_cache_dir),
+            work / "kafka",
+            free_port(),
+            free_port(),
+        )
     )
     broker.start()
     topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
@@ -127,8 +134,13 @@ def main() -> int:
             wait_ready(url, process)
 
         rows = []
-        print(f"ingest benchmark, {args.seconds} s per run, {CONNECTIONS} connections, one uvicorn worker each")
-        for shape, body, events_per_request in [("50-event batches", batch_body, 50), ("single events", single_body, 1)]:
+        print(
+            f"ingest benchmark, {args.seconds} s per run, {CONNECTIONS} connections, one uvicorn worker each"
+        )
+        for shape, body, events_per_request in [
+            ("50-event batches", batch_body, 50),
+            ("single events", single_body, 1),
+        ]:
             results = {}
             for name, (url, _) in servers.items():
                 hey(f"{url}/v1/events", key, body, 2, CONNECTIONS)  # warm-up

@@ -1,0 +1,16 @@
+"""Python client for the Cosnap Metrics ingest API: the four BusinessMetricsService calls,
+buffered in memory and sent in batches by a background thread, retried without double counting.
+
+Usage::
+
+    from cosnap_metrics_sdk import MetricsClient
+
+    with MetricsClient("http://127.0.0.1:8000", write_key, environment="prod") as metrics:
+        metrics.track_revenue("subscription.renewal", "9.99", "USD", user_id="u1")
+"""
+
+from cosnap_metrics_sdk.client import SDK_VERSION, MetricsClient
+from cosnap_metrics_sdk.events import Unit
+
+__version__ = SDK_VERSION
+__all__ = ["MetricsClient", "Unit", "__version__"]
