@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -26,6 +26,9 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) .cosnap-data .pytest_cache .mypy_cache .ruff_cache

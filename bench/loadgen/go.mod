@@ -1,0 +1,3 @@
+module cosnap-metrics/bench/loadgen
+
+go 1.22
