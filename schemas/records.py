@@ -67,6 +67,16 @@ class Envelope(BaseModel):
     events: list[StoredEvent] = Field(min_length=1)
 
 
+class Sketch(BaseModel):
+    """A DDSketch (relative accuracy `accuracy`): bin index -> count; bin i covers values in
+    (gamma^(i-1), gamma^i] with gamma = (1 + accuracy) / (1 - accuracy); merging adds counts."""
+
+    accuracy: float
+    positive: dict[str, int]
+    negative: dict[str, int]
+    zeros: int
+
+
 class WindowAggregate(BaseModel):
     """A final (closed) window of one series; key = `series_id|granularity|window_start`."""
 
@@ -83,9 +93,21 @@ class WindowAggregate(BaseModel):
     window_start: datetime
     window_end: datetime
     count: int
-    sum: Decimal
+    sum: Decimal = Field(description="Exact: revenue per currency, performance values as sent")
     min: Decimal
     max: Decimal
+    mean: float
+    p50: float | None = Field(default=None, description="Performance series: from the sketch, ±1 %")
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    sketch: Sketch | None = Field(default=None, description="Performance series: the mergeable DDSketch")
+    step_index: int | None = Field(
+        default=None, description="Conversion series: the step's place in its funnel"
+    )
+    ratio_to_previous: float | None = Field(
+        default=None, description="Conversion series: count / count of the previous step, same window"
+    )
     emitted_at: datetime
 
 

@@ -14,7 +14,8 @@ EVENT_COLUMNS = [
 
 AGGREGATE_COLUMNS = [
     "project", "type", "name", "currency", "dims", "series_id", "granularity", "window_start", "window_end",
-    "count", "sum", "min", "max", "emitted_at",
+    "count", "sum", "min", "max", "mean", "p50", "p90", "p95", "p99", "sketch_positive", "sketch_negative",
+    "sketch_zeros", "step_index", "ratio_to_previous", "emitted_at",
 ]  # fmt: skip
 
 
@@ -26,7 +27,12 @@ def event_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
 
 
 def aggregate_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
-    """One row per final window record (already in row shape)."""
+    """One row per final window record; the sketch is spread over its three columns."""
     del partition, offset
-    orjson.loads(value)  # refuse undecodable records here, not in the middle of a batch insert
-    return [value]
+    window: dict[str, Any] = orjson.loads(value)
+    sketch = window.pop("sketch", None)
+    if sketch is not None:
+        window["sketch_positive"] = sketch["positive"]
+        window["sketch_negative"] = sketch["negative"]
+        window["sketch_zeros"] = sketch["zeros"]
+    return [orjson.dumps(window)]

@@ -1,6 +1,6 @@
-"""The Faust worker: envelopes in, final 1-minute windows out.
+"""The Faust worker: envelopes in, final 10-second, 1-minute and 1-hour windows out.
 
-Agents stay thin: they decode records and hand them to `TumblingWindows`; a timer closes
+Agents stay thin: they decode records and hand them to `EventTimeWindows`; a timer closes
 windows and sends them to the aggregates topic; events too late for their window go to the
 dead-letter topic with the reason `late`.
 """
@@ -14,9 +14,11 @@ from typing import Any
 import faust
 import orjson
 
+from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
+from streams.series import SeriesResolver
 from streams.watermark import Watermark
-from streams.windows import TumblingWindows
+from streams.windows import EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
 
@@ -36,10 +38,10 @@ def create_app(settings: StreamsSettings) -> faust.App:
     events = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
     aggregates = app.topic(topics.aggregates, key_serializer="raw", value_serializer="raw")
     dead_letter = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
-    windows = TumblingWindows(
-        "1m",
+    windows = EventTimeWindows(
         Watermark(lateness_s=settings.window_lateness_s, idle_s=settings.watermark_idle_s),
         grace_s=settings.window_grace_s,
+        series=SeriesResolver(DEFAULT_SERIES),
     )
 
     @app.agent(events)

@@ -1,33 +1,49 @@
-"""Tumbling event-time windows per series, emitted once, final, when the watermark passes
-their end plus the grace period.
+"""Event-time windows: 10-second panes per series, rolled up into 1-minute and 1-hour windows,
+each emitted once, final, when the watermark passes its end plus the grace period.
+
+An event adds to its pane only; a closed pane is merged into its minute and its hour. Every
+granularity therefore holds exactly the same events, and an event is late (routed to the
+dead-letter topic, never folded in) when its pane has closed.
 
 Plain Python driven by the Faust agent (streams/app.py) and by unit tests without Kafka.
-Events are the wire dicts of an envelope (schemas.records.Envelope).
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from schemas.records import GRANULARITY_SECONDS, Granularity
+from streams.series import SeriesKey, SeriesResolver, series_id
+from streams.sketch import DDSketch
 from streams.watermark import Watermark
 
-Dims = tuple[tuple[str, str], ...]
-SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
-_ONE = Decimal(1)
+PANE: Granularity = "10s"
+ROLLUPS: tuple[Granularity, ...] = ("1m", "1h")
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
 @dataclass(slots=True)
 class Accumulator:
+    """count, exact sum, min and max of a series in one window; a sketch for performance series."""
+
     count: int
     total: Decimal
     low: Decimal
     high: Decimal
+    sketch: DDSketch | None
+
+    @classmethod
+    def first(cls, value: Decimal, with_sketch: bool) -> Accumulator:
+        acc = cls(1, value, value, value, None)
+        if with_sketch:
+            acc.sketch = DDSketch()
+            acc.sketch.add(float(value))
+        return acc
 
     def add(self, value: Decimal) -> None:
         self.count += 1
@@ -36,29 +52,25 @@ class Accumulator:
             self.low = value
         elif value > self.high:
             self.high = value
+        if self.sketch is not None:
+            self.sketch.add(float(value))
 
+    def merge(self, other: Accumulator) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = DDSketch()
+            self.sketch.merge(other.sketch)
 
-def series_and_value(project: str, event: dict[str, Any]) -> tuple[SeriesKey, Decimal]:
-    """The series an event belongs to (DESIGN §3.4 `name`) and the value it adds.
-
-    Revenue adds its amount per currency; performance its value per unit; conversion and
-    feature events add 1 (their sum is their count).
-    """
-    kind = event["type"]
-    if kind == "revenue":
-        return (project, kind, event["name"], event["currency"], ()), Decimal(event["amount"])
-    if kind == "performance":
-        return (project, kind, event["metric"], "", (("unit", event["unit"]),)), Decimal(repr(event["value"]))
-    if kind == "conversion":
-        return (project, kind, f"{event['funnel']}:{event['step']}", "", ()), _ONE
-    return (project, kind, event["feature"], "", (("action", event["action"]),)), _ONE
-
-
-def series_id(key: SeriesKey) -> str:
-    """A stable id of a series, the same in every process and release."""
-    project, kind, name, currency, dims = key
-    text = "\x1f".join([project, kind, name, currency, *(f"{k}={v}" for k, v in dims)])
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    def copy(self) -> Accumulator:
+        sketch = None
+        if self.sketch is not None:
+            sketch = DDSketch()
+            sketch.merge(self.sketch)
+        return Accumulator(self.count, self.total, self.low, self.high, sketch)
 
 
 def _epoch(timestamp: str) -> float:
@@ -69,20 +81,23 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
-class TumblingWindows:
-    """Open windows of one granularity for the partitions a worker owns.
+class EventTimeWindows:
+    """Open windows of every granularity for the partitions a worker owns.
 
-    `add_envelope` is called for every record and returns the events too late for their
-    window; `close_ready` is called on a timer and returns each closed window exactly once.
+    `add_envelope` is called for every record and returns the events too late for their pane;
+    `close_ready` is called on a timer and returns every window (of any granularity) the
+    watermark closed, each exactly once.
     """
 
-    def __init__(self, granularity: Granularity, watermark: Watermark, grace_s: float) -> None:
-        self.granularity = granularity
-        self._size = GRANULARITY_SECONDS[granularity]
+    def __init__(self, watermark: Watermark, grace_s: float, series: SeriesResolver) -> None:
         self._watermark = watermark
         self._grace = grace_s
-        self._open: dict[tuple[SeriesKey, int], Accumulator] = {}
-        self._closing: list[tuple[int, SeriesKey]] = []  # heap of (window_start, series)
+        self._series = series
+        self._pane = GRANULARITY_SECONDS[PANE]
+        self._open: dict[Granularity, dict[tuple[SeriesKey, int], Accumulator]] = {
+            g: {} for g in (PANE, *ROLLUPS)
+        }
+        self._closing: dict[Granularity, list[tuple[int, SeriesKey]]] = {g: [] for g in (PANE, *ROLLUPS)}
         self.late_events = 0
 
     def _closed_before(self) -> float:
@@ -92,20 +107,23 @@ class TumblingWindows:
     def add_envelope(self, partition: int, envelope: dict[str, Any], now: float) -> list[dict[str, Any]]:
         project = envelope["project"]
         closed_before = self._closed_before()
+        panes = self._open[PANE]
         late: list[dict[str, Any]] = []
         newest = float("-inf")
+        size = self._pane
         for event in envelope["events"]:
             event_time = _epoch(event["timestamp"])
-            start = int(event_time // self._size) * self._size
-            if start + self._size <= closed_before:
+            start = int(event_time // size) * size
+            if start + size <= closed_before:
                 late.append(event)
                 continue
-            newest = max(newest, event_time)
-            key, value = series_and_value(project, event)
-            acc = self._open.get((key, start))
+            if event_time > newest:
+                newest = event_time
+            key, value = self._series.resolve(project, event)
+            acc = panes.get((key, start))
             if acc is None:
-                self._open[(key, start)] = Accumulator(1, value, value, value)
-                heapq.heappush(self._closing, (start, key))
+                panes[(key, start)] = Accumulator.first(value, key[1] == "performance")
+                heapq.heappush(self._closing[PANE], (start, key))
             else:
                 acc.add(value)
         if newest > float("-inf"):
@@ -113,37 +131,90 @@ class TumblingWindows:
         self.late_events += len(late)
         return late
 
+    def _pop_closed(
+        self, granularity: Granularity, closed_before: float
+    ) -> list[tuple[SeriesKey, int, Accumulator]]:
+        size = GRANULARITY_SECONDS[granularity]
+        heap, windows = self._closing[granularity], self._open[granularity]
+        out = []
+        while heap and heap[0][0] + size <= closed_before:
+            start, key = heapq.heappop(heap)
+            out.append((key, start, windows.pop((key, start))))
+        return out
+
+    def _roll_up(self, key: SeriesKey, pane_start: int, pane: Accumulator) -> None:
+        for granularity in ROLLUPS:
+            size = GRANULARITY_SECONDS[granularity]
+            start = pane_start // size * size
+            windows = self._open[granularity]
+            acc = windows.get((key, start))
+            if acc is None:
+                windows[(key, start)] = pane.copy()
+                heapq.heappush(self._closing[granularity], (start, key))
+            else:
+                acc.merge(pane)
+
     def close_ready(self, now: float) -> list[dict[str, Any]]:
         """Advance the watermark to wall time `now`; pop and return every window it closed."""
         self._watermark.advance(now)
         closed_before = self._closed_before()
         emitted_at = _iso(now)
-        out = []
-        while self._closing and self._closing[0][0] + self._size <= closed_before:
-            start, key = heapq.heappop(self._closing)
-            acc = self._open.pop((key, start))
-            project, kind, name, currency, dims = key
-            out.append(
-                {
-                    "v": 1,
-                    "project": project,
-                    "type": kind,
-                    "name": name,
-                    "currency": currency,
-                    "dims": dict(dims),
-                    "series_id": series_id(key),
-                    "granularity": self.granularity,
-                    "window_start": _iso(start),
-                    "window_end": _iso(start + self._size),
-                    "count": acc.count,
-                    "sum": str(acc.total),
-                    "min": str(acc.low),
-                    "max": str(acc.high),
-                    "emitted_at": emitted_at,
-                }
-            )
+        out: list[dict[str, Any]] = []
+        for granularity in (PANE, *ROLLUPS):
+            closed = self._pop_closed(granularity, closed_before)
+            for key, start, acc in closed:
+                if granularity == PANE:
+                    self._roll_up(key, start, acc)
+            out.extend(self._records(granularity, closed, emitted_at))
         return out
+
+    def _records(
+        self, granularity: Granularity, closed: list[tuple[SeriesKey, int, Accumulator]], emitted_at: str
+    ) -> list[dict[str, Any]]:
+        size = GRANULARITY_SECONDS[granularity]
+        records = []
+        steps: dict[tuple[str, str, int], dict[int, int]] = defaultdict(
+            dict
+        )  # funnel window -> index -> count
+        for key, start, acc in closed:
+            project, kind, name, currency, dims = key
+            record: dict[str, Any] = {
+                "v": 1,
+                "project": project,
+                "type": kind,
+                "name": name,
+                "currency": currency,
+                "dims": dict(dims),
+                "series_id": series_id(key),
+                "granularity": granularity,
+                "window_start": _iso(start),
+                "window_end": _iso(start + size),
+                "count": acc.count,
+                "sum": str(acc.total),
+                "min": str(acc.low),
+                "max": str(acc.high),
+                "mean": float(acc.total / acc.count),
+                "emitted_at": emitted_at,
+            }
+            if acc.sketch is not None:
+                for label, q in QUANTILES:
+                    record[label] = acc.sketch.quantile(q)
+                record["sketch"] = acc.sketch.to_wire()
+            if kind == "conversion":
+                index = self._series.step_index.get((project, name))
+                if index is not None:
+                    record["step_index"] = index
+                    steps[(project, name.split(":", 1)[0], start)][index] = acc.count
+            records.append(record)
+        for record in records:  # step-to-step conversion within the same funnel and window
+            if "step_index" in record:
+                funnel = record["name"].split(":", 1)[0]
+                counts = steps[(record["project"], funnel, int(_epoch(record["window_start"])))]
+                previous = counts.get(record["step_index"] - 1)
+                if previous:
+                    record["ratio_to_previous"] = record["count"] / previous
+        return records
 
     @property
     def open_windows(self) -> int:
-        return len(self._open)
+        return sum(len(windows) for windows in self._open.values())

@@ -123,6 +123,34 @@ def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None
     assert found == expected
     assert sum(count for count, _ in found.values()) == 1000
 
+    # Panes hold the same events as the minutes, and performance windows carry quantiles
+    # within the sketch's 1 % of the exact ones computed from the posted values.
+    assert wait_for(
+        lambda: (
+            pipeline.query("SELECT sum(count) FROM metrics.aggregates FINAL WHERE granularity = '10s'")
+            == [[1000]]
+        ),
+        timeout=30,
+    )
+    rows = pipeline.query(
+        "SELECT name, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count, p50, p99,"
+        " arraySum(mapValues(sketch_positive)) FROM metrics.aggregates FINAL"
+        " WHERE type = 'performance' AND granularity = '1m'"
+    )
+    assert rows
+    for name, start, count, p50, p99, binned in rows:
+        values = sorted(
+            e["value"]
+            for e in events
+            if e["type"] == "performance"
+            and e["metric"] == name
+            and e["timestamp"].startswith(str(start)[:16])
+        )
+        assert count == binned == len(values)
+        for estimate, q in ((p50, 0.5), (p99, 0.99)):
+            truth = values[int(q * (len(values) - 1))]
+            assert abs(float(str(estimate)) - truth) <= 0.01 * truth
+
 
 def documented_queries() -> list[str]:
     """Every statement of every ```sql block in the README and the reference docs."""

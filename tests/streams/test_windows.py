@@ -1,4 +1,4 @@
-"""Tumbling windows and the watermark, driven without Kafka."""
+"""Panes, roll-ups, the watermark, grace and late routing, series dimensions: without Kafka."""
 
 from __future__ import annotations
 
@@ -6,69 +6,125 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from schemas.series import DEFAULT_SERIES, OVERFLOW, DimensionRule, SeriesConfig
+from streams.series import SeriesResolver, series_id
 from streams.watermark import Watermark
-from streams.windows import TumblingWindows, series_id
+from streams.windows import EventTimeWindows
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def envelope(*events: dict[str, Any], project: str = "p") -> dict[str, Any]:
-    return {"project": project, "request_id": "r", "received_at": T0.isoformat(), "events": list(events)}
+    return {"project": project, "events": list(events)}
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat()
 
 
 def revenue(seconds: float, amount: str, currency: str = "USD") -> dict[str, Any]:
-    ts = (T0 + timedelta(seconds=seconds)).isoformat()
-    return {"type": "revenue", "name": "sub", "amount": amount, "currency": currency, "timestamp": ts}
+    return {
+        "type": "revenue",
+        "name": "sub",
+        "amount": amount,
+        "currency": currency,
+        "timestamp": at(seconds),
+    }
 
 
-def latency(seconds: float, value: float) -> dict[str, Any]:
-    ts = (T0 + timedelta(seconds=seconds)).isoformat()
-    return {"type": "performance", "metric": "api.latency", "value": value, "unit": "ms", "timestamp": ts}
+def latency(seconds: float, value: float, **tags: str) -> dict[str, Any]:
+    event = {
+        "type": "performance",
+        "metric": "api.latency",
+        "value": value,
+        "unit": "ms",
+        "timestamp": at(seconds),
+    }
+    return event | ({"tags": tags} if tags else {})
 
 
-def windows(lateness: float = 0, grace: float = 0, idle: float = 5) -> TumblingWindows:
-    return TumblingWindows("1m", Watermark(lateness_s=lateness, idle_s=idle), grace_s=grace)
+def step(seconds: float, name: str, index: int) -> dict[str, Any]:
+    return {
+        "type": "conversion",
+        "funnel": "checkout",
+        "step": name,
+        "step_index": index,
+        "timestamp": at(seconds),
+    }
 
 
-def test_window_closes_once_when_the_watermark_passes_its_end() -> None:
+def windows(
+    lateness: float = 0, grace: float = 0, idle: float = 5, config: SeriesConfig = DEFAULT_SERIES
+) -> EventTimeWindows:
+    return EventTimeWindows(
+        Watermark(lateness_s=lateness, idle_s=idle), grace_s=grace, series=SeriesResolver(config)
+    )
+
+
+def by(closed: list[dict[str, Any]], granularity: str) -> list[dict[str, Any]]:
+    return [c for c in closed if c["granularity"] == granularity]
+
+
+def test_pane_closes_once_when_the_watermark_passes_its_end() -> None:
     w = windows()
-    now = T0.timestamp()
-    w.add_envelope(0, envelope(revenue(1, "9.99"), revenue(30, "0.01"), latency(59, 100.5)), now)
-    assert w.close_ready(now) == []
-    w.add_envelope(0, envelope(revenue(61, "5")), now)
-    closed = w.close_ready(now)
-    by_type = {c["type"]: c for c in closed}
-    assert set(by_type) == {"revenue", "performance"}
-    assert (by_type["revenue"]["count"], Decimal(by_type["revenue"]["sum"])) == (2, Decimal("10.00"))
-    assert (by_type["revenue"]["min"], by_type["revenue"]["max"]) == ("0.01", "9.99")
-    assert by_type["performance"]["dims"] == {"unit": "ms"}
-    assert by_type["revenue"]["window_start"] == "2026-11-26T12:00:00Z"
-    assert w.close_ready(now) == []  # emitted once
-    assert w.open_windows == 1
+    w.add_envelope(0, envelope(revenue(1, "9.99"), revenue(5, "0.01"), latency(9, 100.5)), 0)
+    assert w.close_ready(0) == []
+    w.add_envelope(0, envelope(revenue(11, "5")), 0)
+    panes = by(w.close_ready(0), "10s")
+    kinds = {c["type"]: c for c in panes}
+    assert (kinds["revenue"]["count"], Decimal(kinds["revenue"]["sum"])) == (2, Decimal("10.00"))
+    assert (kinds["revenue"]["min"], kinds["revenue"]["max"]) == ("0.01", "9.99")
+    assert kinds["revenue"]["window_start"] == "2026-11-26T12:00:00Z"
+    assert kinds["revenue"]["window_end"] == "2026-11-26T12:00:10Z"
+    assert kinds["performance"]["dims"] == {"unit": "ms"}
+    assert w.close_ready(0) == []  # emitted once
+
+
+def test_minutes_and_hours_are_merged_panes() -> None:
+    w = windows()
+    values = [10.0 + i for i in range(120)]  # two minutes, one event a second
+    w.add_envelope(0, envelope(*(latency(i, v) for i, v in enumerate(values))), 0)
+    w.add_envelope(0, envelope(latency(3600, 1.0)), 0)  # moves the watermark past the first hour
+    closed = w.close_ready(0)
+    panes, minutes, [hour] = by(closed, "10s"), by(closed, "1m"), by(closed, "1h")
+    assert len(panes) == 12 and len(minutes) == 2
+    assert [m["count"] for m in minutes] == [60, 60]
+    assert (
+        sum(Decimal(p["sum"]) for p in panes)
+        == sum(Decimal(m["sum"]) for m in minutes)
+        == Decimal(hour["sum"])
+    )
+    assert (hour["count"], hour["min"], hour["max"], hour["mean"]) == (120, "10.0", "129.0", 69.5)
+    assert abs(hour["p50"] - 69.0) <= 0.01 * 69.0
+    assert abs(hour["p99"] - 128.0) <= 0.01 * 128.0
+    assert sum(hour["sketch"]["positive"].values()) == 120
 
 
 def test_revenue_sums_are_exact_per_currency() -> None:
     w = windows()
-    w.add_envelope(0, envelope(*(revenue(i % 50, "0.10") for i in range(1000)), revenue(5, "100", "JPY")), 0)
-    w.add_envelope(0, envelope(revenue(120, "1")), 0)
-    closed = {c["currency"]: c for c in w.close_ready(0)}
+    w.add_envelope(0, envelope(*(revenue(i % 10, "0.10") for i in range(1000)), revenue(5, "100", "JPY")), 0)
+    w.add_envelope(0, envelope(revenue(20, "1")), 0)
+    closed = {c["currency"]: c for c in by(w.close_ready(0), "10s")}
     assert Decimal(closed["USD"]["sum"]) == Decimal("100.00")
     assert closed["JPY"]["count"] == 1
     assert closed["USD"]["series_id"] != closed["JPY"]["series_id"]
 
 
-def test_grace_keeps_a_window_open_for_late_events_then_routes_later_ones() -> None:
-    w = windows(lateness=0, grace=10)
-    w.add_envelope(0, envelope(revenue(10, "1")), 0)
-    w.add_envelope(0, envelope(revenue(65, "1")), 0)  # watermark 65 < 60 + 10: still open
-    assert w.add_envelope(0, envelope(revenue(20, "2")), 0) == []
-    assert w.close_ready(0) == []
-    w.add_envelope(0, envelope(revenue(71, "1")), 0)  # watermark 71 >= 70: closes
-    [closed] = [c for c in w.close_ready(0) if c["window_start"].endswith("12:00:00Z")]
+def test_grace_keeps_a_pane_open_for_late_events_then_routes_later_ones() -> None:
+    w = windows(lateness=0, grace=5)
+    w.add_envelope(0, envelope(revenue(1, "1")), 0)
+    w.add_envelope(0, envelope(revenue(14, "1")), 0)  # watermark 14 < 10 + 5: still open
+    assert w.add_envelope(0, envelope(revenue(2, "2")), 0) == []
+    assert by(w.close_ready(0), "10s") == []
+    w.add_envelope(0, envelope(revenue(15, "1")), 0)  # watermark 15 >= 15: closes
+    [closed] = by(w.close_ready(0), "10s")
     assert (closed["count"], closed["sum"]) == (2, "3")
-    late = w.add_envelope(0, envelope(revenue(30, "7")), 0)
+    late = w.add_envelope(0, envelope(revenue(3, "7")), 0)
     assert [e["amount"] for e in late] == ["7"]
     assert w.late_events == 1
+    w.add_envelope(0, envelope(revenue(200, "1")), 0)
+    [minute] = [c for c in by(w.close_ready(0), "1m") if c["window_start"].endswith("12:00:00Z")]
+    assert minute["count"] == 4  # the events at 1, 2, 14 and 15 s; the late one is in no granularity
 
 
 def test_lateness_delays_the_watermark() -> None:
@@ -97,11 +153,34 @@ def test_idle_partition_follows_the_wall_clock() -> None:
     assert wm.advance(now=1010.0) == 110.0  # idle: event time moves on with wall time
 
 
-def test_quiet_stream_closes_its_last_window_by_idleness() -> None:
+def test_quiet_stream_closes_its_last_pane_by_idleness() -> None:
     w = windows(idle=2)
-    w.add_envelope(0, envelope(revenue(58, "1")), now=5000.0)
+    w.add_envelope(0, envelope(revenue(8, "1")), now=5000.0)
     assert w.close_ready(5001.0) == []
-    assert len(w.close_ready(5003.0)) == 1
+    assert len(by(w.close_ready(5003.0), "10s")) == 1
+
+
+def test_conversion_steps_carry_their_ratio_to_the_previous_step() -> None:
+    w = windows()
+    events = (
+        [step(1, "paywall_viewed", 0)] * 10 + [step(2, "checkout_started", 1)] * 4 + [step(3, "paid", 2)] * 3
+    )
+    w.add_envelope(0, envelope(*events), 0)
+    w.add_envelope(0, envelope(revenue(15, "1")), 0)
+    steps = {c["name"]: c for c in by(w.close_ready(0), "10s") if c["type"] == "conversion"}
+    assert steps["checkout:paywall_viewed"].get("ratio_to_previous") is None
+    assert steps["checkout:checkout_started"]["ratio_to_previous"] == 0.4
+    assert steps["checkout:paid"]["ratio_to_previous"] == 0.75
+
+
+def test_configured_tags_become_dimensions_with_a_cardinality_cap() -> None:
+    config = SeriesConfig(rules=(DimensionRule(type="performance", tags=("route",)),), max_values=3)
+    w = windows(config=config)
+    routes = ["/a", "/b", "/c", "/d", "/e"]
+    w.add_envelope(0, envelope(*(latency(1, 10.0, route=r, user="ignored") for r in routes)), 0)
+    w.add_envelope(0, envelope(latency(11, 1.0)), 0)
+    dims = sorted(c["dims"].get("route", "") for c in by(w.close_ready(0), "10s"))
+    assert dims == ["/a", "/b", "/c", OVERFLOW]
 
 
 def test_series_id_is_stable_and_distinguishes_dims() -> None:

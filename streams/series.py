@@ -1,0 +1,84 @@
+"""From an event (a wire dict of an envelope) to its series and the value it adds.
+
+A series is (project, type, name, currency, dims): `name` is the revenue name, the metric, the
+feature or `funnel:step`; `dims` holds the built-in dimensions (`action`, `unit`) and the tags
+the series config names, each dimension capped in distinct values (see schemas/series.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+from schemas.series import OVERFLOW, SeriesConfig
+
+Dims = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
+_ONE = Decimal(1)
+
+
+def series_id(key: SeriesKey) -> str:
+    """A stable id of a series, the same in every process and release."""
+    project, kind, name, currency, dims = key
+    text = "\x1f".join([project, kind, name, currency, *(f"{k}={v}" for k, v in dims)])
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+class SeriesResolver:
+    """Maps events to series; remembers the values each dimension has taken (bounded by the cap).
+    Called once per event from the worker's single thread."""
+
+    def __init__(self, config: SeriesConfig) -> None:
+        self._config = config
+        self._tags_for: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._seen: dict[tuple[str, str, str, str], set[str]] = {}
+        self.overflowed = 0
+        # (project, "funnel:step") -> the step's position in its funnel, as events report it.
+        self.step_index: dict[tuple[str, str], int] = {}
+
+    def _dimension_tags(self, kind: str, name: str) -> tuple[str, ...]:
+        found = self._tags_for.get((kind, name))
+        if found is None:
+            tags: list[str] = []
+            for rule in self._config.rules:
+                if (rule.type is None or rule.type == kind) and fnmatch.fnmatchcase(name, rule.name):
+                    tags.extend(tag for tag in rule.tags if tag not in tags)
+            found = self._tags_for[(kind, name)] = tuple(tags)
+        return found
+
+    def _capped(self, project: str, kind: str, name: str, dim: str, value: str) -> str:
+        seen = self._seen.setdefault((project, kind, name, dim), set())
+        if value in seen:
+            return value
+        if len(seen) >= self._config.max_values:
+            self.overflowed += 1
+            return OVERFLOW
+        seen.add(value)
+        return value
+
+    def resolve(self, project: str, event: dict[str, Any]) -> tuple[SeriesKey, Decimal]:
+        """The event's series and the value it adds: revenue its amount (exact, per currency),
+        performance its value; conversion and feature events add 1 (their sum is their count)."""
+        kind = event["type"]
+        currency = ""
+        dims: list[tuple[str, str]] = []
+        if kind == "revenue":
+            name, currency, value = event["name"], event["currency"], Decimal(event["amount"])
+        elif kind == "performance":
+            name, value = event["metric"], Decimal(repr(event["value"]))
+            dims.append(("unit", event["unit"]))
+        elif kind == "conversion":
+            name, value = f"{event['funnel']}:{event['step']}", _ONE
+            if "step_index" in event:
+                self.step_index[(project, name)] = event["step_index"]
+        else:
+            name, value = event["feature"], _ONE
+            dims.append(("action", event["action"]))
+        tags = event.get("tags")
+        if tags:
+            for tag in self._dimension_tags(kind, name):
+                if tag in tags:
+                    dims.append((tag, self._capped(project, kind, name, tag, tags[tag])))
+        return (project, kind, name, currency, tuple(dims)), value

@@ -1,0 +1,89 @@
+"""DDSketch: a mergeable quantile sketch with a relative-error guarantee.
+
+A value v > 0 falls in bin ceil(log_gamma(v)) with gamma = (1 + a) / (1 - a); answering with the
+bin's midpoint 2 * gamma^i / (gamma + 1) is within a relative error a of every value in the bin.
+Merging adds bin counts, so panes merge into minutes and hours without losing the guarantee
+(Masson, Rim, Lee: "DDSketch", VLDB 2019). Values <= 0 are kept in a zero bin and negative
+values in a mirrored store, so any finite measurement fits. Stores are sparse dicts: a sketch
+costs memory per distinct bin it holds, not per possible bin.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+RELATIVE_ACCURACY = 0.01
+_GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+_LOG_GAMMA = math.log(_GAMMA)
+_MIN_POSITIVE = 1e-9  # below this a value counts as zero (a 1 ns latency is 0 for our units)
+
+
+def _bin(value: float) -> int:
+    return math.ceil(math.log(value) / _LOG_GAMMA)
+
+
+def _value(index: int) -> float:
+    return 2 * _GAMMA**index / (_GAMMA + 1)
+
+
+@dataclass(slots=True)
+class DDSketch:
+    positive: dict[int, int] = field(default_factory=dict)
+    negative: dict[int, int] = field(default_factory=dict)
+    zeros: int = 0
+    count: int = 0
+
+    def add(self, value: float) -> None:
+        if value > _MIN_POSITIVE:
+            index = _bin(value)
+            self.positive[index] = self.positive.get(index, 0) + 1
+        elif value < -_MIN_POSITIVE:
+            index = _bin(-value)
+            self.negative[index] = self.negative.get(index, 0) + 1
+        else:
+            self.zeros += 1
+        self.count += 1
+
+    def merge(self, other: DDSketch) -> None:
+        for index, n in other.positive.items():
+            self.positive[index] = self.positive.get(index, 0) + n
+        for index, n in other.negative.items():
+            self.negative[index] = self.negative.get(index, 0) + n
+        self.zeros += other.zeros
+        self.count += other.count
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0 <= q <= 1) within the relative accuracy; None for an empty sketch."""
+        if self.count == 0:
+            return None
+        rank = q * (self.count - 1)
+        seen = 0
+        for index in sorted(self.negative, reverse=True):  # most negative first
+            seen += self.negative[index]
+            if seen > rank:
+                return -_value(index)
+        seen += self.zeros
+        if seen > rank:
+            return 0.0
+        for index in sorted(self.positive):
+            seen += self.positive[index]
+            if seen > rank:
+                return _value(index)
+        return _value(max(self.positive))
+
+    def to_wire(self) -> dict[str, object]:
+        """A JSON-ready form (bin index -> count) that `from_wire` reads back."""
+        return {
+            "accuracy": RELATIVE_ACCURACY,
+            "positive": {str(k): v for k, v in self.positive.items()},
+            "negative": {str(k): v for k, v in self.negative.items()},
+            "zeros": self.zeros,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, object]) -> DDSketch:
+        positive = {int(k): int(v) for k, v in dict(wire["positive"]).items()}  # type: ignore[call-overload]
+        negative = {int(k): int(v) for k, v in dict(wire["negative"]).items()}  # type: ignore[call-overload]
+        zeros = int(wire["zeros"])  # type: ignore[call-overload]
+        return cls(positive, negative, zeros, sum(positive.values()) + sum(negative.values()) + zeros)
