@@ -76,6 +76,9 @@ class StreamsSettings(CommonSettings):
         default=5.0, gt=0, description="After this long without records a partition's clock follows wall time"
     )
     tick_s: float = Field(default=0.5, gt=0, description="How often closed windows are emitted")
+    checkpoint_s: float = Field(
+        default=5.0, gt=0, description="Longest time between window-state checkpoints"
+    )
 
 
 class SinkSettings(CommonSettings):

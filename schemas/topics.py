@@ -7,6 +7,10 @@ from dataclasses import dataclass
 DEFAULT_PREFIX = "metrics."
 # An envelope of 1,000 events (1 MiB of input) plus server fields stays well below this.
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+# A streams checkpoint holds every open window of a partition (compressed).
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+# Checkpoint partition p holds the state of events partition p, so both counts are this one.
+EVENT_PARTITIONS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,11 @@ class Topics:
         return f"{self.prefix}alerts.v1"
 
     @property
+    def checkpoints(self) -> str:
+        """Window state of the streams worker, one compacted partition per events partition."""
+        return f"{self.internal}checkpoints"
+
+    @property
     def internal(self) -> str:
         """Prefix of internal topics (Faust changelogs, repartition, leader election)."""
         return f"{self.prefix}internal."
@@ -46,8 +55,17 @@ class Topics:
     def specs(self) -> list[TopicSpec]:
         week = str(7 * 24 * 3600 * 1000)
         return [
-            TopicSpec(self.events, 6, {"retention.ms": week, "max.message.bytes": str(MAX_RECORD_BYTES)}),
+            TopicSpec(
+                self.events,
+                EVENT_PARTITIONS,
+                {"retention.ms": week, "max.message.bytes": str(MAX_RECORD_BYTES)},
+            ),
             TopicSpec(self.dead_letter, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
             TopicSpec(self.aggregates, 6, {"retention.ms": week}),
             TopicSpec(self.alerts, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+            TopicSpec(
+                self.checkpoints,
+                EVENT_PARTITIONS,
+                {"cleanup.policy": "compact", "max.message.bytes": str(MAX_CHECKPOINT_BYTES)},
+            ),
         ]

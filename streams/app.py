@@ -1,14 +1,17 @@
 """The Faust worker: envelopes in, final 10-second, 1-minute and 1-hour windows out.
 
-Agents stay thin: they decode records and hand them to `EventTimeWindows`; a timer closes
-windows and sends them to the aggregates topic; events too late for their window go to the
-dead-letter topic with the reason `late`.
+Agents stay thin: they decode records and hand them to `EventTimeWindows`, one per events
+partition (envelopes are keyed by project, so a partition holds whole series); a timer closes
+windows, sends them to the aggregates topic and checkpoints the partition's state (see
+streams/checkpoint.py); events too late for their window go to the dead-letter topic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -16,11 +19,23 @@ import orjson
 
 from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
+from schemas.topics import MAX_CHECKPOINT_BYTES
+from streams.checkpoint import Checkpoint, encode, load_latest
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
+
+
+@dataclass
+class PartitionState:
+    """The windows of one events partition, and the records folded in since the last checkpoint."""
+
+    windows: EventTimeWindows
+    next_offset: int = 0  # the first offset not folded into `windows`
+    unacked: list[Any] = field(default_factory=list)  # Faust messages to ack after the next checkpoint
+    checkpointed_at: float = 0.0
 
 
 def create_app(settings: StreamsSettings) -> faust.App:
@@ -32,32 +47,103 @@ def create_app(settings: StreamsSettings) -> faust.App:
         datadir=str(settings.data_dir / "streams"),
         web_enabled=False,
         producer_acks=-1,
+        producer_max_request_size=MAX_CHECKPOINT_BYTES,
         consumer_auto_offset_reset="earliest",
         topic_replication_factor=1,
+        # A worker killed without leaving the group holds its partitions until this runs out.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        # Offsets advance only with checkpoints; a rebalance must not wait for acks that will come
+        # with the next checkpoint (the new owner resumes from that checkpoint instead).
+        stream_wait_empty=False,
     )
     events = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
-    aggregates = app.topic(topics.aggregates, key_serializer="raw", value_serializer="raw")
-    dead_letter = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
-    windows = EventTimeWindows(
-        Watermark(lateness_s=settings.window_lateness_s, idle_s=settings.watermark_idle_s),
-        grace_s=settings.window_grace_s,
-        series=SeriesResolver(DEFAULT_SERIES),
-    )
+    states: dict[int, PartitionState] = {}
+    loading: dict[int, asyncio.Lock] = {}
+
+    def new_windows() -> EventTimeWindows:
+        return EventTimeWindows(
+            Watermark(lateness_s=settings.window_lateness_s, idle_s=settings.watermark_idle_s),
+            grace_s=settings.window_grace_s,
+            series=SeriesResolver(DEFAULT_SERIES),
+        )
+
+    async def state_of(partition: int) -> PartitionState:
+        """The partition's state, loaded from its newest checkpoint the first time."""
+        state = states.get(partition)
+        if state is not None:
+            return state
+        async with loading.setdefault(partition, asyncio.Lock()):
+            if partition not in states:
+                found = await asyncio.to_thread(
+                    load_latest, settings.kafka_bootstrap, topics.checkpoints, partition
+                )
+                state = PartitionState(new_windows(), checkpointed_at=time.monotonic())
+                if found is None:
+                    log.info("owns events partition %d, which has no checkpoint yet", partition)
+                else:
+                    state.windows.restore(found.state, time.time())
+                    state.next_offset = found.next_offset
+                    log.info(
+                        "owns events partition %d from its checkpoint at offset %d",
+                        partition,
+                        found.next_offset,
+                    )
+                states[partition] = state
+        return states[partition]
+
+    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> Any:
+        """Queue one record on Faust's producer; the returned future resolves on Kafka's ack."""
+        return await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
 
     @app.agent(events)
     async def fold_envelopes(stream: Any) -> None:
-        async for record in stream.events():
+        async for record in stream.noack().events():
+            message = record.message
+            state = await state_of(message.partition)
+            if message.offset < state.next_offset:  # already in the checkpoint it resumed from
+                app.consumer.ack(message)
+                continue
             envelope = orjson.loads(record.value)
-            late = windows.add_envelope(record.message.partition, envelope, time.time())
-            for event in late:
-                await dead_letter.send(key=envelope["project"].encode(), value=_late_record(envelope, event))
+            late = state.windows.add_envelope(message.partition, envelope, time.time())
+            state.next_offset = message.offset + 1
+            message.value = None  # the message waits for its ack; its bytes need not
+            state.unacked.append(message)
+            acks = [
+                await send(topics.dead_letter, envelope["project"].encode(), _late_record(envelope, event))
+                for event in late
+            ]
+            await asyncio.gather(*acks)
+
+    async def checkpoint(partition: int, state: PartitionState) -> None:
+        value = encode(Checkpoint(state.next_offset, state.windows.to_state()))
+        await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
+        for message in state.unacked:
+            app.consumer.ack(message)
+        state.unacked = []
+        state.checkpointed_at = time.monotonic()
 
     @app.timer(settings.tick_s)
     async def emit_closed_windows() -> None:
-        for window in windows.close_ready(time.time()):
-            key = f"{window['series_id']}|{window['granularity']}|{window['window_start']}"
-            await aggregates.send(key=key.encode(), value=orjson.dumps(window))
+        now = time.time()
+        for partition, state in list(states.items()):
+            closed = state.windows.close_ready(now)
+            acks = []
+            for window in closed:
+                key = f"{window['series_id']}|{window['granularity']}|{window['window_start']}"
+                acks.append(await send(topics.aggregates, key.encode(), orjson.dumps(window)))
+            await asyncio.gather(*acks)
+            due = time.monotonic() - state.checkpointed_at >= settings.checkpoint_s
+            if closed or (due and state.unacked):
+                await checkpoint(partition, state)
 
+    async def forget_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
+        # Another worker resumes these partitions from their checkpoints.
+        for tp in revoked:
+            if tp.topic == topics.events:
+                states.pop(tp.partition, None)
+
+    app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]  # mode's signal typing
     return app
 
 

@@ -58,6 +58,17 @@ class SeriesResolver:
         seen.add(value)
         return value
 
+    def to_state(self) -> dict[str, Any]:
+        """The dimension values seen so far and the funnel step positions (for a checkpoint)."""
+        return {
+            "seen": [[*key, sorted(values)] for key, values in self._seen.items()],
+            "step_index": [[project, name, index] for (project, name), index in self.step_index.items()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._seen = {(p, k, n, d): set(values) for p, k, n, d, values in state["seen"]}
+        self.step_index = {(project, name): index for project, name, index in state["step_index"]}
+
     def resolve(self, project: str, event: dict[str, Any]) -> tuple[SeriesKey, Decimal]:
         """The event's series and the value it adds: revenue its amount (exact, per currency),
         performance its value; conversion and feature events add 1 (their sum is their count)."""

@@ -9,6 +9,7 @@ the allowed lateness, and it never goes back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -42,6 +43,17 @@ class Watermark:
     def forget(self, partition: int) -> None:
         """Drop a partition this worker no longer owns (after a rebalance)."""
         self._clocks.pop(partition, None)
+
+    def to_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the current watermark and each partition's clock."""
+        current = None if self._current == float("-inf") else self._current
+        return {"current": current, "clocks": {str(p): c.max_event_time for p, c in self._clocks.items()}}
+
+    def restore(self, state: dict[str, Any], now: float) -> None:
+        """Resume from `to_state()`. Arrival times restart at `now`: a restarted worker does not
+        count its own downtime as idleness of the stream."""
+        self._current = float("-inf") if state["current"] is None else float(state["current"])
+        self._clocks = {int(p): _PartitionClock(float(t), now) for p, t in state["clocks"].items()}
 
     def advance(self, now: float) -> float:
         """Recompute the watermark at wall time `now` and return it."""

@@ -65,6 +65,21 @@ class Accumulator:
                 self.sketch = DDSketch()
             self.sketch.merge(other.sketch)
 
+    def to_state(self) -> list[Any]:
+        sketch = None if self.sketch is None else self.sketch.to_wire()
+        return [self.count, str(self.total), str(self.low), str(self.high), sketch]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> Accumulator:
+        count, total, low, high, sketch = state
+        return cls(
+            count,
+            Decimal(total),
+            Decimal(low),
+            Decimal(high),
+            None if sketch is None else DDSketch.from_wire(sketch),
+        )
+
     def copy(self) -> Accumulator:
         sketch = None
         if self.sketch is not None:
@@ -214,6 +229,37 @@ class EventTimeWindows:
                 if previous:
                     record["ratio_to_previous"] = record["count"] / previous
         return records
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: open windows, watermark, series bookkeeping."""
+        return {
+            "windows": {
+                granularity: [
+                    [*key[:4], [list(d) for d in key[4]], start, acc.to_state()]
+                    for (key, start), acc in windows.items()
+                ]
+                for granularity, windows in self._open.items()
+            },
+            "watermark": self._watermark.to_state(),
+            "series": self._series.to_state(),
+            "late_events": self.late_events,
+        }
+
+    def restore(self, state: dict[str, Any], now: float) -> None:
+        """Resume from `to_state()` (called before any event of the restored partition)."""
+        for granularity, rows in state["windows"].items():
+            windows = self._open[granularity]
+            heap = self._closing[granularity]
+            windows.clear()
+            heap.clear()
+            for project, kind, name, currency, dims, start, acc in rows:
+                key: SeriesKey = (project, kind, name, currency, tuple((k, v) for k, v in dims))
+                windows[(key, start)] = Accumulator.from_state(acc)
+                heap.append((start, key))
+            heapq.heapify(heap)
+        self._watermark.restore(state["watermark"], now)
+        self._series.restore(state["series"])
+        self.late_events = state["late_events"]
 
     @property
     def open_windows(self) -> int:

@@ -72,10 +72,12 @@ class Pipeline:
     processes: dict[str, Popen[bytes]] = field(default_factory=dict)
 
     def start(self, *services: str) -> None:
+        """Start services by CLI command; `streams#2` starts a second `streams` process."""
         for name in services:
+            command = name.split("#", 1)[0]
             with (self.logs / f"{name}.log").open("ab") as out:
                 self.processes[name] = spawn(
-                    [sys.executable, "-m", "cosnap_metrics.cli", name], env=self.env, stdout=out
+                    [sys.executable, "-m", "cosnap_metrics.cli", command], env=self.env, stdout=out
                 )
         if "sink" in services:
             self.wait_http(f"{self.query_url}/health", "sink")
