@@ -49,8 +49,10 @@ class SeriesResolver:
         return found
 
     def _capped(self, project: str, kind: str, name: str, dim: str, value: str) -> str:
-        seen = self._seen.setdefault((project, kind, name, dim), set())
-        if value in seen:
+        seen = self._seen.get((project, kind, name, dim))
+        if seen is None:
+            seen = self._seen[(project, kind, name, dim)] = set()
+        elif value in seen:
             return value
         if len(seen) >= self._config.max_values:
             self.overflowed += 1
@@ -74,19 +76,18 @@ class SeriesResolver:
         performance its value; conversion and feature events add 1 (their sum is their count)."""
         kind = event["type"]
         currency = ""
-        dims: list[tuple[str, str]] = []
-        if kind == "revenue":
-            name, currency, value = event["name"], event["currency"], Decimal(event["amount"])
-        elif kind == "performance":
+        if kind == "performance":  # the most frequent type first
             name, value = event["metric"], Decimal(repr(event["value"]))
-            dims.append(("unit", event["unit"]))
-        elif kind == "conversion":
-            name, value = f"{event['funnel']}:{event['step']}", _ONE
+            dims = [("unit", event["unit"])]
+        elif kind == "feature":
+            name, value = event["feature"], _ONE
+            dims = [("action", event["action"])]
+        elif kind == "revenue":
+            name, currency, value, dims = event["name"], event["currency"], Decimal(event["amount"]), []
+        else:
+            name, value, dims = f"{event['funnel']}:{event['step']}", _ONE, []
             if "step_index" in event:
                 self.step_index[(project, name)] = event["step_index"]
-        else:
-            name, value = event["feature"], _ONE
-            dims.append(("action", event["action"]))
         tags = event.get("tags")
         if tags:
             for tag in self._dimension_tags(kind, name):

@@ -114,6 +114,7 @@ class EventTimeWindows:
         }
         self._closing: dict[Granularity, list[tuple[int, SeriesKey]]] = {g: [] for g in (PANE, *ROLLUPS)}
         self.late_events = 0
+        self._pane_starts: dict[str, int] = {}  # timestamp prefix -> pane start; bounded below
 
     def _closed_before(self) -> float:
         """Windows whose end + grace is at or before the watermark are closed."""
@@ -124,16 +125,23 @@ class EventTimeWindows:
         closed_before = self._closed_before()
         panes = self._open[PANE]
         late: list[dict[str, Any]] = []
-        newest = float("-inf")
+        newest = ""  # the greatest timestamp: same-format ISO strings order like the times they name
         size = self._pane
+        pane_starts = self._pane_starts
         for event in envelope["events"]:
-            event_time = _epoch(event["timestamp"])
-            start = int(event_time // size) * size
+            timestamp = event["timestamp"]
+            # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
+            start = pane_starts.get(timestamp[:18]) if len(timestamp) == 24 else None
+            if start is None:
+                event_time = _epoch(timestamp)
+                start = int(event_time // size) * size
+                if len(timestamp) == 24:
+                    pane_starts[timestamp[:18]] = start
             if start + size <= closed_before:
                 late.append(event)
                 continue
-            if event_time > newest:
-                newest = event_time
+            if timestamp > newest:
+                newest = timestamp
             key, value = self._series.resolve(project, event)
             acc = panes.get((key, start))
             if acc is None:
@@ -141,8 +149,8 @@ class EventTimeWindows:
                 heapq.heappush(self._closing[PANE], (start, key))
             else:
                 acc.add(value)
-        if newest > float("-inf"):
-            self._watermark.observe(partition, newest, now)
+        if newest:
+            self._watermark.observe(partition, _epoch(newest), now)
         self.late_events += len(late)
         return late
 
@@ -175,6 +183,8 @@ class EventTimeWindows:
         closed_before = self._closed_before()
         emitted_at = _iso(now)
         out: list[dict[str, Any]] = []
+        if len(self._pane_starts) > 10_000:  # one entry per pane seen: drop them now and then
+            self._pane_starts.clear()
         for granularity in (PANE, *ROLLUPS):
             closed = self._pop_closed(granularity, closed_before)
             for key, start, acc in closed:
