@@ -11,7 +11,7 @@ Plain Python driven by the Faust agent (streams/app.py) and by unit tests withou
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -104,8 +104,13 @@ class EventTimeWindows:
     watermark closed, each exactly once.
     """
 
-    def __init__(self, watermark: Watermark, grace_s: float, series: SeriesResolver) -> None:
+    def __init__(
+        self, watermark: Watermark, grace_s: float, series: SeriesResolver, *, retain_panes_s: float = 0.0
+    ) -> None:
         self._watermark = watermark
+        # Closed panes kept this long for sliding windows ("the last 5 minutes"); 0 keeps none.
+        self._retain_s = retain_panes_s
+        self._recent: dict[SeriesKey, deque[tuple[int, Accumulator]]] = {}
         self._grace = grace_s
         self._series = series
         self._pane = GRANULARITY_SECONDS[PANE]
@@ -183,6 +188,8 @@ class EventTimeWindows:
         closed_before = self._closed_before()
         emitted_at = _iso(now)
         out: list[dict[str, Any]] = []
+        if self._retain_s > 0:
+            self._forget_old_panes(closed_before)
         if len(self._pane_starts) > 10_000:  # one entry per pane seen: drop them now and then
             self._pane_starts.clear()
         for granularity in (PANE, *ROLLUPS):
@@ -190,8 +197,40 @@ class EventTimeWindows:
             for key, start, acc in closed:
                 if granularity == PANE:
                     self._roll_up(key, start, acc)
+                    if self._retain_s > 0:
+                        self._recent.setdefault(key, deque()).append((start, acc))
             out.extend(self._records(granularity, closed, emitted_at))
         return out
+
+    def _forget_old_panes(self, closed_before: float) -> None:
+        horizon = closed_before - self._retain_s
+        for key in list(self._recent):
+            panes = self._recent[key]
+            while panes and panes[0][0] < horizon:
+                panes.popleft()
+            if not panes:
+                del self._recent[key]
+
+    def sliding(self, key: SeriesKey, length_s: int, end: int) -> Accumulator | None:
+        """The series over [end - length_s, end) merged from its panes, closed (kept for
+        `retain_panes_s`) and still open; None when no pane in that span holds an event. Early:
+        open panes may still grow, so a rule sees a burst within a tick of its arrival."""
+        merged: Accumulator | None = None
+        first = end - length_s
+        panes = [*self._recent.get(key, ())]
+        size = self._pane
+        panes += [
+            (start, self._open[PANE][(key, start)])
+            for start in range(first - first % size, end, size)
+            if (key, start) in self._open[PANE]
+        ]
+        for start, acc in panes:
+            if first <= start < end:
+                if merged is None:
+                    merged = acc.copy()
+                else:
+                    merged.merge(acc)
+        return merged
 
     def _records(
         self, granularity: Granularity, closed: list[tuple[SeriesKey, int, Accumulator]], emitted_at: str

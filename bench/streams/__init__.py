@@ -1,0 +1,184 @@
+"""Benchmarks of the streams worker: `python -m bench.streams` (throughput against a raw aiokafka
+loop on the same topic) and `python -m bench.streams.memory` (RSS with 100k active series).
+
+What both need lives here: a broker of their own with the pipeline's topics under a fresh
+prefix, the worker as a child process, and a reader of the aggregates topic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.processes import spawn, stop
+from cosnap_metrics.provision import ensure_topics
+from schemas.settings import RunnerSettings
+from schemas.topics import Topics
+from tests.conftest import free_port
+
+# Faust's log prefix, then the worker's line for the first record of a partition.
+_OWNS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*owns events partition (\d+)", re.M)
+
+
+@dataclass(frozen=True)
+class Bench:
+    bootstrap: str
+    topics: Topics
+    work: Path
+
+
+@contextmanager
+def bench_kafka(name: str) -> Iterator[Bench]:
+    """A broker in a temporary directory with the pipeline's topics under a unique prefix;
+    everything is stopped and removed on exit."""
+    settings = RunnerSettings()
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    broker = KafkaBroker(
+        BrokerConfig(
+            fetch_kafka(settings.kafka_version, settings.kafka_cache_dir),
+            work / "kafka",
+            free_port(),
+            free_port(),
+        )
+    )
+    try:
+        broker.start()
+        topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
+        ensure_topics(broker.bootstrap, topics)
+        yield Bench(broker.bootstrap, topics, work)
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class Worker:
+    """`cosnap-metrics streams` as a child process, its output in `<work>/streams.log`."""
+
+    def __init__(self, bench: Bench, **env: str) -> None:
+        self.log = bench.work / "streams.log"
+        environment = os.environ | {
+            "COSNAP_KAFKA_BOOTSTRAP": bench.bootstrap,
+            "COSNAP_TOPIC_PREFIX": bench.topics.prefix,
+            "COSNAP_DATA_DIR": str(bench.work / "data"),
+            "COSNAP_LOG_LEVEL": "INFO",
+            **env,
+        }
+        with self.log.open("ab") as out:
+            self.process = spawn([sys.executable, "-m", "cosnap_metrics.cli", "streams"], env=environment, stdout=out)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def first_record_at(self) -> float | None:
+        """Epoch time of the first record it processed: its earliest `owns events partition` line."""
+        found = _OWNS.findall(self.log.read_text(errors="replace"))
+        if not found:
+            return None
+        return min(datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f").timestamp() for ts, _ in found)
+
+    def partitions_owned(self) -> list[int]:
+        return sorted({int(p) for _, p in _OWNS.findall(self.log.read_text(errors="replace"))})
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        stop(self.process, 20)
+
+
+@dataclass
+class AggregateTally:
+    """What the worker emitted so far. Minute windows starting at or after `ignore_from` (the
+    closers' own windows) are left out of `minute_events` and `minute_series`."""
+
+    ignore_from: str
+    minute_events: int = 0
+    minute_series: set[str] = field(default_factory=set)
+    records: Counter[str] = field(default_factory=Counter)
+    overflow_windows: int = 0
+    last_minute_at: float = 0.0  # when this process received the newest data minute window
+    newest_emitted_at: str = ""  # the worker's own clock when it closed that window
+
+
+class AggregateReader:
+    """Reads the aggregates topic from the beginning on a thread of its own and tallies it."""
+
+    def __init__(self, bench: Bench, ignore_from: str, partitions: int = 6) -> None:
+        self.tally = AggregateTally(ignore_from)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bench.bootstrap,
+                "group.id": f"bench-aggregates-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 20,
+            }
+        )
+        self._consumer.assign(
+            [TopicPartition(bench.topics.aggregates, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="aggregates", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tally = self.tally
+        while self._running:
+            for message in self._consumer.consume(10_000, 0.1):
+                if message.error() is not None:
+                    continue
+                series, granularity, start = message.key().decode().split("|")
+                tally.records[granularity] += 1
+                if granularity != "1m" or start >= tally.ignore_from:
+                    continue
+                window = orjson.loads(message.value())
+                tally.minute_events += window["count"]
+                tally.minute_series.add(series)
+                if "__overflow__" in window["dims"].values():
+                    tally.overflow_windows += 1
+                tally.last_minute_at = time.time()
+                tally.newest_emitted_at = max(tally.newest_emitted_at, window["emitted_at"])
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offsets (without joining it); -1001 where none was committed."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
