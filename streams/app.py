@@ -116,11 +116,15 @@ def create_app(settings: StreamsSettings) -> faust.App:
             await asyncio.gather(*acks)
 
     async def checkpoint(partition: int, state: PartitionState) -> None:
+        if states.get(partition) is not state:  # revoked meanwhile: the new owner checkpoints it
+            return
+        # Snapshot and the messages it covers are taken together, before any await lets the
+        # agent fold in more records (those wait for the next checkpoint).
         value = encode(Checkpoint(state.next_offset, state.windows.to_state()))
+        covered, state.unacked = state.unacked, []
         await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
-        for message in state.unacked:
+        for message in covered:
             app.consumer.ack(message)
-        state.unacked = []
         state.checkpointed_at = time.monotonic()
 
     @app.timer(settings.tick_s)

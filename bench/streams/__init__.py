@@ -148,7 +148,7 @@ class AggregateReader:
                     continue
                 series, granularity, start = message.key().decode().split("|")
                 tally.records[granularity] += 1
-                if granularity != "1m" or start >= tally.ignore_from:
+                if granularity != "1m" or start[:19] >= tally.ignore_from[:19]:
                     continue
                 window = orjson.loads(message.value())
                 tally.minute_events += window["count"]
