@@ -122,7 +122,11 @@ def create_app(settings: StreamsSettings) -> faust.App:
         # agent fold in more records (those wait for the next checkpoint).
         value = encode(Checkpoint(state.next_offset, state.windows.to_state()))
         covered, state.unacked = state.unacked, []
-        await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
+        try:
+            await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
+        except Exception:  # Kafka refused or timed out: these records wait for the next checkpoint
+            state.unacked = covered + state.unacked
+            raise
         for message in covered:
             app.consumer.ack(message)
         state.checkpointed_at = time.monotonic()
