@@ -71,21 +71,27 @@ class SeriesResolver:
         self._seen = {(p, k, n, d): set(values) for p, k, n, d, values in state["seen"]}
         self.step_index = {(project, name): index for project, name, index in state["step_index"]}
 
-    def resolve(self, project: str, event: dict[str, Any]) -> tuple[SeriesKey, Decimal]:
-        """The event's series and the value it adds: revenue its amount (exact, per currency),
-        performance its value; conversion and feature events add 1 (their sum is their count)."""
+    def resolve(
+        self, project: str, event: dict[str, Any]
+    ) -> tuple[SeriesKey, Decimal, float | Decimal | int]:
+        """The event's series, what it adds to the sum (exact) and its value as min/max keep it:
+        revenue its amount (per currency), performance its value (the float as sent, and its
+        decimal for the sum); conversion and feature events add 1 (their sum is their count)."""
         kind = event["type"]
         currency = ""
+        point: float | Decimal | int
         if kind == "performance":  # the most frequent type first
-            name, value = event["metric"], Decimal(repr(event["value"]))
+            name, point = event["metric"], event["value"]
+            value = Decimal(repr(point))
             dims = [("unit", event["unit"])]
         elif kind == "feature":
-            name, value = event["feature"], _ONE
+            name, value, point = event["feature"], _ONE, 1
             dims = [("action", event["action"])]
         elif kind == "revenue":
             name, currency, value, dims = event["name"], event["currency"], Decimal(event["amount"]), []
+            point = value
         else:
-            name, value, dims = f"{event['funnel']}:{event['step']}", _ONE, []
+            name, value, point, dims = f"{event['funnel']}:{event['step']}", _ONE, 1, []
             if "step_index" in event:
                 self.step_index[(project, name)] = event["step_index"]
         tags = event.get("tags")
@@ -93,4 +99,4 @@ class SeriesResolver:
             for tag in self._dimension_tags(kind, name):
                 if tag in tags:
                     dims.append((tag, self._capped(project, kind, name, tag, tags[tag])))
-        return (project, kind, name, currency, tuple(dims)), value
+        return (project, kind, name, currency, tuple(dims)), value, point

@@ -30,7 +30,7 @@ def _value(index: int) -> float:
 @dataclass(slots=True)
 class DDSketch:
     positive: dict[int, int] = field(default_factory=dict)
-    negative: dict[int, int] = field(default_factory=dict)
+    negative: dict[int, int] | None = None  # created on the first negative value (latencies have none)
     zeros: int = 0
     count: int = 0
 
@@ -40,6 +40,8 @@ class DDSketch:
             self.positive[index] = self.positive.get(index, 0) + 1
         elif value < -_MIN_POSITIVE:
             index = _bin(-value)
+            if self.negative is None:
+                self.negative = {}
             self.negative[index] = self.negative.get(index, 0) + 1
         else:
             self.zeros += 1
@@ -48,8 +50,11 @@ class DDSketch:
     def merge(self, other: DDSketch) -> None:
         for index, n in other.positive.items():
             self.positive[index] = self.positive.get(index, 0) + n
-        for index, n in other.negative.items():
-            self.negative[index] = self.negative.get(index, 0) + n
+        if other.negative:
+            if self.negative is None:
+                self.negative = {}
+            for index, n in other.negative.items():
+                self.negative[index] = self.negative.get(index, 0) + n
         self.zeros += other.zeros
         self.count += other.count
 
@@ -59,8 +64,9 @@ class DDSketch:
             return None
         rank = q * (self.count - 1)
         seen = 0
-        for index in sorted(self.negative, reverse=True):  # most negative first
-            seen += self.negative[index]
+        negative = self.negative or {}
+        for index in sorted(negative, reverse=True):  # most negative first
+            seen += negative[index]
             if seen > rank:
                 return -_value(index)
         seen += self.zeros
@@ -77,7 +83,7 @@ class DDSketch:
         return {
             "accuracy": RELATIVE_ACCURACY,
             "positive": {str(k): v for k, v in self.positive.items()},
-            "negative": {str(k): v for k, v in self.negative.items()},
+            "negative": {str(k): v for k, v in (self.negative or {}).items()},
             "zeros": self.zeros,
         }
 
@@ -86,4 +92,4 @@ class DDSketch:
         positive = {int(k): int(v) for k, v in dict(wire["positive"]).items()}  # type: ignore[call-overload]
         negative = {int(k): int(v) for k, v in dict(wire["negative"]).items()}  # type: ignore[call-overload]
         zeros = int(wire["zeros"])  # type: ignore[call-overload]
-        return cls(positive, negative, zeros, sum(positive.values()) + sum(negative.values()) + zeros)
+        return cls(positive, negative or None, zeros, sum(positive.values()) + sum(negative.values()) + zeros)

@@ -27,33 +27,40 @@ ROLLUPS: tuple[Granularity, ...] = ("1m", "1h")
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
+Point = float | Decimal | int  # a value as min/max keep it: performance float, revenue Decimal, else 1
+
+
 @dataclass(slots=True)
 class Accumulator:
-    """count, exact sum, min and max of a series in one window; a sketch for performance series."""
+    """count, exact sum, min and max of a series in one window; a sketch for performance series.
+
+    The sum is exact (Decimal); min and max keep the values as sent (a float for performance),
+    which is exact too and a quarter of a Decimal's memory.
+    """
 
     count: int
     total: Decimal
-    low: Decimal
-    high: Decimal
+    low: Point
+    high: Point
     sketch: DDSketch | None
 
     @classmethod
-    def first(cls, value: Decimal, with_sketch: bool) -> Accumulator:
-        acc = cls(1, value, value, value, None)
+    def first(cls, total: Decimal, point: Point, with_sketch: bool) -> Accumulator:
+        acc = cls(1, total, point, point, None)
         if with_sketch:
             acc.sketch = DDSketch()
-            acc.sketch.add(float(value))
+            acc.sketch.add(float(point))
         return acc
 
-    def add(self, value: Decimal) -> None:
+    def add(self, total: Decimal, point: Point) -> None:
         self.count += 1
-        self.total += value
-        if value < self.low:
-            self.low = value
-        elif value > self.high:
-            self.high = value
+        self.total += total
+        if point < self.low:
+            self.low = point
+        elif point > self.high:
+            self.high = point
         if self.sketch is not None:
-            self.sketch.add(float(value))
+            self.sketch.add(float(point))
 
     def merge(self, other: Accumulator) -> None:
         self.count += other.count
@@ -67,18 +74,13 @@ class Accumulator:
 
     def to_state(self) -> list[Any]:
         sketch = None if self.sketch is None else self.sketch.to_wire()
-        return [self.count, str(self.total), str(self.low), str(self.high), sketch]
+        return [self.count, str(self.total), _point_state(self.low), _point_state(self.high), sketch]
 
     @classmethod
     def from_state(cls, state: list[Any]) -> Accumulator:
         count, total, low, high, sketch = state
-        return cls(
-            count,
-            Decimal(total),
-            Decimal(low),
-            Decimal(high),
-            None if sketch is None else DDSketch.from_wire(sketch),
-        )
+        restored_sketch = None if sketch is None else DDSketch.from_wire(sketch)
+        return cls(count, Decimal(total), _point(low), _point(high), restored_sketch)
 
     def copy(self) -> Accumulator:
         sketch = None
@@ -86,6 +88,14 @@ class Accumulator:
             sketch = DDSketch()
             sketch.merge(self.sketch)
         return Accumulator(self.count, self.total, self.low, self.high, sketch)
+
+
+def _point_state(point: Point) -> float | int | str:
+    return str(point) if isinstance(point, Decimal) else point
+
+
+def _point(state: float | int | str) -> Point:
+    return Decimal(state) if isinstance(state, str) else state
 
 
 def _epoch(timestamp: str) -> float:
@@ -114,10 +124,12 @@ class EventTimeWindows:
         self._grace = grace_s
         self._series = series
         self._pane = GRANULARITY_SECONDS[PANE]
-        self._open: dict[Granularity, dict[tuple[SeriesKey, int], Accumulator]] = {
+        # granularity -> window start -> series -> accumulator: the windows of one start close
+        # together, and no (series, start) tuple is kept per window.
+        self._open: dict[Granularity, dict[int, dict[SeriesKey, Accumulator]]] = {
             g: {} for g in (PANE, *ROLLUPS)
         }
-        self._closing: dict[Granularity, list[tuple[int, SeriesKey]]] = {g: [] for g in (PANE, *ROLLUPS)}
+        self._closing: dict[Granularity, list[int]] = {g: [] for g in (PANE, *ROLLUPS)}  # heaps of starts
         self.late_events = 0
         self._pane_starts: dict[str, int] = {}  # timestamp prefix -> pane start; bounded below
 
@@ -147,13 +159,16 @@ class EventTimeWindows:
                 continue
             if timestamp > newest:
                 newest = timestamp
-            key, value = self._series.resolve(project, event)
-            acc = panes.get((key, start))
+            key, total, point = self._series.resolve(project, event)
+            pane = panes.get(start)
+            if pane is None:
+                pane = panes[start] = {}
+                heapq.heappush(self._closing[PANE], start)
+            acc = pane.get(key)
             if acc is None:
-                panes[(key, start)] = Accumulator.first(value, key[1] == "performance")
-                heapq.heappush(self._closing[PANE], (start, key))
+                pane[key] = Accumulator.first(total, point, key[1] == "performance")
             else:
-                acc.add(value)
+                acc.add(total, point)
         if newest:
             self._watermark.observe(partition, _epoch(newest), now)
         self.late_events += len(late)
@@ -164,21 +179,23 @@ class EventTimeWindows:
     ) -> list[tuple[SeriesKey, int, Accumulator]]:
         size = GRANULARITY_SECONDS[granularity]
         heap, windows = self._closing[granularity], self._open[granularity]
-        out = []
-        while heap and heap[0][0] + size <= closed_before:
-            start, key = heapq.heappop(heap)
-            out.append((key, start, windows.pop((key, start))))
+        out: list[tuple[SeriesKey, int, Accumulator]] = []
+        while heap and heap[0] + size <= closed_before:
+            start = heapq.heappop(heap)
+            out.extend((key, start, acc) for key, acc in windows.pop(start).items())
         return out
 
     def _roll_up(self, key: SeriesKey, pane_start: int, pane: Accumulator) -> None:
         for granularity in ROLLUPS:
             size = GRANULARITY_SECONDS[granularity]
             start = pane_start // size * size
-            windows = self._open[granularity]
-            acc = windows.get((key, start))
+            windows = self._open[granularity].get(start)
+            if windows is None:
+                windows = self._open[granularity][start] = {}
+                heapq.heappush(self._closing[granularity], start)
+            acc = windows.get(key)
             if acc is None:
-                windows[(key, start)] = pane.copy()
-                heapq.heappush(self._closing[granularity], (start, key))
+                windows[key] = pane.copy()
             else:
                 acc.merge(pane)
 
@@ -219,11 +236,10 @@ class EventTimeWindows:
         first = end - length_s
         panes = [*self._recent.get(key, ())]
         size = self._pane
-        panes += [
-            (start, self._open[PANE][(key, start)])
-            for start in range(first - first % size, end, size)
-            if (key, start) in self._open[PANE]
-        ]
+        for start in range(first - first % size, end, size):
+            acc = self._open[PANE].get(start, {}).get(key)
+            if acc is not None:
+                panes.append((start, acc))
         for start, acc in panes:
             if first <= start < end:
                 if merged is None:
@@ -285,7 +301,8 @@ class EventTimeWindows:
             "windows": {
                 granularity: [
                     [*key[:4], [list(d) for d in key[4]], start, acc.to_state()]
-                    for (key, start), acc in windows.items()
+                    for start, series in windows.items()
+                    for key, acc in series.items()
                 ]
                 for granularity, windows in self._open.items()
             },
@@ -297,19 +314,16 @@ class EventTimeWindows:
     def restore(self, state: dict[str, Any], now: float) -> None:
         """Resume from `to_state()` (called before any event of the restored partition)."""
         for granularity, rows in state["windows"].items():
-            windows = self._open[granularity]
-            heap = self._closing[granularity]
-            windows.clear()
-            heap.clear()
+            windows: dict[int, dict[SeriesKey, Accumulator]] = {}
             for project, kind, name, currency, dims, start, acc in rows:
                 key: SeriesKey = (project, kind, name, currency, tuple((k, v) for k, v in dims))
-                windows[(key, start)] = Accumulator.from_state(acc)
-                heap.append((start, key))
-            heapq.heapify(heap)
+                windows.setdefault(start, {})[key] = Accumulator.from_state(acc)
+            self._open[granularity] = windows
+            self._closing[granularity] = sorted(windows)
         self._watermark.restore(state["watermark"], now)
         self._series.restore(state["series"])
         self.late_events = state["late_events"]
 
     @property
     def open_windows(self) -> int:
-        return sum(len(windows) for windows in self._open.values())
+        return sum(len(series) for windows in self._open.values() for series in windows.values())
