@@ -17,6 +17,7 @@ from schemas.series import OVERFLOW, SeriesConfig
 Dims = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
 _ONE = Decimal(1)
+_MAX_INTERNED = 1_000_000
 
 
 def series_id(key: SeriesKey) -> str:
@@ -35,6 +36,7 @@ class SeriesResolver:
         self._tags_for: dict[tuple[str, str], tuple[str, ...]] = {}
         self._seen: dict[tuple[str, str, str, str], set[str]] = {}
         self.overflowed = 0
+        self._keys: dict[SeriesKey, SeriesKey] = {}
         # (project, "funnel:step") -> the step's position in its funnel, as events report it.
         self.step_index: dict[tuple[str, str], int] = {}
 
@@ -99,4 +101,9 @@ class SeriesResolver:
             for tag in self._dimension_tags(kind, name):
                 if tag in tags:
                     dims.append((tag, self._capped(project, kind, name, tag, tags[tag])))
-        return (project, kind, name, currency, tuple(dims)), value, point
+        key = (project, kind, name, currency, tuple(dims))
+        # One key object per series, however many windows and events refer to it. Clearing the
+        # table only stops the sharing for keys already held, so it is bounded that way.
+        if len(self._keys) > _MAX_INTERNED:
+            self._keys.clear()
+        return self._keys.setdefault(key, key), value, point

@@ -19,8 +19,12 @@ _LOG_GAMMA = math.log(_GAMMA)
 _MIN_POSITIVE = 1e-9  # below this a value counts as zero (a 1 ns latency is 0 for our units)
 
 
+_BINS: dict[int, int] = {}  # one int object per bin index, shared by every sketch's store
+
+
 def _bin(value: float) -> int:
-    return math.ceil(math.log(value) / _LOG_GAMMA)
+    index = math.ceil(math.log(value) / _LOG_GAMMA)
+    return _BINS.setdefault(index, index)
 
 
 def _value(index: int) -> float:
