@@ -34,6 +34,7 @@ from tests.conftest import free_port
 
 # Faust's log prefix, then the worker's line for the first record of a partition.
 _OWNS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*owns events partition (\d+)", re.M)
+_READY = re.compile(r"\[\^Worker\]: (Ready|.*OK \^)| OK \^$", re.M)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Worker:
 
     def __init__(self, bench: Bench, **env: str) -> None:
         self.log = bench.work / "streams.log"
+        (bench.work / "data").mkdir(exist_ok=True)  # the worker makes only its own folder in it
         environment = os.environ | {
             "COSNAP_KAFKA_BOOTSTRAP": bench.bootstrap,
             "COSNAP_TOPIC_PREFIX": bench.topics.prefix,
@@ -80,7 +82,9 @@ class Worker:
             **env,
         }
         with self.log.open("ab") as out:
-            self.process = spawn([sys.executable, "-m", "cosnap_metrics.cli", "streams"], env=environment, stdout=out)
+            self.process = spawn(
+                [sys.executable, "-m", "cosnap_metrics.cli", "streams"], env=environment, stdout=out
+            )
 
     @property
     def pid(self) -> int:
@@ -89,15 +93,21 @@ class Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def first_record_at(self) -> float | None:
-        """Epoch time of the first record it processed: its earliest `owns events partition` line."""
-        found = _OWNS.findall(self.log.read_text(errors="replace"))
-        if not found:
-            return None
-        return min(datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f").timestamp() for ts, _ in found)
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until Faust says it has started (after it joined the group and got its partitions)."""
+        deadline = time.monotonic() + timeout
+        while not _READY.search(self.log.read_text(errors="replace")):
+            if not self.alive():
+                raise SystemExit(f"the worker exited with {self.process.returncode}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start within {timeout:.0f} s:\n{self.tail()}")
+            time.sleep(0.1)
 
-    def partitions_owned(self) -> list[int]:
-        return sorted({int(p) for _, p in _OWNS.findall(self.log.read_text(errors="replace"))})
+    def first_records(self) -> dict[int, float]:
+        """Partition -> epoch time of its `owns events partition` line, logged when the worker
+        has loaded the partition's checkpoint for its first record."""
+        found = _OWNS.findall(self.log.read_text(errors="replace"))
+        return {int(p): datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f").timestamp() for ts, p in found}
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -144,13 +154,14 @@ class AggregateReader:
         tally = self.tally
         while self._running:
             for message in self._consumer.consume(10_000, 0.1):
-                if message.error() is not None:
+                key, value = message.key(), message.value()
+                if message.error() is not None or key is None or value is None:
                     continue
-                series, granularity, start = message.key().decode().split("|")
+                series, granularity, start = key.decode().split("|")
                 tally.records[granularity] += 1
                 if granularity != "1m" or start[:19] >= tally.ignore_from[:19]:
                     continue
-                window = orjson.loads(message.value())
+                window = orjson.loads(value)
                 tally.minute_events += window["count"]
                 tally.minute_series.add(series)
                 if "__overflow__" in window["dims"].values():
@@ -168,7 +179,8 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-offsets"})
     try:
         return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
         }
     finally:
         consumer.close()

@@ -23,15 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
 from bench.streams import AggregateReader, Bench, Worker, bench_kafka, end_offsets
 from bench.streams.feed import EVENTS_PER_ENVELOPE, choose_projects, closers, cosnap_mix, pack, produce
@@ -70,7 +73,7 @@ async def raw_loop(bootstrap: str, topic: str) -> tuple[Timed, int]:
             for records in batches.values():
                 remaining -= len(records)
                 for record in records:
-                    envelope = orjson.loads(record.value)  # type: ignore[arg-type]
+                    envelope = orjson.loads(record.value)
                     project = envelope["project"]
                     for event in envelope["events"]:
                         kind = event["type"]
@@ -99,10 +102,19 @@ def minute_iso(ts: datetime) -> str:
     return ts.replace(second=0, microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def run_worker(bench: Bench, data_events: int, ignore_from: str, timeout: float) -> Timed:
+def run_worker(
+    bench: Bench, data_events: int, ignore_from: str, timeout: float, profile: Path | None
+) -> Timed:
     reader = AggregateReader(bench, ignore_from)
     worker = Worker(bench)
     spawned = time.time()
+    profiler = None
+    if profile is not None:
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            raise SystemExit("--py-spy needs py-spy on PATH")
+        argv = [py_spy, "record", "-p", str(worker.pid), "-r", "250", "-f", "raw", "-o", str(profile)]
+        profiler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tally = reader.tally
     try:
         deadline = time.monotonic() + timeout
@@ -120,13 +132,15 @@ def run_worker(bench: Bench, data_events: int, ignore_from: str, timeout: float)
                 print(f"    ... minute windows out hold {tally.minute_events:,} events", flush=True)
             time.sleep(0.02)
         done = tally.last_minute_at
-        started = worker.first_record_at()
-        assert started is not None, "the worker logged no `owns events partition` line"
+        owned = worker.first_records()
+        assert owned, "the worker logged no `owns events partition` line"
+        started = min(owned.values())
         emitted = datetime.fromisoformat(tally.newest_emitted_at).timestamp()
         time.sleep(1)  # windows beyond the count would be duplicates
         print(
-            f"    worker: started {started - spawned:.1f} s after spawn (not counted), partitions "
-            f"{worker.partitions_owned()}; last minute window closed by the worker "
+            f"    worker: first record {started - spawned:.1f} s after spawn (not counted); partitions "
+            f"{sorted(owned)} taken up (checkpoint looked up) over {max(owned.values()) - started:.2f} s "
+            "(counted); last minute window closed by the worker "
             f"{done - emitted:.2f} s before this process read it"
         )
         print(
@@ -138,6 +152,8 @@ def run_worker(bench: Bench, data_events: int, ignore_from: str, timeout: float)
     finally:
         worker.stop()
         reader.close()
+        if profiler is not None:
+            profiler.wait(30)  # py-spy writes its file when the worker has exited
 
 
 def main() -> int:
@@ -146,6 +162,9 @@ def main() -> int:
     )
     parser.add_argument("--events", type=int, default=400_000, help="data events (closers not included)")
     parser.add_argument("--timeout", type=float, default=240, help="longest wait for the worker's windows")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="FILE", help="record the worker with py-spy (raw stacks)"
+    )
     args = parser.parse_args()
 
     with bench_kafka("streams") as bench:
@@ -171,7 +190,7 @@ def main() -> int:
         raws.append(raw)
         print(f"  raw aiokafka loop #1  {raw.per_second:9,.0f} ev/s  ({raw.events:,} events, {keys:,} keys, "
               f"{raw.seconds:.2f} s)", flush=True)  # fmt: skip
-        worker = run_worker(bench, args.events, minute_iso(closer_at), args.timeout)
+        worker = run_worker(bench, args.events, minute_iso(closer_at), args.timeout, args.py_spy)
         print(f"  streams worker        {worker.per_second:9,.0f} ev/s  ({worker.events:,} events, "
               f"{worker.seconds:.2f} s from first record to last minute window)", flush=True)  # fmt: skip
         raw, _ = asyncio.run(raw_loop(bench.bootstrap, topic))

@@ -13,7 +13,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -75,11 +75,17 @@ def pack(
         items = open_.setdefault(project, [])
         items.append(event)
         if len(items) == EVENTS_PER_ENVELOPE:
-            yield project, envelope_value(project, wire_events(items, ts + timedelta(milliseconds=200), policy))
+            yield (
+                project,
+                envelope_value(project, wire_events(items, ts + timedelta(milliseconds=200), policy)),
+            )
             del open_[project]
     for project, items in open_.items():
         newest = datetime.fromisoformat(items[-1]["timestamp"])
-        yield project, envelope_value(project, wire_events(items, newest + timedelta(milliseconds=200), policy))
+        yield (
+            project,
+            envelope_value(project, wire_events(items, newest + timedelta(milliseconds=200), policy)),
+        )
 
 
 def cosnap_mix(
@@ -132,13 +138,14 @@ def produce(bootstrap: str, topic: str, envelopes: Iterable[Envelope]) -> Writte
         }
     )
     partitions: Counter[int] = Counter()
-    errors: list[KafkaError] = []
+    errors: list[KafkaError | None] = []
 
     def delivered(error: KafkaError | None, message: Message) -> None:
-        if error is not None:
+        partition = message.partition()
+        if error is not None or partition is None:
             errors.append(error)
         else:
-            partitions[message.partition()] += 1
+            partitions[partition] += 1
 
     written = size = 0
     for project, value in envelopes:
