@@ -34,7 +34,14 @@ class RecordProducer(Protocol):
 class EnvelopeProducer:
     """Writes records and resolves when Kafka has acknowledged them on every in-sync replica."""
 
-    def __init__(self, bootstrap: str, *, timeout_s: float, client_id: str = "cosnap-ingest") -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        timeout_s: float,
+        client_id: str = "cosnap-ingest",
+        queue_max_messages: int = 100_000,
+    ) -> None:
         self._timeout_s = timeout_s
         self._producer = Producer(
             {
@@ -47,6 +54,7 @@ class EnvelopeProducer:
                 "message.max.bytes": MAX_RECORD_BYTES,
                 # A record not acknowledged by then fails, and its request gets a 503.
                 "message.timeout.ms": int(timeout_s * 1000),
+                "queue.buffering.max.messages": queue_max_messages,
             }
         )
         self._running = True
@@ -68,6 +76,32 @@ class EnvelopeProducer:
 
         try:
             self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except BufferError:
+            _settle(acked, "the Kafka producer queue is full")
+        except KafkaException as exc:
+            _settle(acked, exc)
+
+    def produce_all(
+        self, topic: str, records: list[tuple[bytes, bytes]], acked: asyncio.Future[None]
+    ) -> None:
+        """Queue many (key, value) records; `acked` resolves once Kafka acknowledged all of them,
+        or fails with KafkaUnavailable on the first that failed. One future for the lot keeps the
+        cost per record at librdkafka's. Never blocks; call it on the loop that owns `acked`."""
+        if not records:
+            acked.set_result(None)
+            return
+        loop = acked.get_loop()
+        remaining = len(records)
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            nonlocal remaining  # delivery reports all run on the poller thread: no race
+            remaining -= 1
+            if err is not None or remaining == 0:
+                loop.call_soon_threadsafe(_settle, acked, err)
+
+        try:
+            for key, value in records:
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
         except BufferError:
             _settle(acked, "the Kafka producer queue is full")
         except KafkaException as exc:

@@ -37,6 +37,7 @@ class SeriesResolver:
         self._seen: dict[tuple[str, str, str, str], set[str]] = {}
         self.overflowed = 0
         self._keys: dict[SeriesKey, SeriesKey] = {}
+        self._ids: dict[SeriesKey, str] = {}
         # (project, "funnel:step") -> the step's position in its funnel, as events report it.
         self.step_index: dict[tuple[str, str], int] = {}
 
@@ -61,6 +62,15 @@ class SeriesResolver:
             return OVERFLOW
         seen.add(value)
         return value
+
+    def id_of(self, key: SeriesKey) -> str:
+        """`series_id(key)`, remembered (windows of a series close again and again)."""
+        found = self._ids.get(key)
+        if found is None:
+            if len(self._ids) > _MAX_INTERNED:
+                self._ids.clear()
+            found = self._ids[key] = series_id(key)
+        return found
 
     def to_state(self) -> dict[str, Any]:
         """The dimension values seen so far and the funnel step positions (for a checkpoint)."""

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from schemas.records import GRANULARITY_SECONDS, Granularity
-from streams.series import SeriesKey, SeriesResolver, series_id
+from streams.series import SeriesKey, SeriesResolver
 from streams.sketch import DDSketch
 from streams.watermark import Watermark
 
@@ -199,25 +200,39 @@ class EventTimeWindows:
             else:
                 acc.merge(pane)
 
-    def close_ready(self, now: float) -> list[dict[str, Any]]:
-        """Advance the watermark to wall time `now`; pop and return every window it closed."""
+    def close_ready(self, now: float, chunk: int = 10_000) -> Iterator[list[dict[str, Any]]]:
+        """Advance the watermark to wall time `now` and yield every window it closed, as records
+        of schemas.records.WindowAggregate, in lists of at most `chunk` (so that a tick closing
+        100,000 series never holds them all as records at once). Consume it to the end."""
         self._watermark.advance(now)
         closed_before = self._closed_before()
         emitted_at = _iso(now)
-        out: list[dict[str, Any]] = []
         if self._retain_s > 0:
             self._forget_old_panes(closed_before)
         if len(self._pane_starts) > 10_000:  # one entry per pane seen: drop them now and then
             self._pane_starts.clear()
         for granularity in (PANE, *ROLLUPS):
             closed = self._pop_closed(granularity, closed_before)
-            for key, start, acc in closed:
-                if granularity == PANE:
+            if granularity == PANE:
+                for key, start, acc in closed:
                     self._roll_up(key, start, acc)
                     if self._retain_s > 0:
                         self._recent.setdefault(key, deque()).append((start, acc))
-            out.extend(self._records(granularity, closed, emitted_at))
-        return out
+            steps = self._funnel_steps(closed)
+            for first in range(0, len(closed), chunk):
+                yield self._records(granularity, closed[first : first + chunk], emitted_at, steps)
+
+    def _funnel_steps(
+        self, closed: list[tuple[SeriesKey, int, Accumulator]]
+    ) -> dict[tuple[str, str, int], dict[int, int]]:
+        """(project, funnel, window start) -> step index -> count, for step-to-step ratios."""
+        steps: dict[tuple[str, str, int], dict[int, int]] = defaultdict(dict)
+        for (project, kind, name, _currency, _dims), start, acc in closed:
+            if kind == "conversion":
+                index = self._series.step_index.get((project, name))
+                if index is not None:
+                    steps[(project, name.split(":", 1)[0], start)][index] = acc.count
+        return steps
 
     def _forget_old_panes(self, closed_before: float) -> None:
         horizon = closed_before - self._retain_s
@@ -249,15 +264,20 @@ class EventTimeWindows:
         return merged
 
     def _records(
-        self, granularity: Granularity, closed: list[tuple[SeriesKey, int, Accumulator]], emitted_at: str
+        self,
+        granularity: Granularity,
+        closed: list[tuple[SeriesKey, int, Accumulator]],
+        emitted_at: str,
+        steps: dict[tuple[str, str, int], dict[int, int]],
     ) -> list[dict[str, Any]]:
         size = GRANULARITY_SECONDS[granularity]
         records = []
-        steps: dict[tuple[str, str, int], dict[int, int]] = defaultdict(
-            dict
-        )  # funnel window -> index -> count
+        bounds: dict[int, tuple[str, str]] = {}
         for key, start, acc in closed:
             project, kind, name, currency, dims = key
+            window = bounds.get(start)
+            if window is None:
+                window = bounds[start] = (_iso(start), _iso(start + size))
             record: dict[str, Any] = {
                 "v": 1,
                 "project": project,
@@ -265,15 +285,15 @@ class EventTimeWindows:
                 "name": name,
                 "currency": currency,
                 "dims": dict(dims),
-                "series_id": series_id(key),
+                "series_id": self._series.id_of(key),
                 "granularity": granularity,
-                "window_start": _iso(start),
-                "window_end": _iso(start + size),
+                "window_start": window[0],
+                "window_end": window[1],
                 "count": acc.count,
                 "sum": str(acc.total),
                 "min": str(acc.low),
                 "max": str(acc.high),
-                "mean": float(acc.total / acc.count),
+                "mean": float(acc.total) / acc.count,
                 "emitted_at": emitted_at,
             }
             if acc.sketch is not None:
@@ -284,15 +304,10 @@ class EventTimeWindows:
                 index = self._series.step_index.get((project, name))
                 if index is not None:
                     record["step_index"] = index
-                    steps[(project, name.split(":", 1)[0], start)][index] = acc.count
+                    previous = steps.get((project, name.split(":", 1)[0], start), {}).get(index - 1)
+                    if previous:
+                        record["ratio_to_previous"] = acc.count / previous
             records.append(record)
-        for record in records:  # step-to-step conversion within the same funnel and window
-            if "step_index" in record:
-                funnel = record["name"].split(":", 1)[0]
-                counts = steps[(record["project"], funnel, int(_epoch(record["window_start"])))]
-                previous = counts.get(record["step_index"] - 1)
-                if previous:
-                    record["ratio_to_previous"] = record["count"] / previous
         return records
 
     def to_state(self) -> dict[str, Any]:

@@ -63,6 +63,10 @@ def windows(
     )
 
 
+def drain(w: EventTimeWindows, now: float) -> list[dict[str, Any]]:
+    return [record for chunk in w.close_ready(now, chunk=7) for record in chunk]
+
+
 def by(closed: list[dict[str, Any]], granularity: str) -> list[dict[str, Any]]:
     return [c for c in closed if c["granularity"] == granularity]
 
@@ -70,16 +74,16 @@ def by(closed: list[dict[str, Any]], granularity: str) -> list[dict[str, Any]]:
 def test_pane_closes_once_when_the_watermark_passes_its_end() -> None:
     w = windows()
     w.add_envelope(0, envelope(revenue(1, "9.99"), revenue(5, "0.01"), latency(9, 100.5)), 0)
-    assert w.close_ready(0) == []
+    assert drain(w, 0) == []
     w.add_envelope(0, envelope(revenue(11, "5")), 0)
-    panes = by(w.close_ready(0), "10s")
+    panes = by(drain(w, 0), "10s")
     kinds = {c["type"]: c for c in panes}
     assert (kinds["revenue"]["count"], Decimal(kinds["revenue"]["sum"])) == (2, Decimal("10.00"))
     assert (kinds["revenue"]["min"], kinds["revenue"]["max"]) == ("0.01", "9.99")
     assert kinds["revenue"]["window_start"] == "2026-11-26T12:00:00Z"
     assert kinds["revenue"]["window_end"] == "2026-11-26T12:00:10Z"
     assert kinds["performance"]["dims"] == {"unit": "ms"}
-    assert w.close_ready(0) == []  # emitted once
+    assert drain(w, 0) == []  # emitted once
 
 
 def test_minutes_and_hours_are_merged_panes() -> None:
@@ -87,7 +91,7 @@ def test_minutes_and_hours_are_merged_panes() -> None:
     values = [10.0 + i for i in range(120)]  # two minutes, one event a second
     w.add_envelope(0, envelope(*(latency(i, v) for i, v in enumerate(values))), 0)
     w.add_envelope(0, envelope(latency(3600, 1.0)), 0)  # moves the watermark past the first hour
-    closed = w.close_ready(0)
+    closed = drain(w, 0)
     panes, minutes, [hour] = by(closed, "10s"), by(closed, "1m"), by(closed, "1h")
     assert len(panes) == 12 and len(minutes) == 2
     assert [m["count"] for m in minutes] == [60, 60]
@@ -106,7 +110,7 @@ def test_revenue_sums_are_exact_per_currency() -> None:
     w = windows()
     w.add_envelope(0, envelope(*(revenue(i % 10, "0.10") for i in range(1000)), revenue(5, "100", "JPY")), 0)
     w.add_envelope(0, envelope(revenue(20, "1")), 0)
-    closed = {c["currency"]: c for c in by(w.close_ready(0), "10s")}
+    closed = {c["currency"]: c for c in by(drain(w, 0), "10s")}
     assert Decimal(closed["USD"]["sum"]) == Decimal("100.00")
     assert closed["JPY"]["count"] == 1
     assert closed["USD"]["series_id"] != closed["JPY"]["series_id"]
@@ -117,15 +121,15 @@ def test_grace_keeps_a_pane_open_for_late_events_then_routes_later_ones() -> Non
     w.add_envelope(0, envelope(revenue(1, "1")), 0)
     w.add_envelope(0, envelope(revenue(14, "1")), 0)  # watermark 14 < 10 + 5: still open
     assert w.add_envelope(0, envelope(revenue(2, "2")), 0) == []
-    assert by(w.close_ready(0), "10s") == []
+    assert by(drain(w, 0), "10s") == []
     w.add_envelope(0, envelope(revenue(15, "1")), 0)  # watermark 15 >= 15: closes
-    [closed] = by(w.close_ready(0), "10s")
+    [closed] = by(drain(w, 0), "10s")
     assert (closed["count"], closed["sum"]) == (2, "3")
     late = w.add_envelope(0, envelope(revenue(3, "7")), 0)
     assert [e["amount"] for e in late] == ["7"]
     assert w.late_events == 1
     w.add_envelope(0, envelope(revenue(200, "1")), 0)
-    [minute] = [c for c in by(w.close_ready(0), "1m") if c["window_start"].endswith("12:00:00Z")]
+    [minute] = [c for c in by(drain(w, 0), "1m") if c["window_start"].endswith("12:00:00Z")]
     assert minute["count"] == 4  # the events at 1, 2, 14 and 15 s; the late one is in no granularity
 
 
@@ -158,8 +162,8 @@ def test_idle_partition_follows_the_wall_clock() -> None:
 def test_quiet_stream_closes_its_last_pane_by_idleness() -> None:
     w = windows(idle=2)
     w.add_envelope(0, envelope(revenue(8, "1")), now=5000.0)
-    assert w.close_ready(5001.0) == []
-    assert len(by(w.close_ready(5003.0), "10s")) == 1
+    assert drain(w, 5001.0) == []
+    assert len(by(drain(w, 5003.0), "10s")) == 1
 
 
 def test_conversion_steps_carry_their_ratio_to_the_previous_step() -> None:
@@ -169,7 +173,7 @@ def test_conversion_steps_carry_their_ratio_to_the_previous_step() -> None:
     )
     w.add_envelope(0, envelope(*events), 0)
     w.add_envelope(0, envelope(revenue(15, "1")), 0)
-    steps = {c["name"]: c for c in by(w.close_ready(0), "10s") if c["type"] == "conversion"}
+    steps = {c["name"]: c for c in by(drain(w, 0), "10s") if c["type"] == "conversion"}
     assert steps["checkout:paywall_viewed"].get("ratio_to_previous") is None
     assert steps["checkout:checkout_started"]["ratio_to_previous"] == 0.4
     assert steps["checkout:paid"]["ratio_to_previous"] == 0.75
@@ -181,7 +185,7 @@ def test_configured_tags_become_dimensions_with_a_cardinality_cap() -> None:
     routes = ["/a", "/b", "/c", "/d", "/e"]
     w.add_envelope(0, envelope(*(latency(1, 10.0, route=r, user="ignored") for r in routes)), 0)
     w.add_envelope(0, envelope(latency(11, 1.0)), 0)
-    dims = sorted(c["dims"].get("route", "") for c in by(w.close_ready(0), "10s"))
+    dims = sorted(c["dims"].get("route", "") for c in by(drain(w, 0), "10s"))
     assert dims == ["/a", "/b", "/c", OVERFLOW]
 
 
@@ -204,16 +208,16 @@ def test_a_restored_checkpoint_resumes_exactly() -> None:
     closed_whole, closed_split = [], []
     for i, env in enumerate(stream):
         whole.add_envelope(0, env, 0)
-        closed_whole += whole.close_ready(0)
+        closed_whole += drain(whole, 0)
         if i < 50:
             first.add_envelope(0, env, 0)
-            closed_split += first.close_ready(0)
+            closed_split += drain(first, 0)
     checkpoint = decode(encode(Checkpoint(50, first.to_state())))  # envelopes 0..49 are in it
     resumed = windows(grace=4)
     resumed.restore(checkpoint.state, 0)
     for env in stream[checkpoint.next_offset :]:
         resumed.add_envelope(0, env, 0)
-        closed_split += resumed.close_ready(0)
+        closed_split += drain(resumed, 0)
     assert closed_split == closed_whole
     assert len({(c["series_id"], c["granularity"], c["window_start"]) for c in closed_whole}) == len(
         closed_whole
@@ -224,12 +228,12 @@ def test_sliding_window_merges_recent_closed_and_open_panes() -> None:
     w = EventTimeWindows(Watermark(0, 5), 0, SeriesResolver(DEFAULT_SERIES), retain_panes_s=300)
     failures = [latency(t, 1.0, status="500") for t in range(0, 400, 5)]  # one every 5 s
     w.add_envelope(0, envelope(*failures), 0)
-    w.close_ready(0)  # panes before 390 s closed; the pane of 390 s is open
+    drain(w, 0)  # panes before 390 s closed; the pane of 390 s is open
     key: SeriesKey = ("p", "performance", "api.latency", "", (("unit", "ms"), ("status", "500")))
     end = int(T0.timestamp()) + 400
     last_5_min = w.sliding(key, 300, end)
     assert last_5_min is not None and last_5_min.count == 60  # 58 from closed panes, 2 from the open one
     assert w.sliding(key, 10, end) is not None and w.sliding(key, 10, end).count == 2  # type: ignore[union-attr]
     w.add_envelope(0, envelope(latency(500, 1.0, status="500")), 0)
-    w.close_ready(0)  # the watermark at 500 s forgets panes older than 200 s
+    drain(w, 0)  # the watermark at 500 s forgets panes older than 200 s
     assert w.sliding(key, 600, end) is not None and w.sliding(key, 600, end).count == 40  # type: ignore[union-attr]
