@@ -66,7 +66,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
         settings.kafka_bootstrap, timeout_s=30.0, client_id="cosnap-streams", queue_max_messages=1_000_000
     )
     states: dict[int, PartitionState] = {}
-    loading: dict[int, asyncio.Lock] = {}
+    loading = asyncio.Lock()
 
     def new_windows() -> EventTimeWindows:
         return EventTimeWindows(
@@ -76,27 +76,32 @@ def create_app(settings: StreamsSettings) -> faust.App:
         )
 
     async def state_of(partition: int) -> PartitionState:
-        """The partition's state, loaded from its newest checkpoint the first time."""
+        """The partition's state. The first record of a partition without state loads the newest
+        checkpoints of every assigned partition still without one, in one read."""
         state = states.get(partition)
         if state is not None:
             return state
-        async with loading.setdefault(partition, asyncio.Lock()):
+        async with loading:
             if partition not in states:
+                assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
+                wanted = sorted((assigned | {partition}) - set(states))
                 found = await asyncio.to_thread(
-                    load_latest, settings.kafka_bootstrap, topics.checkpoints, partition
+                    load_latest, settings.kafka_bootstrap, topics.checkpoints, wanted
                 )
-                state = PartitionState(new_windows(), checkpointed_at=time.monotonic())
-                if found is None:
-                    log.info("owns events partition %d, which has no checkpoint yet", partition)
-                else:
-                    state.windows.restore(found.state, time.time())
-                    state.next_offset = found.next_offset
-                    log.info(
-                        "owns events partition %d from its checkpoint at offset %d",
-                        partition,
-                        found.next_offset,
-                    )
-                states[partition] = state
+                for p in wanted:
+                    fresh = PartitionState(new_windows(), checkpointed_at=time.monotonic())
+                    checkpoint = found.get(p)
+                    if checkpoint is None:
+                        log.info("owns events partition %d, which has no checkpoint yet", p)
+                    else:
+                        fresh.windows.restore(checkpoint.state, time.time())
+                        fresh.next_offset = checkpoint.next_offset
+                        log.info(
+                            "owns events partition %d from its checkpoint at offset %d",
+                            p,
+                            checkpoint.next_offset,
+                        )
+                    states[p] = fresh
         return states[partition]
 
     async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> Any:

@@ -37,9 +37,11 @@ def decode(value: bytes) -> Checkpoint:
     return Checkpoint(payload["next_offset"], payload["state"])
 
 
-def load_latest(bootstrap: str, topic: str, partition: int, timeout_s: float = 30.0) -> Checkpoint | None:
-    """The newest checkpoint of `partition`, or None when there is none. Blocks (run it in a
-    thread); raises kafka-python's errors when the broker does not answer."""
+def load_latest(
+    bootstrap: str, topic: str, partitions: list[int], timeout_s: float = 30.0
+) -> dict[int, Checkpoint]:
+    """The newest checkpoint of each of `partitions` that has one, read with one consumer. Blocks
+    (run it in a thread); raises kafka-python's errors when the broker does not answer."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -48,15 +50,20 @@ def load_latest(bootstrap: str, topic: str, partition: int, timeout_s: float = 3
         consumer_timeout_ms=int(timeout_s * 1000),
     )
     try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        end = consumer.end_offsets([tp])[tp]
-        if not end:
-            return None
-        consumer.seek(tp, end - 1)
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        ends = {tp: end for tp, end in consumer.end_offsets(tps).items() if end}
+        if not ends:
+            return {}
+        consumer.assign(list(ends))
+        for tp, end in ends.items():
+            consumer.seek(tp, end - 1)
+        found: dict[int, Checkpoint] = {}
         for record in consumer:
-            if record.offset == end - 1:
-                return decode(record.value)
-        raise TimeoutError(f"could not read checkpoint {topic}[{partition}]@{end - 1}")
+            if record.offset == ends[TopicPartition(record.topic, record.partition)] - 1:
+                found[record.partition] = decode(record.value)
+                if len(found) == len(ends):
+                    return found
+        raise TimeoutError(f"read {len(found)} of {len(ends)} checkpoints of {topic}")
     finally:
         consumer.close()

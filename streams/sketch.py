@@ -62,6 +62,26 @@ class DDSketch:
         self.zeros += other.zeros
         self.count += other.count
 
+    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        """Several quantiles (ascending `qs`) in one pass over the bins."""
+        if self.count == 0:
+            return [None] * len(qs)
+        ranks = [q * (self.count - 1) for q in qs]
+        out: list[float | None] = []
+        seen = 0
+        negative = self.negative or {}
+        bins = [(-_value(i), negative[i]) for i in sorted(negative, reverse=True)]
+        if self.zeros:
+            bins.append((0.0, self.zeros))
+        bins.extend((_value(i), self.positive[i]) for i in sorted(self.positive))
+        for value, n in bins:
+            seen += n
+            while len(out) < len(ranks) and seen > ranks[len(out)]:
+                out.append(value)
+            if len(out) == len(ranks):
+                break
+        return out + [bins[-1][0]] * (len(ranks) - len(out))
+
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0 <= q <= 1) within the relative accuracy; None for an empty sketch."""
         if self.count == 0:

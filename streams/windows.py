@@ -25,7 +25,7 @@ from streams.watermark import Watermark
 
 PANE: Granularity = "10s"
 ROLLUPS: tuple[Granularity, ...] = ("1m", "1h")
-QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
+_LABELS, _QS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
 
 
 Point = float | Decimal | int  # a value as min/max keep it: performance float, revenue Decimal, else 1
@@ -297,8 +297,8 @@ class EventTimeWindows:
                 "emitted_at": emitted_at,
             }
             if acc.sketch is not None:
-                for label, q in QUANTILES:
-                    record[label] = acc.sketch.quantile(q)
+                for label, value in zip(_LABELS, acc.sketch.quantiles(_QS), strict=True):
+                    record[label] = value
                 record["sketch"] = acc.sketch.to_wire()
             if kind == "conversion":
                 index = self._series.step_index.get((project, name))

@@ -62,3 +62,13 @@ def test_wire_round_trip_and_empty_sketch() -> None:
         sketch.add(v)
     assert DDSketch.from_wire(sketch.to_wire()) == sketch
     assert DDSketch().quantile(0.5) is None
+
+
+def test_quantiles_in_one_pass_match_one_at_a_time() -> None:
+    rng = random.Random(9)
+    sketch = DDSketch()
+    for _ in range(5000):
+        sketch.add(rng.gauss(50, 80))
+    qs = (0.0, 0.01, 0.5, 0.9, 0.95, 0.99, 1.0)
+    assert sketch.quantiles(qs) == [sketch.quantile(q) for q in qs]
+    assert DDSketch().quantiles((0.5,)) == [None]
