@@ -29,6 +29,8 @@ test: lint
 
 bench: setup
 	$(BIN)/python -m bench.ingest
+	-$(BIN)/python -m bench.streams
+	-$(BIN)/python -m bench.streams.memory
 
 clean:
 	rm -rf $(VENV) .cosnap-data .pytest_cache .mypy_cache .ruff_cache
