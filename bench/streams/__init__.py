@@ -9,63 +9,23 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from bench.kafka import Bench
 from cosnap_metrics.processes import spawn, stop
-from cosnap_metrics.provision import ensure_topics
-from schemas.settings import RunnerSettings
-from schemas.topics import Topics
-from tests.conftest import free_port
 
 # Faust's log prefix, then the worker's line for the first record of a partition.
 _OWNS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*owns events partition (\d+)", re.M)
 _READY = re.compile(r"\[\^Worker\]: (Ready|.*OK \^)| OK \^$", re.M)
-
-
-@dataclass(frozen=True)
-class Bench:
-    bootstrap: str
-    topics: Topics
-    work: Path
-
-
-@contextmanager
-def bench_kafka(name: str) -> Iterator[Bench]:
-    """A broker in a temporary directory with the pipeline's topics under a unique prefix;
-    everything is stopped and removed on exit."""
-    settings = RunnerSettings()
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    broker = KafkaBroker(
-        BrokerConfig(
-            fetch_kafka(settings.kafka_version, settings.kafka_cache_dir),
-            work / "kafka",
-            free_port(),
-            free_port(),
-        )
-    )
-    try:
-        broker.start()
-        topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
-        ensure_topics(broker.bootstrap, topics)
-        yield Bench(broker.bootstrap, topics, work)
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 class Worker:

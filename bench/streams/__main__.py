@@ -36,7 +36,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-from bench.streams import AggregateReader, Bench, Worker, bench_kafka, end_offsets
+from bench.kafka import Bench, bench_kafka
+from bench.streams import AggregateReader, Worker, end_offsets
 from bench.streams.feed import EVENTS_PER_ENVELOPE, choose_projects, closers, cosnap_mix, pack, produce
 from schemas.topics import EVENT_PARTITIONS
 

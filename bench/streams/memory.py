@@ -34,7 +34,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.streams import AggregateReader, Bench, Worker, bench_kafka, committed_offsets, end_offsets
+from bench.kafka import Bench, bench_kafka
+from bench.streams import AggregateReader, Worker, committed_offsets, end_offsets
 from bench.streams.feed import choose_projects, closers, pack, produce
 from schemas.topics import EVENT_PARTITIONS
 
