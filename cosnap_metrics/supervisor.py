@@ -32,7 +32,8 @@ def _port(bootstrap: str) -> int:
     return int(bootstrap.rsplit(":", 1)[1])
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Block until `url` answers 200; RunnerError if `process` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -85,9 +86,9 @@ def run_pipeline(settings: RunnerSettings) -> int:
         env = child_environment(settings)
         for name in SERVICES:
             children[name] = spawn([sys.executable, "-m", "cosnap_metrics.cli", name], env=env)
-        _wait_http(f"{settings.query_url}/health", children["sink"], 120)
+        wait_http(f"{settings.query_url}/health", children["sink"], 120)
         ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
-        _wait_http(f"{ingest}/health/ready", children["ingest"], 120)
+        wait_http(f"{ingest}/health/ready", children["ingest"], 120)
         print(
             "\n"
             f"  Cosnap Metrics is running (data in {data_dir})\n"

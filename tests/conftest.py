@@ -18,8 +18,10 @@ import httpx
 import pytest
 
 from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.provision import ensure_topics
+from cosnap_metrics.supervisor import wait_http
 from ingest.keys import KeyStore
 from schemas.settings import RunnerSettings
 from schemas.topics import Topics
@@ -85,18 +87,10 @@ class Pipeline:
             self.wait_http(f"{self.ingest_url}/health/ready", "ingest")
 
     def wait_http(self, url: str, name: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            process = self.processes[name]
-            if process.poll() is not None:
-                raise AssertionError(f"{name} exited with {process.returncode}:\n{self.log(name)}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{url} not ready in {timeout}s:\n{self.log(name)}")
+        try:
+            wait_http(url, self.processes[name], timeout)
+        except RunnerError as exc:
+            raise AssertionError(f"{exc}\n{self.log(name)}") from exc
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
