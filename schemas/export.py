@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse
-from schemas.records import DeadLetter, Envelope, WindowAggregate
+from schemas.records import AlertRecord, DeadLetter, Envelope, WindowAggregate
+from schemas.rules import RuleFile
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 _BASE = "https://cosnap.ai/schemas/metrics/"
@@ -29,6 +30,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "envelope.schema.json": ("A record of metrics.events.v1", Envelope),
         "window-aggregate.schema.json": ("A record of metrics.aggregates.v1", WindowAggregate),
         "dead-letter.schema.json": ("A record of metrics.dead-letter.v1", DeadLetter),
+        "alert.schema.json": ("A record of metrics.alerts.v1", AlertRecord),
+        "rules.schema.json": ("An alert rules file (YAML), see schemas/default-rules.yaml", RuleFile),
     }
     out = {}
     for name, (title, source) in sources.items():

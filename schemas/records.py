@@ -1,5 +1,6 @@
 """Kafka records: the envelope on `metrics.events.v1`, final windows on `metrics.aggregates.v1`,
-rejects on `metrics.dead-letter.v1`. Values are JSON; decimals travel as strings."""
+rejects on `metrics.dead-letter.v1`, alert state changes on `metrics.alerts.v1`. Values are JSON;
+decimals travel as strings."""
 
 from __future__ import annotations
 
@@ -123,3 +124,35 @@ class DeadLetter(BaseModel):
     index: int | None = Field(description="Position in the batch; null when the whole body was rejected")
     reason: str
     raw: str = Field(description="The rejected item as received, capped in size")
+
+
+AlertState = Literal["firing", "resolved"]
+
+
+class AlertRecord(BaseModel):
+    """A state change of one alert on `metrics.alerts.v1`; key = `fingerprint`. Public, versioned.
+
+    One `firing` and one `resolved` record per episode. `labels` identify the alert (Alertmanager's
+    labels: alertname, severity, project, the rule's group_by values and its own labels);
+    `fingerprint` is derived from them and stays the same across episodes and restarts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    fingerprint: str = Field(description="sha256 of the sorted labels, first 16 hex digits")
+    rule: str
+    state: AlertState
+    severity: Literal["info", "warning", "critical"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(
+        description="summary, description, runbook_url, impact: texts for the person on call"
+    )
+    value: float | None = Field(description="The observed value when the state changed; null for no data")
+    threshold: float
+    starts_at: datetime = Field(description="When the episode started firing (event time)")
+    ends_at: datetime | None = Field(description="When it resolved; null while firing")
+    evaluated_at: datetime = Field(
+        description="The event-time clock of the evaluation that changed the state"
+    )
+    emitted_at: datetime = Field(description="Wall-clock time the record was produced")

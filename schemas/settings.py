@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.rules import DEFAULT_RULES
 from schemas.topics import DEFAULT_PREFIX, Topics
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -79,6 +80,7 @@ class StreamsSettings(CommonSettings):
     checkpoint_s: float = Field(
         default=5.0, gt=0, description="Longest time between window-state checkpoints"
     )
+    rules_file: Path = Field(default=DEFAULT_RULES, description="Alert rules (YAML), see schemas/rules.py")
 
 
 class SinkSettings(CommonSettings):

@@ -18,6 +18,11 @@ AGGREGATE_COLUMNS = [
     "sketch_zeros", "step_index", "ratio_to_previous", "emitted_at",
 ]  # fmt: skip
 
+ALERT_COLUMNS = [
+    "fingerprint", "rule", "state", "severity", "project", "labels", "annotations", "value", "threshold",
+    "starts_at", "ends_at", "evaluated_at", "emitted_at",
+]  # fmt: skip
+
 
 def event_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
     """One row per event of an envelope record."""
@@ -36,3 +41,11 @@ def aggregate_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
         window["sketch_negative"] = sketch["negative"]
         window["sketch_zeros"] = sketch["zeros"]
     return [orjson.dumps(window)]
+
+
+def alert_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
+    """One row per alert state change; the project is lifted out of the labels."""
+    del partition, offset
+    alert: dict[str, Any] = orjson.loads(value)
+    alert["project"] = alert["labels"]["project"]
+    return [orjson.dumps(alert)]

@@ -15,7 +15,14 @@ from schemas.settings import SinkSettings
 from sinks.clickhouse import apply_migrations, connect
 from sinks.consumer import Route, TopicSink
 from sinks.query import create_query_app
-from sinks.rows import AGGREGATE_COLUMNS, EVENT_COLUMNS, aggregate_rows, event_rows
+from sinks.rows import (
+    AGGREGATE_COLUMNS,
+    ALERT_COLUMNS,
+    EVENT_COLUMNS,
+    aggregate_rows,
+    alert_rows,
+    event_rows,
+)
 from sinks.writer import BatchWriter
 
 log = logging.getLogger("cosnap.sink")
@@ -49,6 +56,7 @@ def run_sink(settings: SinkSettings) -> None:
             Route(
                 topics.aggregates, aggregate_rows, BatchWriter(client, f"{db}.aggregates", AGGREGATE_COLUMNS)
             ),
+            Route(topics.alerts, alert_rows, BatchWriter(client, f"{db}.alerts", ALERT_COLUMNS)),
         ],
         dead_letter_topic=topics.dead_letter,
         max_rows=settings.sink_batch_rows,

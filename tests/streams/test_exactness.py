@@ -118,7 +118,7 @@ def test_kill_9_of_the_worker_mid_stream_changes_no_window(pipeline: Pipeline) -
 
     assert wait_for(
         lambda: pipeline.query("SELECT count() FROM metrics.events FINAL") == [[TOTAL]], timeout=120
-    )
+    ), (pipeline.query("SELECT count() FROM metrics.events FINAL"), pipeline.log("sink")[-3000:])
     assert wait_for(
         lambda: (
             pipeline.query("SELECT sum(count) FROM metrics.aggregates FINAL WHERE granularity = '1m'")

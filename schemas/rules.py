@@ -1,0 +1,225 @@
+"""Alert rules (DESIGN §3.5): a YAML file of thresholds on sliding windows of 10-second panes.
+
+A rule matches events (type, name fields, tag filters, a value filter), aggregates the matches of
+the last `window` per group (`group_by` tags, always within one project), compares the result
+with `threshold`, and moves an alert through `pending -> firing -> resolved`. The shape follows
+Prometheus alerting rules (`for`, `keep_firing_for`, labels, annotations) and Sentry metric
+alerts (a resolve threshold against flapping, a minimum sample size).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+from schemas.errors import CosnapError
+from schemas.events import EventType, TagKey
+
+PANE_S = 10  # the unit of alert windows: every window is a whole number of panes
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def _seconds(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h, 7d")
+    if isinstance(value, int):
+        return value
+    found = _DURATION.match(str(value).strip())
+    if found is None:
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h or 7d")
+    return int(found[1]) * _UNITS[found[2]]
+
+
+def format_duration(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[
+    int,
+    BeforeValidator(_seconds),
+    Field(ge=0, description="seconds, or a string like 30s, 5m, 1h, 7d"),
+    PlainSerializer(format_duration, return_type=str),
+]
+OneOrMany = str | list[str]
+Aggregate = Literal["count", "sum", "avg", "min", "max", "p50", "p90", "p95", "p99", "rate", "ratio"]
+Comparison = Literal[">", ">=", "<", "<="]
+Severity = Literal["info", "warning", "critical"]
+AlertName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+# The event fields a rule may match on and group by, besides tags.
+MATCH_FIELDS = ("name", "currency", "funnel", "step", "feature", "action", "metric", "unit", "source")
+
+
+class ValueFilter(BaseModel):
+    """Bounds on the event's value (performance) or amount (revenue)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+class Match(BaseModel):
+    """Which events a rule looks at. Every given field must equal (or be one of) the listed values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: EventType
+    name: OneOrMany | None = None
+    currency: OneOrMany | None = None
+    funnel: OneOrMany | None = None
+    step: OneOrMany | None = None
+    feature: OneOrMany | None = None
+    action: OneOrMany | None = None
+    metric: OneOrMany | None = None
+    unit: OneOrMany | None = None
+    source: OneOrMany | None = None
+    tags: dict[TagKey, OneOrMany] = Field(default_factory=dict)
+    value: ValueFilter | None = None
+
+
+class Baseline(BaseModel):
+    """Compare the window with the same window of the previous `days` days, as a fraction of their
+    average: `value` becomes current / baseline (1.0 = as usual)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    days: int = Field(ge=1, le=28)
+
+
+class Impact(BaseModel):
+    """Business impact for the annotation: the project's revenue per minute over `revenue_window`
+    (per currency), times `expected_duration` of an episode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revenue_window: Duration = 3600
+    expected_duration: Duration = 1800
+
+
+class Annotations(BaseModel):
+    """Texts for the person on call. `summary` and `description` are formatted with the fields
+    {value}, {threshold}, {window}, {count} and the group's labels, e.g. {provider}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    summary: str
+    description: str = ""
+    runbook_url: str = ""
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: AlertName
+    match: Match
+    aggregate: Aggregate = "count"
+    of: Match | None = Field(default=None, description="ratio only: the denominator's events")
+    window: Duration
+    op: Comparison
+    threshold: float
+    resolve_threshold: float | None = Field(
+        default=None, description="firing ends only once the value is past this on the safe side"
+    )
+    for_: Duration = Field(default=0, alias="for", description="pending this long before firing")
+    keep_firing_for: Duration = Field(default=0, description="resolve only after this long clear")
+    min_samples: int = Field(
+        default=0, ge=0, description="fewer matching events (the denominator, for ratio) is no data"
+    )
+    no_data: Literal["ok", "keep", "alerting"] = Field(
+        default="ok", description="no data: the condition is false (ok), state unchanged (keep), true (alerting)"
+    )
+    baseline: Baseline | None = None
+    group_by: list[str] = Field(default_factory=list, description="tag keys or event fields")
+    severity: Severity = "warning"
+    labels: dict[TagKey, str] = Field(default_factory=dict)
+    annotations: Annotations
+    impact: Impact | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.window < PANE_S or self.window % PANE_S:
+            raise ValueError(f"window must be a positive multiple of {PANE_S}s")
+        if (self.aggregate == "ratio") != (self.of is not None):
+            raise ValueError("`of` (the denominator) is required for ratio, and only for ratio")
+        if self.of is not None and self.of.type != self.match.type:
+            raise ValueError("a ratio compares events of one type: `of.type` must equal `match.type`")
+        if self.baseline is not None and self.window > 86400:
+            raise ValueError("a baseline compares windows of at most one day")
+        if self.resolve_threshold is not None and _holds(self.op, self.resolve_threshold, self.threshold):
+            raise ValueError("resolve_threshold must lie on the safe side of threshold")
+        reserved = {"alertname", "severity", "project"}
+        if reserved & set(self.labels) or reserved & set(self.group_by):
+            raise ValueError(f"labels and group_by may not redefine {sorted(reserved)}")
+        return self
+
+    def holds(self, value: float) -> bool:
+        """Whether `value` meets the firing condition."""
+        return _holds(self.op, value, self.threshold)
+
+    def clear(self, value: float) -> bool:
+        """Whether `value` is clear enough to end a firing alert."""
+        limit = self.threshold if self.resolve_threshold is None else self.resolve_threshold
+        return not _holds(self.op, value, limit) and not self.holds(value)
+
+    @property
+    def horizon(self) -> int:
+        """How far back (seconds) the rule looks at event time."""
+        return self.window + (self.baseline.days * 86400 if self.baseline else 0)
+
+
+def _holds(op: Comparison, value: float, threshold: float) -> bool:
+    if op == ">":
+        return value > threshold
+    if op == ">=":
+        return value >= threshold
+    if op == "<":
+        return value < threshold
+    return value <= threshold
+
+
+class RuleFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[Rule]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [rule.name for rule in self.rules]
+        if len(names) != len(set(names)):
+            raise ValueError("rule names must be unique")
+        return self
+
+
+class RulesError(CosnapError):
+    """A rules file that cannot be read or does not validate."""
+
+
+DEFAULT_RULES = Path(__file__).parent / "default-rules.yaml"
+
+
+def load_rules(path: Path = DEFAULT_RULES) -> RuleFile:
+    try:
+        document = yaml.safe_load(path.read_text())
+        return RuleFile.model_validate(document)
+    except (OSError, yaml.YAMLError) as exc:
+        raise RulesError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        raise RulesError(f"{path}: {exc}") from exc
