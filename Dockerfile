@@ -8,7 +8,8 @@ COPY ingest ./ingest
 COPY streams ./streams
 COPY sinks ./sinks
 COPY cosnap_metrics ./cosnap_metrics
-RUN pip install --no-cache-dir -c constraints.txt . \
+COPY sdk/python ./sdk/python
+RUN pip install --no-cache-dir -c constraints.txt ./sdk/python . \
     && useradd --uid 10001 --create-home cosnap \
     && mkdir /data && chown cosnap /data
 USER cosnap

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean alertmanager browser
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -24,13 +24,25 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The alert delivery tests start a real Alertmanager: Debian's package (we run as root).
+# `make run` does not need it.
+alertmanager:
+	@command -v prometheus-alertmanager >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager; }
+
+# The dashboard test drives Debian's Chromium through its chromedriver (no browser download).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: lint alertmanager browser
 	$(BIN)/pytest
 
 bench: setup
 	$(BIN)/python -m bench.ingest
 	-$(BIN)/python -m bench.streams
 	-$(BIN)/python -m bench.streams.memory
+	$(BIN)/python -m bench.alerts
 
 clean:
 	rm -rf $(VENV) .cosnap-data .pytest_cache .mypy_cache .ruff_cache

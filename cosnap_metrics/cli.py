@@ -64,6 +64,29 @@ def _sink(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _notify(_args: argparse.Namespace) -> int:
+    from schemas.settings import NotifierSettings
+    from sinks.notifier import run_notifier
+
+    settings = NotifierSettings()
+    _logging(settings.log_level)
+    return run_notifier(settings)
+
+
+def _alerts_tail(args: argparse.Namespace) -> int:
+    from cosnap_metrics.alerts_tail import tail
+
+    settings = CommonSettings()
+    return tail(
+        settings.kafka_bootstrap,
+        settings.topics.alerts,
+        sys.stdout,
+        from_beginning=args.from_beginning,
+        raw_json=args.json,
+        max_records=args.max,
+    )
+
+
 def _topics(_args: argparse.Namespace) -> int:
     from cosnap_metrics.provision import ensure_topics
 
@@ -96,7 +119,7 @@ def _demo(args: argparse.Namespace) -> int:
     settings = IngestSettings()
     key = args.key or (settings.data_dir / DEV_KEY_FILE).read_text().strip()
     url = args.url or f"http://{settings.ingest_host}:{settings.ingest_port}"
-    return run_demo(url, key, args.minutes, args.rate)
+    return run_demo(url, key, args.minutes, args.rate, speed=args.speed, seed=args.seed)
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -118,6 +141,51 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_check(args: argparse.Namespace) -> int:
+    from schemas.rules import RulesError, load_rules
+
+    try:
+        rules = load_rules(args.file)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    problems = [problem for rule in rules.rules for problem in rule.template_problems()]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{args.file}: {len(rules.rules)} rules, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    from schemas.rules import RulesError, format_duration, load_rule_tests
+    from streams.alerts import transitions
+
+    try:
+        rules, tests = load_rule_tests(args.file)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    by_name = {rule.name: rule for rule in rules.rules}
+    failed = 0
+    for n, test in enumerate(tests.tests, 1):
+        got = transitions(by_name[test.rule], test.series(), test.interval)
+        wanted = [(change.at, change.state) for change in test.expect]
+        if got != wanted:
+            failed += 1
+            expected = ", ".join(f"{state} at {format_duration(at)}" for at, state in wanted)
+            actual = ", ".join(f"{state} at {format_duration(at)}" for at, state in got)
+            print(f"FAIL test {n} ({test.rule}): expected [{expected}], got [{actual}]", file=sys.stderr)
+    print(f"{args.file}: {len(tests.tests) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def _dashboards_export(_args: argparse.Namespace) -> int:
+    from sinks.grafana_dashboard import export
+
+    print(export())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosnap-metrics", description="Cosnap Metrics event pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         "sink", help="run the ClickHouse sink (and, on chDB, the query service)"
     ).set_defaults(func=_sink)
     commands.add_parser("topics", help="create the pipeline's Kafka topics").set_defaults(func=_topics)
+    commands.add_parser(
+        "notify", help="deliver the alerts topic to Alertmanager and signed webhooks"
+    ).set_defaults(func=_notify)
+
+    alerts = commands.add_parser("alerts", help="alert state changes").add_subparsers(
+        dest="alerts", required=True
+    )
+    alerts_tail = alerts.add_parser("tail", help="print alert state changes as they arrive")
+    alerts_tail.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    alerts_tail.add_argument("--json", action="store_true", help="print the records as JSON, one per line")
+    alerts_tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
+    alerts_tail.set_defaults(func=_alerts_tail)
 
     query = commands.add_parser("query", help="run read-only SQL against the pipeline's ClickHouse")
     query.add_argument("sql")
@@ -138,7 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="post realistic Cosnap traffic to the ingest API")
     demo.add_argument("--minutes", type=float, default=5.0)
-    demo.add_argument("--rate", type=float, default=200.0, help="events per second")
+    demo.add_argument("--rate", type=float, default=200.0, help="events per (simulated) second")
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="simulate MINUTES of traffic in MINUTES/SPEED of wall time, ending now (10: ten times faster)",
+    )
+    demo.add_argument("--seed", type=int, help="reproducible traffic")
     demo.add_argument("--url", help="ingest API base URL (default: this machine's)")
     demo.add_argument("--key", help="write key (default: the development key in the data directory)")
     demo.set_defaults(func=_demo)
@@ -149,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = schemas.add_parser("export", help="write schemas/json/*.schema.json from the models")
     export.add_argument("--dir", type=Path, help="another directory to write to")
     export.set_defaults(func=_schemas_export)
+
+    dashboards = commands.add_parser(
+        "dashboards", help="the Grafana dashboard of docker-compose"
+    ).add_subparsers(dest="dashboards", required=True)
+    dashboards.add_parser(
+        "export", help="write sinks/grafana/dashboards/executive.json from sinks/panels.py"
+    ).set_defaults(func=_dashboards_export)
 
     keys = commands.add_parser("keys", help="manage project write keys").add_subparsers(
         dest="keys", required=True
@@ -162,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a browser origin allowed to post for the project (repeatable; patterns like https://*.cosnap.ai)",
     )
     create.set_defaults(func=_keys_create)
+
+    rules = commands.add_parser("rules", help="alert rules files").add_subparsers(dest="rules", required=True)
+    check = rules.add_parser("check", help="validate a rules file and its annotation templates")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_rules_check)
+    test = rules.add_parser("test", help="run rule tests: values in, expected state changes out")
+    test.add_argument("file", type=Path)
+    test.set_defaults(func=_rules_test)
     return parser
 
 

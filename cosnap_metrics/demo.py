@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 import sys
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -37,13 +37,14 @@ class CosnapTraffic:
     """Draws one realistic event at a time; `rng` makes a run reproducible."""
 
     rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))  # simulated runs replace it
     # Users part-way through a funnel: user -> (funnel, index of the step they reached).
     journeys: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def _common(self, user: str, source: str) -> dict[str, Any]:
         return {
-            "event_id": uuid.uuid4().hex,
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "event_id": f"{self.rng.getrandbits(128):032x}",
+            "timestamp": self.clock().isoformat(timespec="milliseconds"),
             "user_id": user,
             "session_id": f"s-{user}-{self.rng.randint(1, 3)}",
             "source": source,
@@ -105,17 +106,17 @@ class CosnapTraffic:
         tags: dict[str, str]
         if metric == "api.latency":
             route = rng.choice(ROUTES)
-            status = rng.choices(["200", "500", "401"], [985, 10, 5])[0]
+            status = rng.choices(["200", "500", "401"], [9899, 100, 1])[0]
             value = rng.lognormvariate(4.7, 0.5)
             tags = {"route": route, "status": status}
             if status == "401":
                 tags["category"] = "auth"
         elif metric == "ai.provider.latency":
-            failed = rng.random() < 0.01
+            failed = rng.random() < 0.001
             value = rng.lognormvariate(7.7, 0.35)
             tags = {"provider": rng.choice(["replicate", "stability"]), "status": "error" if failed else "ok"}
         elif metric == "payment.latency":
-            failed = rng.random() < 0.003
+            failed = rng.random() < 0.0002
             value = rng.lognormvariate(6.5, 0.3)
             tags = {
                 "provider": "stripe",
@@ -131,22 +132,43 @@ class CosnapTraffic:
         }  # fmt: skip
 
 
-def run_demo(url: str, write_key: str, minutes: float, rate: float, batch: int = 50) -> int:
-    """Post `rate` events per second for `minutes`; print a progress line; return 0 if every
-    request was accepted."""
-    traffic = CosnapTraffic()
-    total_seconds = minutes * 60
+def run_demo(  # noqa: PLR0913  # the command's options
+    url: str,
+    write_key: str,
+    minutes: float,
+    rate: float,
+    *,
+    speed: float = 1.0,
+    seed: int | None = None,
+    batch: int = 50,
+) -> int:
+    """Post `rate` events per (simulated) second for `minutes` of simulated time; print a progress
+    line; return 0 if every request was accepted.
+
+    With `speed` above 1 the traffic of `minutes` is compressed into minutes / speed of wall
+    time: event times run `speed` times faster than the clock, from minutes ago up to now (never
+    ahead of it), and bodies carry no `sent_at` (clock-skew correction would undo the simulated
+    times). `seed` makes the traffic reproducible.
+    """
+    total_seconds = minutes * 60 / speed
+    started_wall = time.monotonic()
+    simulated_start = datetime.now(UTC) - timedelta(seconds=minutes * 60 - total_seconds)
+
+    def simulated_now() -> datetime:
+        return simulated_start + timedelta(seconds=(time.monotonic() - started_wall) * speed)
+
+    traffic = CosnapTraffic(random.Random(seed))
+    if speed != 1.0:
+        traffic.clock = simulated_now
     sent = accepted = failed = 0
-    started = time.monotonic()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {write_key}"}, timeout=30) as client:
-        while (elapsed := time.monotonic() - started) < total_seconds:
-            due = int(elapsed * rate) - sent
+        while (elapsed := time.monotonic() - started_wall) < total_seconds:
+            due = int(elapsed * rate * speed) - sent
             while due > 0:
                 size = min(batch, due)
-                body = {
-                    "events": [traffic.event() for _ in range(size)],
-                    "sent_at": datetime.now(UTC).isoformat(),
-                }
+                body: dict[str, Any] = {"events": [traffic.event() for _ in range(size)]}
+                if speed == 1.0:
+                    body["sent_at"] = datetime.now(UTC).isoformat()
                 response = client.post("/v1/events", json=body)
                 sent += size
                 due -= size
@@ -157,7 +179,8 @@ def run_demo(url: str, write_key: str, minutes: float, rate: float, batch: int =
             done = min(elapsed / total_seconds, 1.0)
             bar = "#" * int(done * 30)
             print(
-                f"\r[demo] [{bar:<30}] {elapsed:6.0f}s  sent {sent}  accepted {accepted}  failed {failed}",
+                f"\r[demo] [{bar:<30}] {elapsed * speed:6.0f}s simulated  sent {sent}"
+                f"  accepted {accepted}  failed {failed}",
                 end="",
                 file=sys.stderr,
                 flush=True,

@@ -47,6 +47,11 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> Non
     raise RunnerError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def services(settings: RunnerSettings) -> tuple[str, ...]:
+    """The services to start, in order: the notifier only when alerts go beyond the topic."""
+    return SERVICES + (("notify",) if settings.notify_enabled else ())
+
+
 def child_environment(settings: RunnerSettings) -> dict[str, str]:
     """The environment every service process gets: the runner's, with resolved locations."""
     return os.environ | {
@@ -84,7 +89,7 @@ def run_pipeline(settings: RunnerSettings) -> int:
         write_key = ensure_dev_key(KeyStore(settings.keys_file), data_dir)
 
         env = child_environment(settings)
-        for name in SERVICES:
+        for name in services(settings):
             children[name] = spawn([sys.executable, "-m", "cosnap_metrics.cli", name], env=env)
         wait_http(f"{settings.query_url}/health", children["sink"], 120)
         ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
@@ -94,9 +99,11 @@ def run_pipeline(settings: RunnerSettings) -> int:
             f"  Cosnap Metrics is running (data in {data_dir})\n"
             f"  ingest API   {ingest}/v1/events\n"
             f"  API docs     {ingest}/docs\n"
+            f"  dashboard    {settings.query_url}/dashboard\n"
             f"  write key    {write_key}   (also in {data_dir / DEV_KEY_FILE})\n"
             f"  query        .venv/bin/cosnap-metrics query '{EXAMPLE_QUERY}'\n"
             f"  demo traffic .venv/bin/cosnap-metrics demo --minutes 5 --rate 200\n"
+            f"  alerts       .venv/bin/cosnap-metrics alerts tail\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -115,7 +122,7 @@ def run_pipeline(settings: RunnerSettings) -> int:
         return 1
     finally:
         print("[run] stopping", flush=True)
-        for name in reversed(SERVICES):
+        for name in reversed(services(settings)):
             if name in children:
                 stop(children[name], timeout=30)
         broker.stop()

@@ -18,6 +18,7 @@ from schemas.events import (
     PerformanceEvent,
     RevenueEvent,
 )
+from schemas.rules import AlertState, Severity
 
 Granularity = Literal["10s", "1m", "1h"]
 GRANULARITY_SECONDS: dict[Granularity, int] = {"10s": 10, "1m": 60, "1h": 3600}
@@ -126,9 +127,6 @@ class DeadLetter(BaseModel):
     raw: str = Field(description="The rejected item as received, capped in size")
 
 
-AlertState = Literal["firing", "resolved"]
-
-
 class AlertRecord(BaseModel):
     """A state change of one alert on `metrics.alerts.v1`; key = `fingerprint`. Public, versioned.
 
@@ -143,7 +141,7 @@ class AlertRecord(BaseModel):
     fingerprint: str = Field(description="sha256 of the sorted labels, first 16 hex digits")
     rule: str
     state: AlertState
-    severity: Literal["info", "warning", "critical"]
+    severity: Severity
     labels: dict[str, str]
     annotations: dict[str, str] = Field(
         description="summary, description, runbook_url, impact: texts for the person on call"

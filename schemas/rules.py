@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import (
@@ -144,7 +144,8 @@ class Rule(BaseModel):
         default=0, ge=0, description="fewer matching events (the denominator, for ratio) is no data"
     )
     no_data: Literal["ok", "keep", "alerting"] = Field(
-        default="ok", description="no data: the condition is false (ok), state unchanged (keep), true (alerting)"
+        default="ok",
+        description="no data: the condition is false (ok), the state unchanged (keep), or true (alerting)",
     )
     baseline: Baseline | None = None
     group_by: list[str] = Field(default_factory=list, description="tag keys or event fields")
@@ -161,8 +162,8 @@ class Rule(BaseModel):
             raise ValueError("`of` (the denominator) is required for ratio, and only for ratio")
         if self.of is not None and self.of.type != self.match.type:
             raise ValueError("a ratio compares events of one type: `of.type` must equal `match.type`")
-        if self.baseline is not None and self.window > 86400:
-            raise ValueError("a baseline compares windows of at most one day")
+        if self.baseline is not None and (self.window > 86400 or self.aggregate not in ("count", "sum")):
+            raise ValueError("a baseline compares counts or sums of windows of at most one day")
         if self.resolve_threshold is not None and _holds(self.op, self.resolve_threshold, self.threshold):
             raise ValueError("resolve_threshold must lie on the safe side of threshold")
         reserved = {"alertname", "severity", "project"}
@@ -178,6 +179,18 @@ class Rule(BaseModel):
         """Whether `value` is clear enough to end a firing alert."""
         limit = self.threshold if self.resolve_threshold is None else self.resolve_threshold
         return not _holds(self.op, value, limit) and not self.holds(value)
+
+    def template_problems(self) -> list[str]:
+        """Annotation templates that would not render: unknown fields or bad format specs."""
+        sample: dict[str, Any] = {"value": 1.0, "threshold": self.threshold, "window": "5m", "count": 1}
+        sample |= {key: "x" for key in ("alertname", "severity", "project", *self.group_by, *self.labels)}
+        problems = []
+        for name in ("summary", "description"):
+            try:
+                getattr(self.annotations, name).format_map(sample)
+            except (KeyError, ValueError, IndexError) as exc:
+                problems.append(f"{self.name}: annotation {name}: {exc!r}")
+        return problems
 
     @property
     def horizon(self) -> int:
@@ -208,18 +221,66 @@ class RuleFile(BaseModel):
         return self
 
 
+AlertState = Literal["firing", "resolved"]
+
+
+class ExpectedChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: Duration = Field(description="time since the first value")
+    state: AlertState
+
+
+class RuleTest(BaseModel):
+    """Given the rule's value at every `interval` (`_` = no data; `3x4` = 3 four times), the
+    published state changes expected, in the spirit of `promtool test rules`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: AlertName
+    interval: Duration = PANE_S
+    values: str = Field(pattern=r"^\s*([-+0-9.eE]+|_)(x\d+)?(\s+([-+0-9.eE]+|_)(x\d+)?)*\s*$")
+    expect: list[ExpectedChange]
+
+    def series(self) -> list[float | None]:
+        out: list[float | None] = []
+        for item in self.values.split():
+            value, _, times = item.partition("x")
+            out.extend([None if value == "_" else float(value)] * int(times or 1))
+        return out
+
+
+class RuleTestFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule_file: str = Field(description="the rules file, relative to this file")
+    tests: list[RuleTest] = Field(min_length=1)
+
+
 class RulesError(CosnapError):
     """A rules file that cannot be read or does not validate."""
 
 
+_M = TypeVar("_M", bound=BaseModel)
 DEFAULT_RULES = Path(__file__).parent / "default-rules.yaml"
 
 
-def load_rules(path: Path = DEFAULT_RULES) -> RuleFile:
+def _load(model: type[_M], path: Path) -> _M:
     try:
-        document = yaml.safe_load(path.read_text())
-        return RuleFile.model_validate(document)
-    except (OSError, yaml.YAMLError) as exc:
+        return model.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
         raise RulesError(f"{path}: {exc}") from exc
-    except ValidationError as exc:
-        raise RulesError(f"{path}: {exc}") from exc
+
+
+def load_rules(path: Path = DEFAULT_RULES) -> RuleFile:
+    return _load(RuleFile, path)
+
+
+def load_rule_tests(path: Path) -> tuple[RuleFile, RuleTestFile]:
+    """A rule test file and the rules file it names."""
+    tests = _load(RuleTestFile, path)
+    rules = load_rules(path.parent / tests.rule_file)
+    unknown = {test.rule for test in tests.tests} - {rule.name for rule in rules.rules}
+    if unknown:
+        raise RulesError(f"{path}: no such rules: {', '.join(sorted(unknown))}")
+    return rules, tests

@@ -6,11 +6,12 @@ fields below so that the runner can hand the same environment to every process i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.rules import DEFAULT_RULES
 from schemas.topics import DEFAULT_PREFIX, Topics
@@ -88,7 +89,69 @@ class SinkSettings(CommonSettings):
     sink_flush_ms: int = Field(default=500, gt=0, description="Longest time a row waits for its insert")
 
 
-class RunnerSettings(IngestSettings, StreamsSettings, SinkSettings):
+class NotifierSettings(CommonSettings):
+    """Where `cosnap-metrics notify` delivers the records of the alerts topic, and how hard it tries."""
+
+    alertmanager_url: str = Field(
+        default="", description="Alertmanager base URL (alerts go to POST {url}/api/v2/alerts); empty = off"
+    )
+    webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Webhook endpoints, comma-separated (or a JSON list); each gets every alert state change",
+    )
+    webhook_secret: SecretStr = Field(
+        default=SecretStr(""), description="Standard Webhooks signing secret, whsec_<base64>"
+    )
+    alert_generator_url: str = Field(
+        default="",
+        description="Alertmanager's link to the alert's source (a dashboard); {rule} and {fingerprint} "
+        "are filled in; empty = none",
+    )
+    notify_max_tries: int = Field(default=5, ge=1, description="Attempts per target before the dead letter")
+    notify_backoff_s: float = Field(default=1.0, gt=0, description="Wait before the first retry; doubles")
+    notify_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between tries, also the cap on a target's Retry-After"
+    )
+    notify_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for one HTTP answer")
+    notify_resend_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Firing alerts are sent to Alertmanager again this often, or it resolves them itself",
+    )
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [url.strip() for url in text.split(",") if url.strip()]
+        return value
+
+    @field_validator("alertmanager_url", "webhook_urls")
+    @classmethod
+    def _http_only(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.webhook_urls and not self.webhook_secret.get_secret_value():
+            raise ValueError("COSNAP_WEBHOOK_SECRET (whsec_<base64>) is needed with COSNAP_WEBHOOK_URLS")
+        if self.notify_backoff_max_s < self.notify_backoff_s:
+            raise ValueError("COSNAP_NOTIFY_BACKOFF_MAX_S is below COSNAP_NOTIFY_BACKOFF_S")
+        return self
+
+    @property
+    def notify_enabled(self) -> bool:
+        """Whether anything besides the alerts topic receives alerts (then the runner starts `notify`)."""
+        return bool(self.alertmanager_url or self.webhook_urls)
+
+
+class RunnerSettings(IngestSettings, StreamsSettings, SinkSettings, NotifierSettings):
     kafka_version: str = "4.1.1"
     kafka_cache_dir: Path = Field(
         default=Path.home() / ".cache" / "cosnap-metrics" / "kafka",

@@ -11,3 +11,7 @@ class SinkError(CosnapError):
 
 class QueryRefused(CosnapError):
     """A statement the read-only query path does not run (anything but SELECT-like reads)."""
+
+
+class UnknownMacro(CosnapError):
+    """A panel query uses a Grafana macro that the embedded dashboard cannot expand."""

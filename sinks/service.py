@@ -14,6 +14,7 @@ import uvicorn
 from schemas.settings import SinkSettings
 from sinks.clickhouse import apply_migrations, connect
 from sinks.consumer import Route, TopicSink
+from sinks.dashboard import create_dashboard_router
 from sinks.query import create_query_app
 from sinks.rows import (
     AGGREGATE_COLUMNS,
@@ -67,6 +68,7 @@ def run_sink(settings: SinkSettings) -> None:
     if settings.embedded_clickhouse:
         app = create_query_app(client, query_token(settings))
         where = urlparse(settings.query_url)
+        app.include_router(create_dashboard_router(client, where.hostname))
         config = uvicorn.Config(
             app, host=where.hostname or "127.0.0.1", port=where.port or 80, log_level="warning"
         )

@@ -1,9 +1,12 @@
-"""The Faust worker: envelopes in, final 10-second, 1-minute and 1-hour windows out.
+"""The Faust worker: envelopes in, final 10-second, 1-minute and 1-hour windows and alert state
+changes out.
 
-Agents stay thin: they decode records and hand them to `EventTimeWindows`, one per events
-partition (envelopes are keyed by project, so a partition holds whole series); a timer closes
-windows, sends them to the aggregates topic and checkpoints the partition's state (see
-streams/checkpoint.py); events too late for their window go to the dead-letter topic.
+Agents stay thin: they decode records and hand them to `EventTimeWindows` and `AlertEngine`, one
+of each per events partition (envelopes are keyed by project, so a partition holds whole series
+and whole alert groups). Alert changes go to the alerts topic as soon as a record causes them; a
+timer closes windows, sends them to the aggregates topic, evaluates alerts on quiet partitions
+and checkpoints each partition's state (see streams/checkpoint.py); events too late for their
+window go to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import faust
 import orjson
 
 from ingest.producer import EnvelopeProducer
+from schemas.rules import load_rules
 from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
 from schemas.topics import MAX_CHECKPOINT_BYTES
-from streams.checkpoint import Checkpoint, encode, load_latest
+from streams.alerts import AlertEngine
+from streams.checkpoint import PARTITION_HEADER, Checkpoint, encode, load_latest, read_published_alerts
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
@@ -34,9 +39,14 @@ class PartitionState:
     """The windows of one events partition, and the records folded in since the last checkpoint."""
 
     windows: EventTimeWindows
+    alerts: AlertEngine
     next_offset: int = 0  # the first offset not folded into `windows`
     unacked: list[Any] = field(default_factory=list)  # Faust messages to ack after the next checkpoint
     checkpointed_at: float = 0.0
+    # Held while a record is folded in and the alert changes it caused are published, and while
+    # a snapshot is taken: a checkpoint never holds half a record, nor an alert state whose
+    # record Kafka has not acknowledged.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def create_app(settings: StreamsSettings) -> faust.App:
@@ -65,6 +75,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
     emitter = EnvelopeProducer(
         settings.kafka_bootstrap, timeout_s=30.0, client_id="cosnap-streams", queue_max_messages=1_000_000
     )
+    rules = load_rules(settings.rules_file)
     states: dict[int, PartitionState] = {}
     loading = asyncio.Lock()
 
@@ -88,25 +99,53 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 found = await asyncio.to_thread(
                     load_latest, settings.kafka_bootstrap, topics.checkpoints, wanted
                 )
+                fresh: dict[int, PartitionState] = {}
                 for p in wanted:
-                    fresh = PartitionState(new_windows(), checkpointed_at=time.monotonic())
+                    alerts = AlertEngine(rules, settings.watermark_idle_s)
+                    state = fresh[p] = PartitionState(new_windows(), alerts, checkpointed_at=time.monotonic())
                     checkpoint = found.get(p)
                     if checkpoint is None:
                         log.info("owns events partition %d, which has no checkpoint yet", p)
                     else:
-                        fresh.windows.restore(checkpoint.state, time.time())
-                        fresh.next_offset = checkpoint.next_offset
+                        state.windows.restore(checkpoint.state, time.time())
+                        if "alerts" in checkpoint.state:  # absent from checkpoints of 0.1
+                            state.alerts.restore(checkpoint.state["alerts"], time.time())
+                        state.next_offset = checkpoint.next_offset
                         log.info(
                             "owns events partition %d from its checkpoint at offset %d",
                             p,
                             checkpoint.next_offset,
                         )
-                    states[p] = fresh
+                # Alert changes published after a checkpoint was taken are in the alerts topic
+                # only: read them back, so that replaying records neither repeats nor loses one.
+                taken = [found[p].state.get("taken_at") if p in found else None for p in wanted]
+                since = None if None in taken else min(t for t in taken if t is not None) - 60
+                published = await asyncio.to_thread(
+                    read_published_alerts, settings.kafka_bootstrap, topics.alerts, set(wanted), since
+                )
+                for p, records in published.items():
+                    for record in records:
+                        fresh[p].alerts.apply_published(record)
+                states.update(fresh)
         return states[partition]
 
-    async def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> Any:
+    async def send(
+        topic: str, key: bytes, value: bytes, partition: int | None = None, headers: Any = None
+    ) -> Any:
         """Queue one record on Faust's producer; the returned future resolves on Kafka's ack."""
-        return await app.producer.send(topic, key, value, partition=partition, timestamp=None, headers=None)
+        producer = app.producer
+        return await producer.send(topic, key, value, partition=partition, timestamp=None, headers=headers)
+
+    async def publish_alerts(partition: int, changes: list[dict[str, Any]]) -> None:
+        """Send alert state changes in order and wait until Kafka has them all."""
+        header = [(PARTITION_HEADER, str(partition).encode())]
+        acks = [
+            await send(topics.alerts, change["fingerprint"].encode(), orjson.dumps(change), headers=header)
+            for change in changes
+        ]
+        await asyncio.gather(*acks)
+        for change in changes:
+            log.info("alert %s %s %s", change["rule"], change["state"], change["labels"])
 
     @app.agent(events)
     async def fold_envelopes(stream: Any) -> None:
@@ -117,10 +156,15 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 app.consumer.ack(message)
                 continue
             envelope = orjson.loads(record.value)
-            late = state.windows.add_envelope(message.partition, envelope, time.time())
-            state.next_offset = message.offset + 1
-            message.value = None  # the message waits for its ack; its bytes need not
-            state.unacked.append(message)
+            now = time.time()
+            async with state.lock:
+                late = state.windows.add_envelope(message.partition, envelope, now)
+                changes = state.alerts.add_envelope(envelope, now)
+                state.next_offset = message.offset + 1
+                message.value = None  # the message waits for its ack; its bytes need not
+                state.unacked.append(message)
+                if changes:
+                    await publish_alerts(message.partition, changes)
             acks = [
                 await send(topics.dead_letter, envelope["project"].encode(), _late_record(envelope, event))
                 for event in late
@@ -132,7 +176,9 @@ def create_app(settings: StreamsSettings) -> faust.App:
             return
         # Snapshot and the messages it covers are taken together, before any await lets the
         # agent fold in more records (those wait for the next checkpoint).
-        value = encode(Checkpoint(state.next_offset, state.windows.to_state()))
+        async with state.lock:
+            snapshot = state.windows.to_state() | {"alerts": state.alerts.to_state(), "taken_at": time.time()}
+            value = encode(Checkpoint(state.next_offset, snapshot))
         covered, state.unacked = state.unacked, []
         try:
             await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
@@ -147,6 +193,10 @@ def create_app(settings: StreamsSettings) -> faust.App:
     async def emit_closed_windows() -> None:
         now = time.time()
         for partition, state in list(states.items()):
+            async with state.lock:
+                changes = state.alerts.tick(now)
+                if changes:
+                    await publish_alerts(partition, changes)
             for records in state.windows.close_ready(now):
                 acked = asyncio.get_running_loop().create_future()
                 emitter.produce_all(

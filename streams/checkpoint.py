@@ -9,16 +9,24 @@ offset, and folds in the rest: every window ends up with exactly its events, onc
 
 A crash between emitting windows and writing the next checkpoint re-emits those windows after
 the restart, with the same content; their keys make that a replacement downstream.
+
+Alert state changes cannot be re-emitted that way (a second `firing` would page someone twice).
+Each alert record carries the events partition it came from in a header; on (re)assignment the
+worker reads the alerts topic from shortly before its checkpoints were taken and applies the
+changes of its partitions, so the replay neither repeats nor forgets one (streams/alerts.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import cramjam
 import orjson
 from kafka import KafkaConsumer, TopicPartition
+
+PARTITION_HEADER = "cosnap-events-partition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,5 +73,41 @@ def load_latest(
                 if len(found) == len(ends):
                     return found
         raise TimeoutError(f"read {len(found)} of {len(ends)} checkpoints of {topic}")
+    finally:
+        consumer.close()
+
+
+def read_published_alerts(
+    bootstrap: str, topic: str, partitions: set[int], since: float | None, timeout_s: float = 30.0
+) -> dict[int, list[dict[str, Any]]]:
+    """The alert records published for `partitions` (events partitions) since wall time `since`
+    (epoch seconds; None: the whole topic), in the order they were written, read up to the end
+    offsets of the moment of the call. Blocks (run it in a thread)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        if since is None:
+            consumer.seek_to_beginning(*tps)
+        else:
+            starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
+            for tp in tps:
+                found = starts.get(tp)
+                consumer.seek(tp, ends[tp] if found is None else found.offset)
+        out: dict[int, list[dict[str, Any]]] = {}
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    if record.offset >= ends[TopicPartition(record.topic, record.partition)]:
+                        continue
+                    headers = dict(record.headers or ())
+                    partition = int(headers.get(PARTITION_HEADER, b"-1"))
+                    if partition in partitions:
+                        out.setdefault(partition, []).append(orjson.loads(record.value))
+        return out
     finally:
         consumer.close()

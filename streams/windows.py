@@ -11,7 +11,7 @@ Plain Python driven by the Faust agent (streams/app.py) and by unit tests withou
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,12 +99,14 @@ def _point(state: float | int | str) -> Point:
     return Decimal(state) if isinstance(state, str) else state
 
 
-def _epoch(timestamp: str) -> float:
+def epoch(timestamp: str) -> float:
+    """Epoch seconds of an ISO 8601 timestamp."""
     return datetime.fromisoformat(timestamp).timestamp()
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+def iso(seconds: float) -> str:
+    """The ISO 8601 UTC timestamp (with Z) of epoch seconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 class EventTimeWindows:
@@ -115,13 +117,8 @@ class EventTimeWindows:
     watermark closed, each exactly once.
     """
 
-    def __init__(
-        self, watermark: Watermark, grace_s: float, series: SeriesResolver, *, retain_panes_s: float = 0.0
-    ) -> None:
+    def __init__(self, watermark: Watermark, grace_s: float, series: SeriesResolver) -> None:
         self._watermark = watermark
-        # Closed panes kept this long for sliding windows ("the last 5 minutes"); 0 keeps none.
-        self._retain_s = retain_panes_s
-        self._recent: dict[SeriesKey, deque[tuple[int, Accumulator]]] = {}
         self._grace = grace_s
         self._series = series
         self._pane = GRANULARITY_SECONDS[PANE]
@@ -151,7 +148,7 @@ class EventTimeWindows:
             # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
             start = pane_starts.get(timestamp[:18]) if len(timestamp) == 24 else None
             if start is None:
-                event_time = _epoch(timestamp)
+                event_time = epoch(timestamp)
                 start = int(event_time // size) * size
                 if len(timestamp) == 24:
                     pane_starts[timestamp[:18]] = start
@@ -171,7 +168,7 @@ class EventTimeWindows:
             else:
                 acc.add(total, point)
         if newest:
-            self._watermark.observe(partition, _epoch(newest), now)
+            self._watermark.observe(partition, epoch(newest), now)
         self.late_events += len(late)
         return late
 
@@ -206,9 +203,7 @@ class EventTimeWindows:
         100,000 series never holds them all as records at once). Consume it to the end."""
         self._watermark.advance(now)
         closed_before = self._closed_before()
-        emitted_at = _iso(now)
-        if self._retain_s > 0:
-            self._forget_old_panes(closed_before)
+        emitted_at = iso(now)
         if len(self._pane_starts) > 10_000:  # one entry per pane seen: drop them now and then
             self._pane_starts.clear()
         for granularity in (PANE, *ROLLUPS):
@@ -216,8 +211,6 @@ class EventTimeWindows:
             if granularity == PANE:
                 for key, start, acc in closed:
                     self._roll_up(key, start, acc)
-                    if self._retain_s > 0:
-                        self._recent.setdefault(key, deque()).append((start, acc))
             steps = self._funnel_steps(closed)
             for first in range(0, len(closed), chunk):
                 yield self._records(granularity, closed[first : first + chunk], emitted_at, steps)
@@ -234,35 +227,6 @@ class EventTimeWindows:
                     steps[(project, name.split(":", 1)[0], start)][index] = acc.count
         return steps
 
-    def _forget_old_panes(self, closed_before: float) -> None:
-        horizon = closed_before - self._retain_s
-        for key in list(self._recent):
-            panes = self._recent[key]
-            while panes and panes[0][0] < horizon:
-                panes.popleft()
-            if not panes:
-                del self._recent[key]
-
-    def sliding(self, key: SeriesKey, length_s: int, end: int) -> Accumulator | None:
-        """The series over [end - length_s, end) merged from its panes, closed (kept for
-        `retain_panes_s`) and still open; None when no pane in that span holds an event. Early:
-        open panes may still grow, so a rule sees a burst within a tick of its arrival."""
-        merged: Accumulator | None = None
-        first = end - length_s
-        panes = [*self._recent.get(key, ())]
-        size = self._pane
-        for start in range(first - first % size, end, size):
-            acc = self._open[PANE].get(start, {}).get(key)
-            if acc is not None:
-                panes.append((start, acc))
-        for start, acc in panes:
-            if first <= start < end:
-                if merged is None:
-                    merged = acc.copy()
-                else:
-                    merged.merge(acc)
-        return merged
-
     def _records(
         self,
         granularity: Granularity,
@@ -277,7 +241,7 @@ class EventTimeWindows:
             project, kind, name, currency, dims = key
             window = bounds.get(start)
             if window is None:
-                window = bounds[start] = (_iso(start), _iso(start + size))
+                window = bounds[start] = (iso(start), iso(start + size))
             record: dict[str, Any] = {
                 "v": 1,
                 "project": project,

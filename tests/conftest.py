@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,9 @@ from subprocess import Popen
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from kafka import KafkaConsumer
 
 from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
 from cosnap_metrics.errors import RunnerError
@@ -102,6 +105,16 @@ class Pipeline:
             if process is not None:
                 stop(process, timeout)
 
+    def post(self, events: list[dict[str, Any]], batch: int = 50) -> None:
+        """Post `events` in batches with the test's write key; every one must be accepted."""
+        with httpx.Client(
+            base_url=self.ingest_url, headers={"Authorization": f"Bearer {self.write_key}"}
+        ) as client:
+            for start in range(0, len(events), batch):
+                response = client.post("/v1/events", json={"events": events[start : start + batch]})
+                assert response.status_code == 202, response.text
+                assert response.json()["rejected"] == []
+
     def query(self, sql: str) -> list[list[object]]:
         token = (self.data_dir / "query-token").read_text().strip()
         response = httpx.post(
@@ -113,6 +126,31 @@ class Pipeline:
         assert response.status_code == 200, response.text
         rows: list[list[object]] = response.json()["rows"]
         return rows
+
+
+class AlertListener:
+    """Every record of an alerts topic, with the wall time it arrived, from a background thread."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.records: list[tuple[float, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for records in self._consumer.poll(timeout_ms=10).values():
+                arrived = time.time()
+                self.records.extend((arrived, orjson.loads(r.value)) for r in records)
+
+    def states(self) -> list[str]:
+        return [record["state"] for _, record in self.records]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
 
 
 @pytest.fixture

@@ -82,13 +82,7 @@ def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None
     windows = [minute - timedelta(minutes=m) for m in (4, 3, 2)]
     events = known_events(1000, windows)
 
-    with httpx.Client(
-        base_url=pipeline.ingest_url, headers={"Authorization": f"Bearer {pipeline.write_key}"}
-    ) as client:
-        for start in range(0, len(events), 50):
-            response = client.post("/v1/events", json={"events": events[start : start + 50]})
-            assert response.status_code == 202, response.text
-            assert response.json() == {"accepted": 50, "rejected": []}
+    pipeline.post(events)
 
     def events_landed() -> bool:
         return pipeline.query("SELECT count() FROM metrics.events")[0][0] == 1000

@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS {database}.alerts
     project      LowCardinality(String),
     labels       Map(LowCardinality(String), String),
     annotations  Map(LowCardinality(String), String),
-    value        Nullable(Float64) COMMENT 'observed when the state changed; null for no data',
+    value        Nullable(Float64) COMMENT 'observed when the state changed, null for no data',
     threshold    Float64,
     starts_at    DateTime64(3, 'UTC'),
     ends_at      Nullable(DateTime64(3, 'UTC')),

@@ -9,7 +9,7 @@ from typing import Any
 
 from schemas.series import DEFAULT_SERIES, OVERFLOW, DimensionRule, SeriesConfig
 from streams.checkpoint import Checkpoint, decode, encode
-from streams.series import SeriesKey, SeriesResolver, series_id
+from streams.series import SeriesResolver, series_id
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
 
@@ -222,18 +222,3 @@ def test_a_restored_checkpoint_resumes_exactly() -> None:
     assert len({(c["series_id"], c["granularity"], c["window_start"]) for c in closed_whole}) == len(
         closed_whole
     )
-
-
-def test_sliding_window_merges_recent_closed_and_open_panes() -> None:
-    w = EventTimeWindows(Watermark(0, 5), 0, SeriesResolver(DEFAULT_SERIES), retain_panes_s=300)
-    failures = [latency(t, 1.0, status="500") for t in range(0, 400, 5)]  # one every 5 s
-    w.add_envelope(0, envelope(*failures), 0)
-    drain(w, 0)  # panes before 390 s closed; the pane of 390 s is open
-    key: SeriesKey = ("p", "performance", "api.latency", "", (("unit", "ms"), ("status", "500")))
-    end = int(T0.timestamp()) + 400
-    last_5_min = w.sliding(key, 300, end)
-    assert last_5_min is not None and last_5_min.count == 60  # 58 from closed panes, 2 from the open one
-    assert w.sliding(key, 10, end) is not None and w.sliding(key, 10, end).count == 2  # type: ignore[union-attr]
-    w.add_envelope(0, envelope(latency(500, 1.0, status="500")), 0)
-    drain(w, 0)  # the watermark at 500 s forgets panes older than 200 s
-    assert w.sliding(key, 600, end) is not None and w.sliding(key, 600, end).count == 40  # type: ignore[union-attr]

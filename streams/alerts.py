@@ -1,0 +1,572 @@
+"""Alert rules evaluated on 10-second panes as events arrive (DESIGN §3.5).
+
+Per events partition the worker keeps, for every (rule, project, group), the panes of the rule's
+window: the matching events' count, exact sum, min, max (and a sketch for percentile rules), and
+for ratio rules the same of the denominator. A record's events update their panes, and every
+group they touched is evaluated at once ("early": a burst fires within the record that crosses
+the threshold, not when a window closes); a timer evaluates every group so that windows slide on
+and alerts resolve, pend and report no data while events are quiet.
+
+Time is event time: the partition's clock is the newest event time seen, and it follows the wall
+clock once the partition has been idle for `idle_s` (as the watermark does). Replaying records
+after a restart thus re-evaluates exactly what was evaluated before, and every group remembers the
+clock of its last state change: an evaluation at or before it is a replay and changes nothing.
+Together with the alert records read back from `metrics.alerts.v1` (streams/checkpoint.py) this
+gives one `firing` and one `resolved` record per episode across restarts.
+
+Plain Python driven by the Faust agent (streams/app.py) and by unit tests without Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from schemas.rules import MATCH_FIELDS, PANE_S, Impact, Match, Rule, RuleFile, format_duration
+from schemas.series import OVERFLOW
+from streams.windows import Accumulator, epoch, iso
+
+_ONE = Decimal(1)
+_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
+_REVENUE_BUCKET_S = 60
+
+GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
+
+
+class _Matcher:
+    """A compiled `Match`: field and tag filters as frozensets, the value bounds as floats."""
+
+    __slots__ = ("bounds", "fields", "tags", "type")
+
+    def __init__(self, match: Match) -> None:
+        self.type = match.type
+        self.fields = tuple(
+            (name, frozenset([wanted] if isinstance(wanted, str) else wanted))
+            for name in MATCH_FIELDS
+            if (wanted := getattr(match, name)) is not None
+        )
+        self.tags = tuple(
+            (key, frozenset([wanted] if isinstance(wanted, str) else wanted))
+            for key, wanted in match.tags.items()
+        )
+        bounds = match.value
+        self.bounds = None if bounds is None else (bounds.gt, bounds.gte, bounds.lt, bounds.lte)
+
+    def __call__(self, event: dict[str, Any], point: float) -> bool:
+        for name, allowed in self.fields:
+            if event.get(name) not in allowed:
+                return False
+        if self.tags:
+            tags = event.get("tags") or {}
+            for key, allowed in self.tags:
+                if tags.get(key) not in allowed:
+                    return False
+        if self.bounds is not None:
+            gt, gte, lt, lte = self.bounds
+            if (
+                (gt is not None and not point > gt)
+                or (gte is not None and not point >= gte)
+                or (lt is not None and not point < lt)
+                or (lte is not None and not point <= lte)
+            ):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    rule: Rule
+    numerator: _Matcher
+    denominator: _Matcher | None
+    sketch: bool  # percentile rules keep a sketch per pane
+
+    def group_of(self, event: dict[str, Any]) -> tuple[str, ...]:
+        tags = event.get("tags") or {}
+        return tuple(
+            str(event.get(key) or "") if key in MATCH_FIELDS else tags.get(key, "")
+            for key in self.rule.group_by
+        )
+
+
+@dataclass(slots=True)
+class AlertGroup:
+    """One alert's panes and state. `panes`: pane start -> [numerator, denominator]."""
+
+    first_seen: float
+    panes: dict[int, list[Accumulator | None]] = field(default_factory=dict)
+    hours: dict[int, Decimal] = field(default_factory=dict)  # baseline rules: hour start -> total
+    status: str = "inactive"  # inactive | pending | firing
+    since: float = 0.0  # pending: when the condition began to hold; firing: when it fired
+    clear_since: float | None = None  # firing with keep_firing_for: when the value became clear
+    changed_at: float = -math.inf  # event-time clock of the last state change
+
+
+def _point(event: dict[str, Any]) -> tuple[Decimal, float]:
+    """What an event adds to a sum (exact) and the value its filters and percentiles see."""
+    kind = event["type"]
+    if kind == "performance":
+        value = event["value"]
+        return Decimal(repr(value)), float(value)
+    if kind == "revenue":
+        amount = Decimal(event["amount"])
+        return amount, float(amount)
+    return _ONE, 1.0
+
+
+def fingerprint(labels: dict[str, str]) -> str:
+    """Stable across episodes, restarts and releases: a hash of the sorted labels."""
+    return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+class AlertEngine:
+    def __init__(self, rules: RuleFile, idle_s: float) -> None:
+        self._compiled = {
+            rule.name: _Compiled(
+                rule,
+                _Matcher(rule.match),
+                None if rule.of is None else _Matcher(rule.of),
+                rule.aggregate in _QUANTILES,
+            )
+            for rule in rules.rules
+        }
+        self._by_type: dict[str, list[_Compiled]] = {}
+        for compiled in self._compiled.values():
+            self._by_type.setdefault(compiled.rule.match.type, []).append(compiled)
+        impacts = [r.impact.revenue_window for r in rules.rules if r.impact is not None]
+        self._revenue_window = max(impacts, default=0)
+        # project -> minute -> currency -> revenue: for the business impact of an alert.
+        self._revenue: dict[str, dict[int, dict[str, Decimal]]] = {}
+        self._groups: dict[GroupKey, AlertGroup] = {}
+        self._group_counts: dict[tuple[str, str], int] = {}
+        self._idle = idle_s
+        self._newest = -math.inf  # newest event time seen
+        self._arrival = 0.0  # wall time of the last record
+        self._pane_starts: dict[str, int] = {}
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def clock(self, now: float) -> float:
+        """The partition's event-time clock at wall time `now`."""
+        idle = now - self._arrival
+        return self._newest + idle if idle >= self._idle else self._newest
+
+    def add_envelope(self, envelope: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """Fold in a record's events; return the alert records of the state changes they cause."""
+        project = envelope["project"]
+        touched: set[GroupKey] = set()
+        newest = ""
+        for event in envelope["events"]:
+            timestamp = event["timestamp"]
+            if timestamp > newest:  # same-format ISO strings order like the times they name
+                newest = timestamp
+            kind = event["type"]
+            candidates = self._by_type.get(kind)
+            if candidates is None and not (kind == "revenue" and self._revenue_window):
+                continue
+            # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
+            prefix = timestamp[:18] if len(timestamp) == 24 else timestamp
+            start = self._pane_starts.get(prefix)
+            if start is None:
+                if len(self._pane_starts) > 10_000:
+                    self._pane_starts.clear()
+                start = self._pane_starts[prefix] = int(epoch(timestamp) // PANE_S) * PANE_S
+            total, point = _point(event)
+            if kind == "revenue" and self._revenue_window:
+                self._add_revenue(project, event["currency"], start, total)
+            for compiled in candidates or ():
+                key = self._fold(compiled, project, event, start, total, point)
+                if key is not None:
+                    touched.add(key)
+        if newest:
+            self._newest = max(self._newest, epoch(newest))
+            self._arrival = now
+        if not touched:
+            return []
+        clock = self.clock(now)
+        changes = (self._evaluate(key, clock, now) for key in sorted(touched))
+        return [change for change in changes if change is not None]
+
+    def _fold(  # noqa: PLR0913  # one event's parts, computed once for every rule
+        self,
+        compiled: _Compiled,
+        project: str,
+        event: dict[str, Any],
+        start: int,
+        total: Decimal,
+        point: float,
+    ) -> GroupKey | None:
+        rule = compiled.rule
+        numerator = compiled.numerator(event, point)
+        denominator = compiled.denominator is not None and compiled.denominator(event, point)
+        if not (numerator or denominator):
+            return None
+        if start + PANE_S <= self._newest - rule.horizon - PANE_S:
+            return None  # older than anything the rule still looks at
+        key = self._group_key(compiled, project, event)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = AlertGroup(first_seen=start)
+        pane = group.panes.get(start)
+        if pane is None:
+            pane = group.panes[start] = [None, None]
+        for index, matched in enumerate((numerator, denominator)):
+            if matched:
+                acc = pane[index]
+                if acc is None:
+                    pane[index] = Accumulator.first(total, point, compiled.sketch)
+                else:
+                    acc.add(total, point)
+        if rule.baseline is not None and numerator:
+            hour = start // 3600 * 3600
+            added = total if rule.aggregate == "sum" else _ONE
+            group.hours[hour] = group.hours.get(hour, Decimal(0)) + added
+        return key
+
+    def _group_key(self, compiled: _Compiled, project: str, event: dict[str, Any]) -> GroupKey:
+        values = compiled.group_of(event)
+        key = (compiled.rule.name, project, values)
+        if values and key not in self._groups:
+            counted = (compiled.rule.name, project)
+            if self._group_counts.get(counted, 0) >= MAX_GROUPS:
+                return (compiled.rule.name, project, tuple(OVERFLOW for _ in values))
+            self._group_counts[counted] = self._group_counts.get(counted, 0) + 1
+        return key
+
+    def _add_revenue(self, project: str, currency: str, start: int, amount: Decimal) -> None:
+        minute = start // _REVENUE_BUCKET_S * _REVENUE_BUCKET_S
+        buckets = self._revenue.setdefault(project, {}).setdefault(minute, {})
+        buckets[currency] = buckets.get(currency, Decimal(0)) + amount
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[dict[str, Any]]:
+        """Evaluate every group at the clock of wall time `now`, then forget what no rule can see."""
+        if self._newest == -math.inf:
+            return []
+        clock = self.clock(now)
+        changes = [change for key in sorted(self._groups) if (change := self._evaluate(key, clock, now))]
+        self._forget_old(clock)
+        return changes
+
+    def value(self, key: GroupKey, clock: float) -> tuple[float | None, int]:
+        """The rule's value for the group at `clock` (None: no data) and its sample count."""
+        compiled = self._compiled[key[0]]
+        rule, group = compiled.rule, self._groups[key]
+        # The current pane and the window's worth of panes before it: "5m" looks back between 5 m
+        # and 5 m 10 s, and an event a few milliseconds older than the newest one still counts.
+        end = int(clock // PANE_S) * PANE_S
+        numerator = self._merged(group, end - rule.window, end, 0)
+        count = 0 if numerator is None else numerator.count
+        if rule.aggregate == "ratio":
+            denominator = self._merged(group, end - rule.window, end, 1)
+            samples = 0 if denominator is None else denominator.count
+            if samples == 0 or samples < rule.min_samples:
+                return None, samples
+            return count / samples, samples
+        if count < rule.min_samples:
+            return None, count
+        if rule.aggregate == "count":
+            value: float | None = float(count)
+        elif rule.aggregate == "rate":
+            value = count / rule.window
+        elif rule.aggregate == "sum":
+            value = 0.0 if numerator is None else float(numerator.total)
+        elif numerator is None:
+            return None, 0
+        elif rule.aggregate == "avg":
+            value = float(numerator.total) / count
+        elif rule.aggregate == "min":
+            value = float(numerator.low)
+        elif rule.aggregate == "max":
+            value = float(numerator.high)
+        elif numerator.sketch is not None:
+            value = numerator.sketch.quantile(_QUANTILES[rule.aggregate])
+        else:
+            return None, count
+        if rule.baseline is not None and value is not None:
+            usual = self._baseline(rule, group, clock) if rule.baseline else None
+            value = None if not usual else value / usual
+        return value, count
+
+    @staticmethod
+    def _merged(group: AlertGroup, first: int, last: int, index: int) -> Accumulator | None:
+        merged: Accumulator | None = None
+        for start in range(first, last + PANE_S, PANE_S):
+            pane = group.panes.get(start)
+            acc = None if pane is None else pane[index]
+            if acc is not None:
+                if merged is None:
+                    merged = acc.copy()
+                else:
+                    merged.merge(acc)
+        return merged
+
+    @staticmethod
+    def _baseline(rule: Rule, group: AlertGroup, clock: float) -> float | None:
+        """The average of the same window on each of the previous `days` days, from hourly totals
+        (prorated by overlap); None while the group's history is shorter than that."""
+        days = rule.baseline.days if rule.baseline else 0
+        if group.first_seen > clock - days * 86400 - rule.window:
+            return None
+        totals = []
+        for day in range(1, days + 1):
+            end = clock - day * 86400
+            begin = end - rule.window
+            total = 0.0
+            for hour in range(int(begin // 3600 * 3600), int(end) + 1, 3600):
+                overlap = min(end, hour + 3600) - max(begin, hour)
+                if overlap > 0:
+                    total += float(group.hours.get(hour, 0)) * overlap / 3600
+            totals.append(total)
+        return sum(totals) / days
+
+    def _evaluate(self, key: GroupKey, clock: float, now: float) -> dict[str, Any] | None:
+        """Evaluate the group at `clock`; return the alert record of a published change."""
+        group = self._groups[key]
+        if clock <= group.changed_at:
+            return None  # a replay of evaluations whose outcome is already decided
+        rule = self._compiled[key[0]].rule
+        value, count = self.value(key, clock)
+        starts_at = group.since
+        change = step(rule, group, value, clock)
+        if change is None:
+            return None
+        if change == "firing":
+            starts_at = clock
+        return self._record(key, change, value, count, starts_at, clock, now)
+
+    # -- records ----------------------------------------------------------------------------------
+
+    def labels(self, key: GroupKey) -> dict[str, str]:
+        rule = self._compiled[key[0]].rule
+        return {
+            "alertname": rule.name,
+            "severity": rule.severity,
+            "project": key[1],
+            **dict(zip(rule.group_by, key[2], strict=True)),
+            **rule.labels,
+        }
+
+    def _record(
+        self,
+        key: GroupKey,
+        state: str,
+        value: float | None,
+        count: int,
+        starts_at: float,
+        clock: float,
+        now: float,
+    ) -> dict[str, Any]:
+        rule = self._compiled[key[0]].rule
+        labels = self.labels(key)
+        fields = {
+            **labels,
+            "value": math.nan if value is None else value,
+            "threshold": rule.threshold,
+            "window": format_duration(rule.window),
+            "count": count,
+        }
+        annotations = {
+            "summary": render(rule.annotations.summary, fields),
+            "description": render(rule.annotations.description, fields),
+            "runbook_url": rule.annotations.runbook_url,
+        }
+        if rule.impact is not None:
+            annotations["impact"] = self._impact(rule.impact, key[1], clock)
+        return {
+            "v": 1,
+            "fingerprint": fingerprint(labels),
+            "rule": rule.name,
+            "state": state,
+            "severity": rule.severity,
+            "labels": labels,
+            "annotations": {k: v for k, v in annotations.items() if v},
+            "value": value,
+            "threshold": rule.threshold,
+            "starts_at": iso(starts_at),
+            "ends_at": iso(clock) if state == "resolved" else None,
+            "evaluated_at": iso(clock),
+            "emitted_at": iso(now),
+        }
+
+    def _impact(self, impact: Impact, project: str, clock: float) -> str:
+        """Revenue per minute of the project over the impact window, and over an expected episode."""
+        window, expected = impact.revenue_window, impact.expected_duration
+        since = clock - window
+        totals: dict[str, Decimal] = {}
+        for minute, amounts in self._revenue.get(project, {}).items():
+            if since <= minute <= clock:
+                for currency, amount in amounts.items():
+                    totals[currency] = totals.get(currency, Decimal(0)) + amount
+        if not totals:
+            return f"no revenue in the last {format_duration(window)}"
+        minutes = window / 60
+        parts = [
+            f"{float(total) / minutes:,.2f} {currency}/min, {float(total) / minutes * expected / 60:,.2f}"
+            f" {currency} over {format_duration(expected)}"
+            for currency, total in sorted(totals.items(), key=lambda item: -item[1])
+        ]
+        return f"revenue at stake (from the last {format_duration(window)}): " + "; ".join(parts)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _forget_old(self, clock: float) -> None:
+        for key in list(self._groups):
+            rule, group = self._compiled[key[0]].rule, self._groups[key]
+            oldest = clock - rule.window - PANE_S
+            for start in [s for s in group.panes if s + PANE_S < oldest]:
+                del group.panes[start]
+            if group.hours:
+                horizon = clock - rule.horizon - 3600
+                for hour in [h for h in group.hours if h + 3600 < horizon]:
+                    del group.hours[hour]
+            if not group.panes and not group.hours and group.status == "inactive":
+                del self._groups[key]
+                if key[2]:
+                    counted = (key[0], key[1])
+                    self._group_counts[counted] = max(self._group_counts.get(counted, 1) - 1, 0)
+        for project in list(self._revenue):
+            minutes = self._revenue[project]
+            for minute in [m for m in minutes if m + _REVENUE_BUCKET_S < clock - self._revenue_window]:
+                del minutes[minute]
+            if not minutes:
+                del self._revenue[project]
+
+    def apply_published(self, record: dict[str, Any]) -> None:
+        """Take a record this partition published (read back after a restart) as the group's
+        state, unless the restored state already knows a later change."""
+        compiled = self._compiled.get(record["rule"])
+        if compiled is None:  # the rule was removed from the rules file since
+            return
+        labels = record["labels"]
+        key = (record["rule"], labels["project"], tuple(labels.get(k, "") for k in compiled.rule.group_by))
+        evaluated = epoch(record["evaluated_at"])
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = AlertGroup(first_seen=evaluated)
+        if evaluated < group.changed_at:
+            return
+        group.changed_at = evaluated
+        group.clear_since = None
+        if record["state"] == "firing":
+            group.status, group.since = "firing", epoch(record["starts_at"])
+        else:
+            group.status = "inactive"
+
+    def to_state(self) -> dict[str, Any]:
+        def acc_state(acc: Accumulator | None) -> list[Any] | None:
+            return None if acc is None else acc.to_state()
+
+        return {
+            "newest": None if self._newest == -math.inf else self._newest,
+            "groups": [
+                [
+                    *key[:2],
+                    list(key[2]),
+                    {str(s): [acc_state(a) for a in pane] for s, pane in g.panes.items()},
+                    {str(h): str(t) for h, t in g.hours.items()},
+                    [g.first_seen, g.status, g.since, g.clear_since, _finite(g.changed_at)],
+                ]
+                for key, g in self._groups.items()
+            ],
+            "revenue": {
+                project: {str(m): {c: str(a) for c, a in amounts.items()} for m, amounts in minutes.items()}
+                for project, minutes in self._revenue.items()
+            },
+        }
+
+    def restore(self, state: dict[str, Any], now: float) -> None:
+        """Resume from `to_state()`; groups of rules no longer configured are dropped."""
+        self._newest = -math.inf if state["newest"] is None else state["newest"]
+        self._arrival = now
+        for rule, project, values, panes, hours, (first_seen, status, since, clear_since, changed) in state[
+            "groups"
+        ]:
+            if rule not in self._compiled:
+                continue
+            key = (rule, project, tuple(values))
+            self._groups[key] = AlertGroup(
+                first_seen=first_seen,
+                panes={
+                    int(s): [None if a is None else Accumulator.from_state(a) for a in pane]
+                    for s, pane in panes.items()
+                },
+                hours={int(h): Decimal(t) for h, t in hours.items()},
+                status=status,
+                since=since,
+                clear_since=clear_since,
+                changed_at=-math.inf if changed is None else changed,
+            )
+            if values:
+                self._group_counts[(rule, project)] = self._group_counts.get((rule, project), 0) + 1
+        self._revenue = {
+            project: {int(m): {c: Decimal(a) for c, a in amounts.items()} for m, amounts in minutes.items()}
+            for project, minutes in state["revenue"].items()
+        }
+
+    def firing(self) -> list[GroupKey]:
+        return [key for key, group in self._groups.items() if group.status == "firing"]
+
+
+def step(rule: Rule, group: AlertGroup, value: float | None, clock: float) -> str | None:
+    """Move one alert's state machine with the rule's value at `clock` (None: no data); return
+    "firing" or "resolved" when the change is one to publish. Pending is internal."""
+    if value is None:
+        if rule.no_data == "keep":
+            return None
+        holds = rule.no_data == "alerting"
+        clear = not holds
+    else:
+        holds, clear = rule.holds(value), rule.clear(value)
+    if group.status == "inactive":
+        if not holds:
+            return None
+        group.status, group.since, group.changed_at = "pending", clock, clock
+    elif group.status == "pending" and not holds:
+        group.status, group.changed_at = "inactive", clock
+        return None
+    if group.status == "pending":
+        if clock - group.since < rule.for_:
+            return None
+        group.status, group.since, group.changed_at, group.clear_since = "firing", clock, clock, None
+        return "firing"
+    if not clear:
+        group.clear_since = None
+        return None
+    if group.clear_since is None:
+        group.clear_since = clock
+    if clock - group.clear_since < rule.keep_firing_for:
+        return None
+    group.status, group.changed_at, group.clear_since = "inactive", clock, None
+    return "resolved"
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+def render(template: str, fields: dict[str, Any]) -> str:
+    """An annotation template formatted with the alert's fields; a template naming a field the
+    alert lacks is shown as written (`rules check` reports it beforehand)."""
+    try:
+        return template.format_map(fields)
+    except (KeyError, ValueError, IndexError):
+        return template
+
+
+def transitions(rule: Rule, values: list[float | None], interval: int) -> list[tuple[int, str]]:
+    """The published state changes of `rule` given its value at every `interval` seconds: what a
+    rule test (`cosnap-metrics rules test`) compares with its expectations."""
+    group = AlertGroup(first_seen=0.0)
+    out = []
+    for n, value in enumerate(values):
+        change = step(rule, group, value, n * interval)
+        if change is not None:
+            out.append((n * interval, change))
+    return out

@@ -1,0 +1,257 @@
+"""Known events and alerts for the dashboard tests, and the numbers each panel must show,
+recomputed here in plain Python from what is posted (not from ClickHouse)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from kafka import KafkaProducer
+
+from schemas.records import AlertRecord
+from tests.conftest import Pipeline, wait_for
+
+REVENUE = [  # (minutes ago, second, user, amount, currency)
+    (2, 10, "u1", "9.99", "USD"),
+    (2, 20, "u2", "9.99", "USD"),
+    (1, 15, "u1", "59.99", "USD"),
+    (1, 25, "u3", "4.99", "EUR"),
+    (2, 30, "u4", "1234.50", "EUR"),
+    (1, 40, "u5", "1500", "JPY"),
+]
+FUNNELS = {  # funnel -> [(step, users)] in step order; "a9" posts as an anonymous id
+    "onboarding": [
+        ("app_opened", ["u1", "u2", "u3", "u4", "u1"]),
+        ("signed_up", ["u1", "u2", "u3"]),
+        ("photo_uploaded", ["u1", "u2"]),
+        ("subscribed", ["u1"]),
+    ],
+    "checkout": [
+        ("paywall_viewed", ["u1", "u2", "u3", "u4", "a9"]),
+        ("checkout_started", ["u1", "u2"]),
+        ("payment_succeeded", ["u1"]),
+    ],
+}
+FEATURES = [  # (feature, action, users of each use)
+    ("ai_effect.anime", "applied", ["u1", "u1", "u2", "u3", "u3"]),
+    ("share", "clicked", ["u1", "u2"]),
+    ("ai_effect.vintage", "previewed", ["u4"]),
+]
+LATENCIES = {  # (metric, unit) -> values
+    ("api.latency", "ms"): [5.0 * i for i in range(1, 41)],
+    ("ai.provider.latency", "ms"): [2450.5, 1200.25, 3100.0, 980.75],
+    ("page.load", "s"): [1.25],
+}
+
+
+def minute(now: datetime, minutes_ago: int) -> datetime:
+    return now.replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
+
+
+def known_events(now: datetime) -> list[dict[str, Any]]:
+    """Events of the last three minutes, and one revenue event two hours old, which the
+    last-hour panels must leave out."""
+    events: list[dict[str, Any]] = []
+
+    def add(ts: datetime, user: str, body: dict[str, Any]) -> None:
+        who = {"anonymous_id": user} if user.startswith("a") else {"user_id": user}
+        events.append({"event_id": f"dash-{len(events)}", "timestamp": ts.isoformat()} | who | body)
+
+    for ago, second, user, amount, currency in REVENUE:
+        body = {"type": "revenue", "name": "subscription.started", "amount": amount, "currency": currency}
+        add(minute(now, ago) + timedelta(seconds=second), user, body)
+    add(
+        now - timedelta(hours=2), "u9", {"type": "revenue", "name": "old", "amount": "100", "currency": "USD"}
+    )
+    for funnel, steps in FUNNELS.items():
+        for index, (step, users) in enumerate(steps):
+            for n, user in enumerate(users):
+                body = {"type": "conversion", "funnel": funnel, "step": step, "step_index": index}
+                add(minute(now, 2) + timedelta(seconds=index * 10 + n), user, body)
+    for feature, action, users in FEATURES:
+        for n, user in enumerate(users):
+            body = {"type": "feature", "feature": feature, "action": action}
+            add(minute(now, 1) + timedelta(seconds=n), user, body)
+    for (metric, unit), values in LATENCIES.items():
+        for n, value in enumerate(values):
+            body = {"type": "performance", "metric": metric, "value": value, "unit": unit}
+            add(minute(now, 1) + timedelta(seconds=n % 60), "u1", body)
+    return events
+
+
+def alert_records(now: datetime, project: str) -> list[AlertRecord]:
+    """Two alerts firing now, and one that fired and resolved."""
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # DateTime64(3) keeps milliseconds
+
+    def alert(
+        fingerprint: str,
+        rule: str,
+        severity: Literal["warning", "critical"],
+        state: Literal["firing", "resolved"],
+        value: float,
+        threshold: float,
+        started_ago: int,
+        evaluated_ago: int,
+        summary: str,
+        **labels: str,
+    ) -> AlertRecord:
+        starts_at = now - timedelta(minutes=started_ago)
+        return AlertRecord(
+            fingerprint=fingerprint,
+            rule=rule,
+            state=state,
+            severity=severity,
+            labels={"alertname": rule, "project": project, "severity": severity} | labels,
+            annotations={"summary": summary},
+            value=value,
+            threshold=threshold,
+            starts_at=starts_at,
+            ends_at=now - timedelta(minutes=evaluated_ago) if state == "resolved" else None,
+            evaluated_at=now - timedelta(minutes=evaluated_ago),
+            emitted_at=now,
+        )
+
+    return [
+        alert("a1", "payment_failures", "critical", "firing", 4, 3, 3, 3, "4 payment failures in 5m"),
+        alert(
+            "a2",
+            "ai_provider_failures",
+            "warning",
+            "firing",
+            25,
+            20,
+            5,
+            5,
+            "25 AI failures",
+            provider="replicate",
+        ),
+        alert("a3", "api_error_rate", "warning", "firing", 0.08, 0.05, 9, 9, "API error rate 8.0%"),
+        alert("a3", "api_error_rate", "warning", "resolved", 0.01, 0.05, 9, 4, "API error rate 8.0%"),
+    ]
+
+
+def produce_alerts(bootstrap: str, topic: str, alerts: list[AlertRecord]) -> None:
+    """Alert state changes on the alerts topic, as the streams worker produces them."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for record in alerts:
+            producer.send(topic, key=record.fingerprint.encode(), value=record.model_dump_json().encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def wait_rows(pipeline: Pipeline, table: str, count: int) -> None:
+    def landed() -> bool:
+        return pipeline.query(f"SELECT count() FROM metrics.{table} FINAL")[0][0] == count  # noqa: S608
+
+    assert wait_for(landed, timeout=30), pipeline.log("sink")
+
+
+def expected_panels(now: datetime, events: list[dict[str, Any]], alerts: list[AlertRecord]) -> dict[str, Any]:
+    """Panel key -> the rows its query must return (decimals as Decimal, times as naive UTC
+    datetimes); compare with `normalize`d rows of the query service."""
+    start = now - timedelta(hours=1)
+    unique = {e["event_id"]: e for e in events}.values()
+    recent = [e for e in unique if datetime.fromisoformat(e["timestamp"]) >= start]
+
+    def who(e: dict[str, Any]) -> str:
+        return str(e.get("user_id") or e["anonymous_id"])
+
+    revenue: dict[str, list[Any]] = defaultdict(lambda: [Decimal(0), 0, set()])
+    per_minute: dict[tuple[datetime, str], Decimal] = defaultdict(Decimal)
+    for e in (e for e in recent if e["type"] == "revenue"):
+        total = revenue[e["currency"]]
+        total[0] += Decimal(e["amount"])
+        total[1] += 1
+        total[2].add(who(e))
+        at = datetime.fromisoformat(e["timestamp"]).replace(second=0, microsecond=0, tzinfo=None)
+        per_minute[(at, e["currency"])] += Decimal(e["amount"])
+
+    funnels = []
+    for funnel in sorted(FUNNELS):
+        users = [
+            len(
+                {
+                    who(e)
+                    for e in recent
+                    if e["type"] == "conversion" and e["funnel"] == funnel and e["step"] == s
+                }
+            )
+            for s, _ in FUNNELS[funnel]
+        ]
+        for index, ((step, _), n) in enumerate(zip(FUNNELS[funnel], users, strict=True)):
+            previous = users[index - 1] if index else n
+            funnels.append([funnel, step, index, n, round(n / users[0], 4), round(n / previous, 4)])
+
+    features = []
+    for feature, action, _ in FEATURES:
+        uses = [
+            e for e in recent if e["type"] == "feature" and (e["feature"], e["action"]) == (feature, action)
+        ]
+        features.append([feature, action, len(uses), len({who(e) for e in uses})])
+    features.sort(key=lambda row: (-row[2], row[0], row[1]))
+
+    latency = []
+    for metric, unit in sorted(LATENCIES):
+        values = sorted(e["value"] for e in recent if e["type"] == "performance" and e["metric"] == metric)
+        rank = min(math.floor(0.95 * len(values)), len(values) - 1)
+        latency.append([metric, unit, len(values), values[rank], values[-1]])
+
+    return {
+        "revenue_by_currency": [[c, t[0], t[1], len(t[2])] for c, t in sorted(revenue.items())],
+        "revenue_per_minute": [[m, c, amount] for (m, c), amount in sorted(per_minute.items())],
+        "funnels": funnels,
+        "top_features": features,
+        "latency_p95": latency,
+        "alerts_firing": firing_rows(alerts),
+    }
+
+
+def firing_rows(alerts: list[AlertRecord]) -> list[list[Any]]:
+    """The alerts whose newest state is firing, critical first, then the most recent."""
+    newest = {}
+    for record in sorted(alerts, key=lambda a: (a.evaluated_at, a.state)):
+        newest[record.fingerprint] = record
+    firing = sorted(
+        (a for a in newest.values() if a.state == "firing"),
+        key=lambda a: (a.severity != "critical", -a.starts_at.timestamp(), a.rule),
+    )
+    return [
+        [a.fingerprint, a.rule, a.severity, a.labels["project"], a.annotations["summary"], a.value]
+        + [a.threshold, a.starts_at.replace(tzinfo=None), a.labels]
+        for a in firing
+    ]
+
+
+def normalize(rows: list[list[Any]], expected: list[list[Any]]) -> list[list[Any]]:
+    """Rows of the query service (JSON) in the types of `expected`'s cells, floats equal to the
+    expected ones within 1e-9 taken as equal."""
+
+    def cell(value: Any, like: Any) -> Any:
+        if isinstance(like, Decimal):
+            return Decimal(str(value))
+        if isinstance(like, datetime):
+            return datetime.fromisoformat(str(value))
+        if isinstance(like, float) and isinstance(value, int | float) and math.isclose(value, like):
+            return like
+        return value
+
+    if len(rows) != len(expected):
+        return rows
+    return [
+        [cell(v, e) for v, e in zip(row, want, strict=False)]
+        for row, want in zip(rows, expected, strict=True)
+    ]
+
+
+def dump(rows: Any) -> str:
+    return json.dumps(rows, default=str, indent=1)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

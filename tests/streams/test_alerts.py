@@ -1,0 +1,275 @@
+"""Alert rules and their evaluation on panes, without Kafka: the rules file and its checks, the
+state machine (through the shipped rule tests), early firing, sliding windows, ratios, value
+filters, percentiles, baselines, group caps, impact, and restart without a repeat."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from cosnap_metrics.cli import main
+from schemas.rules import DEFAULT_RULES, RuleFile, RulesError, load_rules
+from streams.alerts import MAX_GROUPS, AlertEngine, fingerprint
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+NOW = 2_000_000_000.0  # wall clock of the tests: only idleness depends on it
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def perf(seconds: float, metric: str, value: float = 100.0, **tags: str) -> dict[str, Any]:
+    return {
+        "type": "performance",
+        "timestamp": at(seconds),
+        "metric": metric,
+        "value": value,
+        "unit": "ms",
+        "tags": tags,
+    }
+
+
+def payment_failure(seconds: float) -> dict[str, Any]:
+    return perf(seconds, "payment.latency", category="payment", status="failed")
+
+
+def envelope(*events: dict[str, Any], project: str = "cosnap") -> dict[str, Any]:
+    return {"project": project, "events": list(events)}
+
+
+def rules(*rules: dict[str, Any]) -> RuleFile:
+    return RuleFile.model_validate({"rules": list(rules)})
+
+
+def rule(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "r",
+        "window": "1m",
+        "op": ">=",
+        "threshold": 3,
+        "annotations": {"summary": "{value}"},
+    } | fields
+
+
+# -- the rules file ----------------------------------------------------------------------------
+
+
+def test_the_default_rules_hold_the_apps_five_rules_and_the_business_rules() -> None:
+    names = {rule.name for rule in load_rules().rules}
+    assert {
+        "api_error_rate",
+        "payment_failures",
+        "ai_provider_failures",
+        "slow_transactions",
+        "auth_errors",
+    } <= names
+    assert {"revenue_drop", "checkout_conversion_drop"} <= names
+    assert main(["rules", "check", str(DEFAULT_RULES)]) == 0
+
+
+def test_the_shipped_rule_tests_pass_and_a_wrong_expectation_fails(tmp_path: Path) -> None:
+    assert main(["rules", "test", str(DEFAULT_RULES.with_name("default-rules.test.yaml"))]) == 0
+    (tmp_path / "rules.yaml").write_text(DEFAULT_RULES.read_text())
+    wrong = {
+        "rule_file": "rules.yaml",
+        "tests": [{"rule": "payment_failures", "values": "0 3", "expect": [{"at": "0s", "state": "firing"}]}],
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(wrong))
+    assert main(["rules", "test", str(tmp_path / "t.yaml")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"window": "15s"}, "multiple of 10s"),
+        ({"aggregate": "ratio"}, "denominator"),
+        ({"resolve_threshold": 5}, "safe side"),
+        ({"window": "5 minutes"}, "duration"),
+        ({"labels": {"project": "x"}}, "redefine"),
+        ({"match": {"type": "performance", "colour": "red"}}, "colour"),
+        ({"aggregate": "p95", "baseline": {"days": 7}}, "baseline"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_the_reason(tmp_path: Path, fields: dict[str, Any], reason: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"rules": [rule(match={"type": "performance"}) | fields]}))
+    with pytest.raises(RulesError, match=reason):
+        load_rules(path)
+    assert main(["rules", "check", str(path)]) == 1
+
+
+def test_rules_check_reports_a_template_naming_a_field_the_alert_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump({"rules": [rule(match={"type": "performance"}, annotations={"summary": "{route}"})]})
+    )
+    assert main(["rules", "check", str(path)]) == 1
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def test_a_burst_fires_on_the_record_that_crosses_the_threshold_once_and_resolves_once() -> None:
+    engine = AlertEngine(load_rules(), idle_s=5)
+    assert engine.add_envelope(envelope(payment_failure(1), payment_failure(2)), NOW) == []
+    [firing] = engine.add_envelope(envelope(payment_failure(3)), NOW)
+    assert (firing["rule"], firing["state"], firing["value"], firing["severity"]) == (
+        "payment_failures", "firing", 3.0, "critical"
+    )  # fmt: skip
+    assert firing["labels"] == {"alertname": "payment_failures", "severity": "critical", "project": "cosnap"}
+    assert firing["fingerprint"] == fingerprint(firing["labels"])
+    assert firing["starts_at"] == firing["evaluated_at"] == "2026-11-26T12:00:03Z"
+    assert firing["annotations"]["summary"] == "3 payment failures in 5m (threshold 3)"
+    assert firing["annotations"]["runbook_url"].startswith("https://")
+    assert engine.add_envelope(envelope(payment_failure(4)), NOW) == []  # still the same episode
+    assert engine.tick(NOW + 1) == []
+    # Other traffic moves the clock on; once the failures have left the 5-minute window (whole
+    # panes: the current one and the 30 before it), the next evaluation resolves the alert.
+    assert engine.add_envelope(envelope(perf(309, "api.latency")), NOW + 2) == []
+    assert engine.tick(NOW + 2) == []
+    assert engine.add_envelope(envelope(perf(310, "api.latency")), NOW + 3) == []
+    [resolved] = engine.tick(NOW + 3)
+    assert (resolved["state"], resolved["fingerprint"], resolved["starts_at"]) == (
+        "resolved", firing["fingerprint"], firing["starts_at"]
+    )  # fmt: skip
+    assert resolved["ends_at"] == "2026-11-26T12:05:10Z"
+    assert engine.tick(NOW + 4) == []
+
+
+def test_a_quiet_partition_resolves_on_wall_clock_ticks_once_idle() -> None:
+    engine = AlertEngine(rules(rule(match={"type": "performance", "metric": "m"})), idle_s=5)
+    [_firing] = engine.add_envelope(envelope(*(perf(s, "m") for s in (1, 2, 3))), NOW)
+    assert engine.tick(NOW + 4) == []  # not idle yet: the clock stays at the newest event
+    assert engine.tick(NOW + 60) == []  # idle: the clock is at 3 + 60 s, the pane of 0-10 s still counts
+    [resolved] = engine.tick(NOW + 70)  # at 73 s the 1-minute window holds the panes from 10 s on
+    assert resolved["state"] == "resolved"
+
+
+def test_groups_fire_separately_with_their_labels() -> None:
+    engine = AlertEngine(load_rules(), idle_s=5)
+    failures = [perf(s, "ai.provider.latency", provider="replicate", status="error") for s in range(21)]
+    [firing] = engine.add_envelope(
+        envelope(*failures, perf(21, "ai.provider.latency", provider="stability", status="error")), NOW
+    )
+    assert firing["labels"]["provider"] == "replicate"
+    assert "replicate" in firing["annotations"]["summary"]
+
+
+def test_a_ratio_needs_its_minimum_sample_and_counts_both_sides() -> None:
+    error_rate = rule(
+        match={"type": "performance", "metric": "api", "tags": {"status": "500"}},
+        aggregate="ratio",
+        of={"type": "performance", "metric": "api"},
+        op=">",
+        threshold=0.1,
+        min_samples=20,
+    )
+    engine = AlertEngine(rules(error_rate), idle_s=5)
+    key = ("r", "cosnap", ())
+    assert engine.add_envelope(envelope(*(perf(1, "api", status="500") for _ in range(5))), NOW) == []
+    assert engine.value(key, engine.clock(NOW)) == (None, 5)  # 100 % errors, but 5 requests is no data
+    [firing] = engine.add_envelope(envelope(*(perf(2, "api", status="200") for _ in range(15))), NOW)
+    assert firing["value"] == pytest.approx(0.25)
+
+
+def test_value_filters_and_percentiles() -> None:
+    slow = rule(
+        name="slow",
+        match={"type": "performance", "metric": "api", "value": {"gt": 5000}},
+        op=">",
+        threshold=1,
+    )
+    p95 = rule(
+        name="p95", match={"type": "performance", "metric": "api"}, aggregate="p95", op=">", threshold=900
+    )
+    engine = AlertEngine(rules(slow, p95), idle_s=5)
+    values = [100.0] * 90 + [1000.0] * 9 + [6000.0]
+    changes = engine.add_envelope(envelope(*(perf(1, "api", v) for v in values)), NOW)
+    assert changes == [next(c for c in changes if c["rule"] == "p95")]  # one slow request is not > 1
+    assert changes[0]["value"] == pytest.approx(1000.0, rel=0.01)
+    [slow_firing] = engine.add_envelope(envelope(perf(2, "api", 7000.0)), NOW)
+    assert (slow_firing["rule"], slow_firing["value"]) == ("slow", 2.0)
+
+
+def test_revenue_below_half_of_the_same_hour_of_the_last_days_fires_only_with_that_history() -> None:
+    drop = rule(
+        match={"type": "revenue"}, aggregate="sum", window="1h", baseline={"days": 2}, op="<", threshold=0.5,
+        group_by=["currency"], annotations={"summary": "{currency} at {value:.0%}"},
+    )  # fmt: skip
+    engine = AlertEngine(rules(drop), idle_s=5)
+
+    def sale(seconds: float, amount: str) -> dict[str, Any]:
+        return {"type": "revenue", "timestamp": at(seconds), "name": "s", "amount": amount, "currency": "USD"}
+
+    day = 86400
+    # 100 USD in every hour of the two previous days (and the hour before them).
+    assert engine.add_envelope(envelope(*(sale(h * 3600 + 60, "100") for h in range(-49, 0))), NOW) == []
+    [firing] = engine.add_envelope(envelope(sale(3000, "40")), NOW)  # 40 USD this hour: 40 %
+    assert firing["value"] == pytest.approx(0.4, abs=0.01)
+    assert firing["annotations"]["summary"] == "USD at 40%"
+    young = AlertEngine(rules(drop), idle_s=5)  # one day of history is not enough for a 2-day baseline
+    assert young.add_envelope(envelope(sale(-day + 60, "100"), sale(3000, "1")), NOW) == []
+
+
+def test_a_runaway_group_tag_shares_one_overflow_group() -> None:
+    engine = AlertEngine(
+        rules(rule(match={"type": "performance"}, group_by=["route"], threshold=10**6)), idle_s=5
+    )
+    engine.add_envelope(envelope(*(perf(1, "m", route=f"/r/{n}") for n in range(MAX_GROUPS + 50))), NOW)
+    assert len(engine.to_state()["groups"]) == MAX_GROUPS + 1
+
+
+def test_the_impact_is_the_projects_revenue_per_minute_times_the_expected_duration() -> None:
+    engine = AlertEngine(load_rules(), idle_s=5)
+    sales = [
+        {"type": "revenue", "timestamp": at(-1800), "name": "s", "amount": "600.00", "currency": "USD"},
+        {"type": "revenue", "timestamp": at(-60), "name": "s", "amount": "60.00", "currency": "EUR"},
+    ]
+    [firing] = engine.add_envelope(envelope(*sales, *(payment_failure(s) for s in (1, 2, 3))), NOW)
+    assert firing["annotations"]["impact"] == (
+        "revenue at stake (from the last 1h): 10.00 USD/min, 300.00 USD over 30m;"
+        " 1.00 EUR/min, 30.00 EUR over 30m"
+    )
+
+
+def test_a_restart_from_an_older_checkpoint_neither_repeats_nor_forgets_an_alert() -> None:
+    first = AlertEngine(load_rules(), idle_s=5)
+    early = envelope(payment_failure(1), payment_failure(2))
+    crossing, later = envelope(payment_failure(3)), envelope(perf(400, "api.latency"))
+    first.add_envelope(early, NOW)
+    checkpoint = orjson.loads(orjson.dumps(first.to_state()))  # taken before the crossing record
+    [firing] = first.add_envelope(crossing, NOW)
+
+    # The worker dies; its successor restores the checkpoint, reads back what was published
+    # since, and replays the records after the checkpoint.
+    second = AlertEngine(load_rules(), idle_s=5)
+    second.restore(checkpoint, NOW + 10)
+    second.apply_published(orjson.loads(orjson.dumps(firing)))
+    assert second.add_envelope(crossing, NOW + 11) == []  # replayed: fired already
+    assert second.tick(NOW + 12) == []
+    assert second.add_envelope(later, NOW + 13) == []  # touches no group of the rule: a tick resolves
+    [resolved] = second.tick(NOW + 13)
+    assert (resolved["state"], resolved["fingerprint"]) == ("resolved", firing["fingerprint"])
+
+    # And a resolved episode read back is not fired again by the replay of its own records.
+    third = AlertEngine(load_rules(), idle_s=5)
+    third.restore(checkpoint, NOW + 20)
+    for record in (firing, resolved):
+        third.apply_published(orjson.loads(orjson.dumps(record)))
+    assert third.add_envelope(crossing, NOW + 21) == []
+    assert third.add_envelope(later, NOW + 22) == []
+    assert third.tick(NOW + 23) == []
+
+
+def test_an_event_just_older_than_the_newest_still_counts_in_a_one_pane_window() -> None:
+    probe = rule(match={"type": "feature", "feature": "probe"}, window="10s", threshold=1)
+    engine = AlertEngine(rules(probe), idle_s=5)
+    feature = {"type": "feature", "feature": "probe", "action": "x", "timestamp": at(9.999)}
+    [firing] = engine.add_envelope(envelope(perf(10.001, "api.latency"), feature), NOW)
+    assert firing["value"] == 1.0
