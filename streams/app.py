@@ -19,6 +19,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 
 from ingest.producer import EnvelopeProducer
 from schemas.rules import load_rules
@@ -137,13 +138,24 @@ def create_app(settings: StreamsSettings) -> faust.App:
         return await producer.send(topic, key, value, partition=partition, timestamp=None, headers=headers)
 
     async def publish_alerts(partition: int, changes: list[dict[str, Any]]) -> None:
-        """Send alert state changes in order and wait until Kafka has them all."""
+        """Send alert state changes in order and wait until Kafka has them all. The engine's state
+        has already changed, so the records must go out: retry until Kafka takes them (the
+        partition waits meanwhile; a change sent twice is the same record, which consumers and
+        the alerts table collapse)."""
         header = [(PARTITION_HEADER, str(partition).encode())]
-        acks = [
-            await send(topics.alerts, change["fingerprint"].encode(), orjson.dumps(change), headers=header)
-            for change in changes
-        ]
-        await asyncio.gather(*acks)
+        delay = 0.2
+        while True:
+            try:
+                acks = [
+                    await send(topics.alerts, c["fingerprint"].encode(), orjson.dumps(c), headers=header)
+                    for c in changes
+                ]
+                await asyncio.gather(*acks)
+                break
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("%d alert changes not published; retry in %.1fs: %r", len(changes), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         for change in changes:
             log.info("alert %s %s %s", change["rule"], change["state"], change["labels"])
 
