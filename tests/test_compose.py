@@ -4,6 +4,8 @@ CLI commands, and every pipeline service built from this repository's image."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,24 @@ def test_pipeline_services_use_known_settings_and_commands() -> None:
     known = {f"COSNAP_{field.upper()}" for field in RunnerSettings.model_fields}
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     pipeline = {name: s for name, s in services.items() if s.get("build") == "."}
-    assert set(pipeline) == {"topics", "sink", "streams", "ingest"}
+    assert set(pipeline) == {"topics", "sink", "streams", "ingest", "notify"}
     for name, service in pipeline.items():
         assert set(service["environment"]) <= known, name
         assert service["command"][0] in commands, name
         assert service["environment"]["COSNAP_CLICKHOUSE_URL"].startswith("http://")
+
+
+def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config() -> None:
+    services = _compose()["services"]
+    debian = subprocess.run(
+        ["prometheus-alertmanager", "--version"], capture_output=True, text=True, check=True
+    )
+    tested = re.search(r"version (\d+\.\d+\.\d+)", debian.stdout + debian.stderr)
+    assert tested is not None
+    assert services["alertmanager"]["image"] == f"prom/alertmanager:v{tested[1]}"
+    assert services["notify"]["environment"]["COSNAP_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    config = ROOT / "sinks" / "alertmanager" / "alertmanager.yml"
+    check = subprocess.run(
+        ["amtool", "check-config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
