@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean alertmanager browser
+.PHONY: setup run test lint bench clean alertmanager browser prometheus
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -30,12 +30,18 @@ alertmanager:
 	@command -v prometheus-alertmanager >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager; }
 
+# The observability test scrapes the running pipeline with Debian's Prometheus (and lints every
+# /metrics with its promtool). `make run` does not need it.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
 # The dashboard test drives Debian's Chromium through its chromedriver (no browser download).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
-test: lint alertmanager browser
+test: lint alertmanager browser prometheus
 	$(BIN)/pytest
 
 bench: setup

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.progress import ProgressLine
 from cosnap_metrics.provision import ensure_topics
 from schemas.settings import RunnerSettings
 from schemas.topics import Topics
@@ -22,6 +23,7 @@ class Bench:
     bootstrap: str
     topics: Topics
     work: Path
+    progress: ProgressLine  # a line per phase or round on stderr; results go to stdout
 
 
 @contextmanager
@@ -29,6 +31,7 @@ def bench_kafka(name: str) -> Iterator[Bench]:
     """A broker in a temporary directory with the pipeline's topics under a unique prefix;
     everything is stopped and removed on exit."""
     settings = RunnerSettings()
+    progress = ProgressLine(f"bench.{name}")
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     broker = KafkaBroker(
         BrokerConfig(
@@ -39,10 +42,11 @@ def bench_kafka(name: str) -> Iterator[Bench]:
         )
     )
     try:
+        progress.note(f"starting Apache Kafka on {broker.bootstrap}")
         broker.start()
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
         ensure_topics(broker.bootstrap, topics)
-        yield Bench(broker.bootstrap, topics, work)
+        yield Bench(broker.bootstrap, topics, work, progress)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -6,10 +6,12 @@ repository; storage is formatted on first start; the broker listens on loopback 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,13 +21,14 @@ from kafka.errors import KafkaError
 
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
+from cosnap_metrics.progress import ProgressLine
 
 
 def fetch_kafka(version: str, cache_dir: Path) -> Path:
     """Return the directory holding the broker's jars, downloading them on first use.
 
-    Blocks while Maven runs and prints its download lines as progress. Raises RunnerError when
-    Maven or Java is missing or the download fails.
+    Blocks while Maven runs, showing its progress on stderr (see MavenProgress). Raises
+    RunnerError when Maven or Java is missing or the download fails.
     """
     libs = cache_dir / version / "libs"
     done = libs / ".complete"
@@ -38,28 +41,67 @@ def fetch_kafka(version: str, cache_dir: Path) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     pom = workdir / "pom.xml"
     pom.write_text(resources.files("cosnap_metrics").joinpath("kafka/pom.xml").read_text())
-    print(f"[kafka] fetching Apache Kafka {version} from Maven Central into {libs} (once)", flush=True)
-    argv = [
-        mvn, "-B", "-f", str(pom), f"-Dkafka.version={version}",
-        "dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime",
-    ]  # fmt: skip
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as mvn_run:  # noqa: S603
-        if mvn_run.stdout is None:
-            raise RunnerError("could not read mvn's output")
-        fetched = 0
-        tail: list[str] = []
-        for line in mvn_run.stdout:
-            tail = [*tail[-30:], line]
-            if line.startswith("Downloaded from"):
-                fetched += 1
-                name = line.rsplit("/", 1)[-1].split(" ")[0]
-                print(f"[kafka] {fetched:4d} downloaded {name}", flush=True)
-        if mvn_run.wait() != 0:
-            raise RunnerError("mvn failed to fetch the Kafka broker:\n" + "".join(tail))
-    jars = list(libs.glob("*.jar"))
-    done.write_text(f"{len(jars)} jars\n")
-    print(f"[kafka] {len(jars)} jars ready", flush=True)
+    progress = MavenProgress(ProgressLine("kafka"))
+    progress.line.note(f"fetching Apache Kafka {version} from Maven Central into {libs} (once)")
+    maven = [mvn, "-B", "-f", str(pom), f"-Dkafka.version={version}"]
+    # The tree reads POMs only, so the jars are counted before any of them is downloaded.
+    _run_maven([*maven, "-Dscope=runtime", "dependency:tree"], progress.tree)
+    copy = [f"-DoutputDirectory={libs}", "-DincludeScope=runtime", "dependency:copy-dependencies"]
+    _run_maven([*maven, *copy], progress.copy)
+    jars = len(list(libs.glob("*.jar")))
+    done.write_text(f"{jars} jars\n")
+    already = jars - progress.fetched
+    local = f" ({already} were in the local Maven repository)" if already else ""
+    progress.line.finish(f"{jars} jars ready{local}")
     return libs
+
+
+def _run_maven(argv: list[str], on_line: Callable[[str], None]) -> None:
+    """Run Maven, handing each line of its output to `on_line`; RunnerError if it fails."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as maven:  # noqa: S603
+        if maven.stdout is None:
+            raise RunnerError("could not read mvn's output")
+        tail: list[str] = []
+        for line in maven.stdout:
+            tail = [*tail[-30:], line]
+            on_line(line)
+        if maven.wait() != 0:
+            raise RunnerError("mvn failed to fetch the Kafka broker:\n" + "".join(tail))
+
+
+_TREE_JAR = re.compile(r"^\[INFO\] [|\s]*[+\\]- \S+:jar:")
+
+
+class MavenProgress:
+    """Maven's output (`mvn -B`) as a progress line: the files read while `dependency:tree`
+    resolves, then `fetching N jars (n/N)` while `dependency:copy-dependencies` downloads the
+    tree's N jars (jars already in the local Maven repository are not downloaded again)."""
+
+    def __init__(self, line: ProgressLine) -> None:
+        self.line = line
+        self.jars = self.fetched = self._read = 0
+
+    def tree(self, output: str) -> None:
+        if _TREE_JAR.match(output):
+            self.jars += 1
+        elif _downloaded(output):
+            self._read += 1
+            self.line.update(f"resolving the dependencies ({self._read} files read)")
+
+    def copy(self, output: str) -> None:
+        name = _downloaded(output)
+        if name.endswith(".jar"):
+            self.fetched += 1
+            self.line.update(
+                f"fetching {self.jars} jars from Maven Central ({self.fetched}/{self.jars}) {name}",
+                self.fetched / max(self.jars, 1),
+            )
+
+
+def _downloaded(output: str) -> str:
+    """The file name of a `Downloaded from <repo>: <url> (<size> at <speed>)` line, else ""."""
+    words = output.removeprefix("[INFO] ").split()
+    return words[3].rsplit("/", 1)[-1] if words[:2] == ["Downloaded", "from"] and len(words) > 3 else ""
 
 
 @dataclass(frozen=True, slots=True)

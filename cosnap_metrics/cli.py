@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-    )
-    # kafka-python narrates every connection at INFO; its warnings are what an operator needs.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))
+def _logging(service: str, settings: CommonSettings, secrets: Iterable[str] = ()) -> None:
+    """First thing of every service: its logs (JSON lines by default) and, with a DSN, Sentry."""
+    from cosnap_metrics.logs import configure_logging
+    from cosnap_metrics.sentry import init_sentry
+
+    configure_logging(service, settings.log_level, settings.log_format)
+    init_sentry(service, settings, secrets)
 
 
 def _run(_args: argparse.Namespace) -> int:
@@ -32,13 +32,14 @@ def _ingest(_args: argparse.Namespace) -> int:
     from ingest.app import create_app
 
     settings = IngestSettings()
-    _logging(settings.log_level)
+    _logging("ingest", settings)
     uvicorn.run(
         create_app(settings),
         host=settings.ingest_host,
         port=settings.ingest_port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        log_config=None,  # uvicorn's records go to the root logger's handler, as JSON
+        access_log=False,  # the app logs each request with its request id (ingest/request_ids.py)
     )
     return 0
 
@@ -49,8 +50,12 @@ def _streams(_args: argparse.Namespace) -> int:
     from streams.app import create_app
 
     settings = StreamsSettings()
+    _logging("streams", settings)
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower().replace("warning", "warn"))
+    # Faust would replace the logging configuration and draw a spinner on stdout; without the
+    # spinner it logs "[^Worker]: Ready" once started.
+    worker = faust.Worker(app, override_logging=False, quiet=True)
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 
@@ -59,17 +64,18 @@ def _sink(_args: argparse.Namespace) -> int:
     from sinks.service import run_sink
 
     settings = SinkSettings()
-    _logging(settings.log_level)
+    _logging("sink", settings)
     run_sink(settings)
     return 0
 
 
 def _notify(_args: argparse.Namespace) -> int:
+    from cosnap_metrics.sentry import secret_forms
     from schemas.settings import NotifierSettings
     from sinks.notifier import run_notifier
 
     settings = NotifierSettings()
-    _logging(settings.log_level)
+    _logging("notify", settings, secret_forms(settings.webhook_secret.get_secret_value()))
     return run_notifier(settings)
 
 

@@ -8,7 +8,6 @@ the occasional failure (as tags: status, category, provider), at a steady rate.
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+
+from cosnap_metrics.progress import ProgressLine
 
 PRICES = {  # plan -> currency -> price
     "monthly": {"USD": "9.99", "EUR": "9.99", "GBP": "8.99", "JPY": "1500", "BRL": "49.90"},
@@ -142,8 +143,8 @@ def run_demo(  # noqa: PLR0913  # the command's options
     seed: int | None = None,
     batch: int = 50,
 ) -> int:
-    """Post `rate` events per (simulated) second for `minutes` of simulated time; print a progress
-    line; return 0 if every request was accepted.
+    """Post `rate` events per (simulated) second for `minutes` of simulated time, with a progress
+    line on stderr; return 0 if every request was accepted.
 
     With `speed` above 1 the traffic of `minutes` is compressed into minutes / speed of wall
     time: event times run `speed` times faster than the clock, from minutes ago up to now (never
@@ -161,6 +162,7 @@ def run_demo(  # noqa: PLR0913  # the command's options
     if speed != 1.0:
         traffic.clock = simulated_now
     sent = accepted = failed = 0
+    progress = ProgressLine("demo")
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {write_key}"}, timeout=30) as client:
         while (elapsed := time.monotonic() - started_wall) < total_seconds:
             due = int(elapsed * rate * speed) - sent
@@ -176,15 +178,10 @@ def run_demo(  # noqa: PLR0913  # the command's options
                     accepted += response.json()["accepted"]
                 else:
                     failed += size
-            done = min(elapsed / total_seconds, 1.0)
-            bar = "#" * int(done * 30)
-            print(
-                f"\r[demo] [{bar:<30}] {elapsed * speed:6.0f}s simulated  sent {sent}"
-                f"  accepted {accepted}  failed {failed}",
-                end="",
-                file=sys.stderr,
-                flush=True,
+            progress.update(
+                f"{elapsed * speed:6.0f}s simulated  sent {sent}  accepted {accepted}  failed {failed}",
+                elapsed / total_seconds,
             )
             time.sleep(0.05)
-    print(file=sys.stderr)
+    progress.finish(f"{minutes * 60:.0f}s simulated  sent {sent}  accepted {accepted}  failed {failed}")
     return 0 if failed == 0 else 1

@@ -6,8 +6,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,19 +17,23 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
+from cosnap_metrics.status import add_metrics_route
 from ingest.batch import TimePolicy, dead_letter_raw, parse_events, split_body
 from ingest.body import check_content_type, decode_body, decompress, read_capped
 from ingest.envelopes import EnvelopePacker
 from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized, UnsupportedMediaType
+from ingest.health import DetailedHealthCheck
 from ingest.keys import KeyStore, WriteKey
 from ingest.limits import RateLimiter
+from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, RequestMetrics, reject_reason
 from ingest.producer import EnvelopeProducer, RecordProducer
+from ingest.request_ids import RequestIds
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
-from schemas.records import DeadLetter
+from schemas.health import DetailedHealth, http_status
+from schemas.records import DeadLetter, request_ids_header
 from schemas.settings import IngestSettings
 
 log = logging.getLogger("cosnap.ingest")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _PREFLIGHT = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Request-ID",
@@ -61,7 +63,7 @@ def _cors(origin: str) -> dict[str, str]:
     return {
         "Access-Control-Allow-Origin": origin,
         "Vary": "Origin",
-        "Access-Control-Expose-Headers": "Retry-After",
+        "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
     }
 
 
@@ -88,6 +90,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         max_event_age=timedelta(seconds=settings.max_event_age_s),
     )
     state: dict[str, Any] = {}
+    detailed_health = DetailedHealthCheck(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -106,9 +109,12 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         summary="Business events (revenue, conversion, feature, performance) into Kafka, durably.",
         lifespan=lifespan,
     )
+    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestIds)  # outermost: even a failure's 500 carries the request id
 
     @app.exception_handler(IngestError)
     async def _refused(request: Request, exc: IngestError) -> JSONResponse:
+        request.state.log_context = {"reason": exc.reason}
         headers = dict(exc.headers)
         origin = request.headers.get("origin")
         if origin and keys.origin_allowed(origin):
@@ -127,15 +133,21 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             )
             for rejection, item in rejected
         ]
+        header = [request_ids_header([request_id])]
         sends = [
             state["producer"].send(
-                topics.dead_letter, key=project.encode(), value=row.model_dump_json().encode()
+                topics.dead_letter, key=project.encode(), value=row.model_dump_json().encode(), headers=header
             )
             for row in rows
         ]
         for result in await asyncio.gather(*sends, return_exceptions=True):
             if isinstance(result, Exception):
-                log.warning("dead-letter write failed for request %s: %s", request_id, result)
+                log.warning(
+                    "dead-letter write failed for request %s: %s",
+                    request_id,
+                    result,
+                    extra={"request_id": request_id, "project": project},
+                )
 
     def _authenticate(presented: str | None) -> WriteKey:
         if presented is None:
@@ -185,8 +197,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
     async def post_events(request: Request) -> JSONResponse:
         """Accept one event or a batch; 202 only once every accepted event is durably in Kafka."""
         received_at = datetime.now(UTC)
-        header_id = request.headers.get("x-request-id", "")
-        request_id = header_id if _REQUEST_ID.match(header_id) else uuid.uuid4().hex
+        request_id: str = request.state.request_id
         beacon = check_content_type(request.headers.get("content-type"))
         header_key = _header_key(request.headers.get("authorization"))
         write_key = _authenticate(header_key) if header_key is not None else None
@@ -198,7 +209,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         if write_key is None:
             write_key = _authenticate(body.api_key)
         project = write_key.project
-        headers = {"X-Request-ID": request_id}
+        headers: dict[str, str] = {}
         origin = request.headers.get("origin")
         if origin:
             if not keys.origin_allowed(origin, project):
@@ -210,10 +221,18 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
 
         parsed = parse_events(body.items, body.sent_at, received_at, request_id, policy)
         if parsed.accepted:
-            await state["packer"].submit(project, orjson.dumps(project), parsed.accepted)
+            await state["packer"].submit(project, orjson.dumps(project), parsed.accepted, request_id)
+            EVENTS_ACCEPTED.inc(len(parsed.accepted))
+        for rejection, item in parsed.rejected:
+            EVENTS_REJECTED.labels(reject_reason(item, rejection.reason)).inc()
         if parsed.rejected:
             await _dead_letter(project, request_id, received_at, parsed.rejected)
         response = IngestResponse(accepted=len(parsed.accepted), rejected=[r for r, _ in parsed.rejected])
+        request.state.log_context = {
+            "project": project,
+            "accepted": response.accepted,
+            "rejected": len(response.rejected),
+        }
         return JSONResponse(
             response.model_dump(), status_code=202 if parsed.accepted else 400, headers=headers
         )
@@ -236,6 +255,18 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         """Readiness: 200 once Kafka answers, 503 before."""
         ok = await asyncio.to_thread(state["producer"].ready, 2.0)
         return JSONResponse({"status": "ready" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get(
+        "/health/detailed",
+        response_model=DetailedHealth,
+        responses={503: {"model": DetailedHealth, "description": "Kafka unreachable or topics missing"}},
+    )
+    async def health_detailed() -> JSONResponse:
+        """Kafka, topics, ClickHouse, consumer lag and memory: healthy or degraded (200), unhealthy (503)."""
+        report = await detailed_health.report()
+        return JSONResponse(report.model_dump(mode="json"), status_code=http_status(report.status))
+
+    add_metrics_route(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -10,9 +10,12 @@ requests that had events in it.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
+from ingest.metrics import ENVELOPE_BYTES, ENVELOPE_EVENTS, observe_produce
 from ingest.producer import RecordProducer
+from schemas.records import MAX_HEADER_REQUEST_IDS, request_ids_header
 
 _HEAD = b'{"v":1,"project":'
 
@@ -22,6 +25,7 @@ class _OpenEnvelope:
     project_json: bytes
     acked: asyncio.Future[None]
     events: list[bytes] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)  # for the record's header, bounded
     size: int = 0
     timer: asyncio.TimerHandle | None = None
 
@@ -47,9 +51,9 @@ class EnvelopePacker:
         self._open: dict[str, _OpenEnvelope] = {}
         self.envelopes_sent = 0
 
-    async def submit(self, project: str, project_json: bytes, events: list[bytes]) -> None:
-        """Add `events` (each one JSON object) to the project's open envelope(s) and wait for the ack.
-        `project_json` is the project name as a JSON string."""
+    async def submit(self, project: str, project_json: bytes, events: list[bytes], request_id: str) -> None:
+        """Add `events` (each one JSON object) of request `request_id` to the project's open
+        envelope(s) and wait for the ack. `project_json` is the project name as a JSON string."""
         waits: list[asyncio.Future[None]] = []
         for event in events:
             envelope = self._open.get(project)
@@ -64,6 +68,8 @@ class EnvelopePacker:
             envelope.size += len(event) + 1
             if not waits or waits[-1] is not envelope.acked:
                 waits.append(envelope.acked)
+                if len(envelope.request_ids) < MAX_HEADER_REQUEST_IDS:
+                    envelope.request_ids.append(request_id)
         if self._linger_s == 0:
             self._seal(project)
         await asyncio.gather(*waits)
@@ -84,7 +90,16 @@ class EnvelopePacker:
             envelope.timer.cancel()
         value = b"".join([_HEAD, envelope.project_json, b',"events":[', b",".join(envelope.events), b"]}"])
         self.envelopes_sent += 1
-        self._producer.produce(self._topic, key=project.encode(), value=value, acked=envelope.acked)
+        ENVELOPE_EVENTS.observe(len(envelope.events))
+        ENVELOPE_BYTES.observe(len(value))
+        envelope.acked.add_done_callback(observe_produce(time.perf_counter()))
+        self._producer.produce(
+            self._topic,
+            key=project.encode(),
+            value=value,
+            acked=envelope.acked,
+            headers=[request_ids_header(envelope.request_ids)],
+        )
 
     def flush_open(self) -> None:
         """Seal every open envelope now (at shutdown)."""

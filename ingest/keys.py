@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 KEY_PREFIX = "cmk_"
+# A write key (or anything presented as one) in text: what logs and error reports must not hold.
+KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 DEV_KEY_FILE = "dev-write-key"
 DEFAULT_PROJECT = "default"
 # The embedded default accepts browser pages served from this machine.

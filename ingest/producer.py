@@ -8,7 +8,9 @@ on whichever thread calls poll(); a daemon thread polls and hands each report to
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -21,10 +23,18 @@ class RecordProducer(Protocol):
     """What the ingest app needs of a producer (benchmarks substitute one that writes nothing)."""
 
     def produce(
-        self, topic: str, *, key: bytes | None, value: bytes, acked: asyncio.Future[None]
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        acked: asyncio.Future[None],
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> None: ...
 
-    async def send(self, topic: str, *, key: bytes | None, value: bytes) -> None: ...
+    async def send(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None: ...
 
     def ready(self, timeout_s: float) -> bool: ...
 
@@ -47,6 +57,8 @@ class EnvelopeProducer:
             {
                 "bootstrap.servers": bootstrap,
                 "client.id": client_id,
+                # librdkafka would write its own lines to stderr; through logging they are JSON too.
+                "logger": logging.getLogger("librdkafka"),
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 2,
@@ -65,7 +77,15 @@ class EnvelopeProducer:
         while self._running:
             self._producer.poll(0.05)
 
-    def produce(self, topic: str, *, key: bytes | None, value: bytes, acked: asyncio.Future[None]) -> None:
+    def produce(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        acked: asyncio.Future[None],
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         """Queue one record; `acked` resolves once Kafka acknowledged it (acks=all), or fails with
         KafkaUnavailable (queue full, refused, or not acknowledged within the timeout). Never
         blocks; must be called on the event loop that owns `acked`."""
@@ -75,7 +95,9 @@ class EnvelopeProducer:
             loop.call_soon_threadsafe(_settle, acked, err)
 
         try:
-            self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            self._producer.produce(
+                topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
+            )
         except BufferError:
             _settle(acked, "the Kafka producer queue is full")
         except KafkaException as exc:
@@ -107,10 +129,12 @@ class EnvelopeProducer:
         except KafkaException as exc:
             _settle(acked, exc)
 
-    async def send(self, topic: str, *, key: bytes | None, value: bytes) -> None:
+    async def send(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         """Write one record and wait for its acknowledgement; raises KafkaUnavailable."""
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.produce(topic, key=key, value=value, acked=acked)
+        self.produce(topic, key=key, value=value, acked=acked, headers=headers)
         await acked
 
     def ready(self, timeout_s: float) -> bool:

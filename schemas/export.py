@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse
+from schemas.health import DetailedHealth, ServiceHealth
 from schemas.records import AlertRecord, DeadLetter, Envelope, WindowAggregate
 from schemas.rules import RuleFile
 
@@ -32,6 +33,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "dead-letter.schema.json": ("A record of metrics.dead-letter.v1", DeadLetter),
         "alert.schema.json": ("A record of metrics.alerts.v1", AlertRecord),
         "rules.schema.json": ("An alert rules file (YAML), see schemas/default-rules.yaml", RuleFile),
+        "health-detailed.schema.json": ("The body of the ingest API's GET /health/detailed", DetailedHealth),
+        "service-health.schema.json": ("GET /health of the sink, streams worker and notifier", ServiceHealth),
     }
     out = {}
     for name, (title, source) in sources.items():

@@ -4,6 +4,7 @@ decimals travel as strings."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -154,3 +155,29 @@ class AlertRecord(BaseModel):
         description="The event-time clock of the evaluation that changed the state"
     )
     emitted_at: datetime = Field(description="Wall-clock time the record was produced")
+
+
+# Records written for HTTP requests (envelopes, dead letters) name those requests in this header:
+# their ids, comma-separated, at most MAX_HEADER_REQUEST_IDS of them (an envelope may hold the
+# events of a thousand requests; each event carries its own in `request_id`). Consumers log with
+# it where they cannot, or need not, decode the value.
+REQUEST_IDS_HEADER = "cosnap-request-ids"
+MAX_HEADER_REQUEST_IDS = 32
+
+
+def distinct_request_ids(request_ids: Iterable[str]) -> list[str]:
+    """The first MAX_HEADER_REQUEST_IDS distinct ids, in order: what a header or a log line names."""
+    return list(dict.fromkeys(request_ids))[:MAX_HEADER_REQUEST_IDS]
+
+
+def request_ids_header(request_ids: Iterable[str]) -> tuple[str, bytes]:
+    """The header naming `request_ids` (see distinct_request_ids)."""
+    return REQUEST_IDS_HEADER, ",".join(distinct_request_ids(request_ids)).encode()
+
+
+def request_ids_in(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> list[str]:
+    """The request ids a record's headers name (none when the header is absent)."""
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers or ():
+        if name == REQUEST_IDS_HEADER and value:
+            return value.decode(errors="replace").split(",")
+    return []

@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.rules import DEFAULT_RULES
 from schemas.topics import DEFAULT_PREFIX, Topics
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["json", "text"]
 
 
 class CommonSettings(BaseSettings):
@@ -36,6 +37,29 @@ class CommonSettings(BaseSettings):
         description="The sink's read-only query service (the only way into embedded chDB while it runs)",
     )
     log_level: LogLevel = "INFO"
+    log_format: LogFormat = Field(
+        default="json", description="Service logs: one JSON object per line, or text for a person to read"
+    )
+    # Sentry's own variable names are accepted too, so an existing Sentry setup carries over.
+    sentry_dsn: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("COSNAP_SENTRY_DSN", "SENTRY_DSN"),
+        description="Errors go to this Sentry project; empty = Sentry off",
+    )
+    release: str = Field(
+        default="",
+        validation_alias=AliasChoices("COSNAP_RELEASE", "SENTRY_RELEASE"),
+        description="The release Sentry files errors under; empty = cosnap-metrics@<package version>",
+    )
+    environment: str = Field(
+        default="production",
+        validation_alias=AliasChoices("COSNAP_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
+        description="The environment Sentry files errors under",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the workers' /metrics and /health listen (0.0.0.0 in a container)",
+    )
 
     @property
     def topics(self) -> Topics:
@@ -69,6 +93,10 @@ class IngestSettings(CommonSettings):
     )
     rate_limit_events_per_s: float = Field(default=10_000, ge=0, description="Per write key; 0 = no limit")
     rate_limit_burst: float = Field(default=20_000, ge=0, description="Events a key may send at once")
+    health_max_lag: int = Field(
+        default=10_000, ge=0, description="/health/detailed is degraded when a consumer group lags more"
+    )
+    health_cache_s: float = Field(default=2.0, ge=0, description="How long /health/detailed reuses a report")
 
 
 class StreamsSettings(CommonSettings):
@@ -82,11 +110,21 @@ class StreamsSettings(CommonSettings):
         default=5.0, gt=0, description="Longest time between window-state checkpoints"
     )
     rules_file: Path = Field(default=DEFAULT_RULES, description="Alert rules (YAML), see schemas/rules.py")
+    streams_metrics_port: int = Field(
+        default=8125, ge=0, le=65535, description="The worker's /metrics and /health; 0 = off"
+    )
 
 
 class SinkSettings(CommonSettings):
     sink_batch_rows: int = Field(default=50_000, gt=0)
     sink_flush_ms: int = Field(default=500, gt=0, description="Longest time a row waits for its insert")
+    sink_metrics_port: int = Field(
+        default=8127,
+        ge=0,
+        le=65535,
+        description="/metrics and /health with a ClickHouse server (the query service has them with chDB); "
+        "0 = off",
+    )
 
 
 class NotifierSettings(CommonSettings):
@@ -117,6 +155,9 @@ class NotifierSettings(CommonSettings):
         default=60.0,
         gt=0,
         description="Firing alerts are sent to Alertmanager again this often, or it resolves them itself",
+    )
+    notify_metrics_port: int = Field(
+        default=8126, ge=0, le=65535, description="The notifier's /metrics and /health; 0 = off"
     )
 
     @field_validator("webhook_urls", mode="before")

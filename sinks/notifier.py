@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,8 +32,11 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
+from cosnap_metrics.status import serve_status
+from schemas.health import ServiceHealth
 from schemas.records import AlertRecord, DeadLetter
 from schemas.settings import NotifierSettings
+from sinks.notify_metrics import DEAD_LETTERS, DELIVERIES, DELIVERY_SECONDS, RETRIES
 from sinks.targets import DELIVERED, AlertmanagerTarget, AlertTarget, WebhookTarget
 
 log = logging.getLogger("cosnap.notify")
@@ -125,6 +129,22 @@ class Notifier:
     def stop(self) -> None:
         self._stopping.set()
 
+    def health(self) -> ServiceHealth:
+        """The notifier's /health: unhealthy until it owns partitions of the alerts topic (it
+        delivers nothing before). Safe to call from any thread."""
+        anchored = self._anchored
+        problems = [] if anchored else [f"not consuming {self._alerts_topic} yet"]
+        return ServiceHealth(
+            service="notify",
+            status="healthy" if anchored else "unhealthy",
+            problems=problems,
+            details={
+                "targets": [target.name for target in self._targets],
+                "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in anchored),
+                "firing": len(self._firing),
+            },
+        )
+
     def _subscribe_once_topic_known(self) -> None:
         """Subscribe when the broker reports the alerts topic. A group member that joins before
         the topic's metadata arrived is assigned nothing and stayed so for minutes (until the
@@ -156,27 +176,32 @@ class Notifier:
         except KafkaError as exc:
             log.warning("could not commit the starting offsets, trying again: %r", exc)
             return
-        self._anchored |= new
+        self._anchored = self._anchored | new  # replaced whole: health() reads it from other threads
         log.info("notifier ready on %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
 
     def _deliver(self, target: AlertTarget, alert: AlertRecord, raw: bytes, webhook_id: str) -> str | None:
         """Try `target` until it takes the record, refuses it for good, runs out of tries, or the
         notifier stops. None when delivered; otherwise why not, for the dead letter."""
         attempt = 0
+        started = time.perf_counter()
         while True:
             attempt += 1
             result = target.send(alert, raw, webhook_id)
             if result.delivered:
+                DELIVERIES.labels(target.name, "delivered").inc()
+                DELIVERY_SECONDS.labels(target.name).observe(time.perf_counter() - started)
                 return None
             if not result.retryable or attempt >= self._policy.max_tries:
+                DELIVERIES.labels(target.name, "failed").inc()
                 return f"alert delivery to {target.name} failed after {attempt} tries: {result.error}"
             delay = self._policy.delay(attempt, result.retry_after)
             log.warning("%s: %s; try %d in %.1fs", target.name, result.error, attempt + 1, delay)
             if self._stopping.wait(delay):
                 return f"alert delivery to {target.name} stopped after {attempt} tries: {result.error}"
+            RETRIES.labels(target.name).inc()
 
     def _dead_letter(self, raw: bytes, source: str, project: str | None, reason: str) -> None:
-        log.error("%s: %s", source, reason)
+        log.error("%s: %s", source, reason, extra={"record": source, "project": project})
         record = DeadLetter(
             project=project,
             request_id=source,
@@ -195,6 +220,7 @@ class Notifier:
             alert = AlertRecord.model_validate_json(raw)
         except ValidationError as exc:
             self._dead_letter(raw, source, None, f"notifier could not decode the alert record: {exc}")
+            DEAD_LETTERS.labels("undecodable").inc()
             return True
         with self._firing_lock:
             if alert.state == "firing":
@@ -211,6 +237,7 @@ class Notifier:
             return False
         for reason in failures:
             self._dead_letter(raw, source, alert.labels.get("project"), reason)
+            DEAD_LETTERS.labels("undelivered").inc()
         log.info(
             "%s %s (%s): %d of %d targets",
             alert.state,
@@ -267,7 +294,15 @@ class Notifier:
             self._anchor_new_partitions(polled)
             for tp, records in polled.items():
                 for record in records:
-                    if not self.handle(record.value, f"{tp.topic}:{tp.partition}:{record.offset}"):
+                    source = f"{tp.topic}:{tp.partition}:{record.offset}"
+                    try:
+                        handled = self.handle(record.value, source)
+                    except Exception:
+                        # The notifier stops; the record, not committed, is delivered after restart.
+                        context = {"topic": tp.topic, "partition": tp.partition, "offset": record.offset}
+                        log.exception("delivering %s failed", source, extra=context)
+                        raise
+                    if not handled:
                         return
                     self._commit(tp, record.offset + 1)
 
@@ -322,6 +357,7 @@ def run_notifier(settings: NotifierSettings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    serve_status(settings.metrics_host, settings.notify_metrics_port, notifier.health)
     log.info("delivering %s to %s", topics.alerts, ", ".join(target.name for target in targets))
     notifier.run()
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from schemas.health import ServiceHealth, http_status
 from sinks.errors import QueryRefused
 
 _READ_STATEMENT = re.compile(r"^\(*\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
@@ -77,7 +79,8 @@ def run_read_only(client: Client, sql: str) -> QueryResult:
     )
 
 
-def create_query_app(client: Client, token: str) -> FastAPI:
+def create_query_app(client: Client, token: str, health: Callable[[], ServiceHealth]) -> FastAPI:
+    """The query service; `health` makes the sink's report for `GET /health` (on a worker thread)."""
     app = FastAPI(title="Cosnap Metrics read-only query service", version="1")
 
     @app.post("/v1/query", response_model=QueryResult)
@@ -93,9 +96,10 @@ def create_query_app(client: Client, token: str) -> FastAPI:
         except Exception as exc:  # ClickHouse's own error text is the useful answer for the analyst
             return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        """Liveness of the sink process."""
-        return {"status": "ok"}
+    @app.get("/health", response_model=ServiceHealth, responses={503: {"model": ServiceHealth}})
+    def sink_health() -> JSONResponse:
+        """The sink: ClickHouse answers (else 503) and its consumer inserts (else degraded)."""
+        report = health()
+        return JSONResponse(report.model_dump(mode="json"), status_code=http_status(report.status))
 
     return app

@@ -10,7 +10,10 @@ from types import FrameType
 from urllib.parse import urlparse
 
 import uvicorn
+from clickhouse_connect.driver.client import Client
 
+from cosnap_metrics.status import add_metrics_route, serve_status
+from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
 from sinks.clickhouse import apply_migrations, connect
 from sinks.consumer import Route, TopicSink
@@ -41,6 +44,16 @@ def query_token(settings: SinkSettings) -> str:
     return token
 
 
+def sink_health(client: Client, sink: TopicSink) -> ServiceHealth:
+    """The sink's report: unhealthy when ClickHouse does not answer a ping (on chDB the ping
+    waits for an insert in progress), else the consumer's own report. Blocks up to 2 s."""
+    report = sink.health()
+    if client.ping(timeout=2):
+        return report
+    problems = ["ClickHouse does not answer a ping", *report.problems]
+    return report.model_copy(update={"status": "unhealthy", "problems": problems})
+
+
 def run_sink(settings: SinkSettings) -> None:
     """Blocks until SIGTERM or SIGINT, then inserts what it holds, commits, and returns."""
     client = connect(settings.resolved_clickhouse_url)
@@ -66,14 +79,21 @@ def run_sink(settings: SinkSettings) -> None:
 
     server = None
     if settings.embedded_clickhouse:
-        app = create_query_app(client, query_token(settings))
+        app = create_query_app(client, query_token(settings), lambda: sink_health(client, sink))
         where = urlparse(settings.query_url)
         app.include_router(create_dashboard_router(client, where.hostname))
+        add_metrics_route(app)
         config = uvicorn.Config(
-            app, host=where.hostname or "127.0.0.1", port=where.port or 80, log_level="warning"
+            app,
+            host=where.hostname or "127.0.0.1",
+            port=where.port or 80,
+            log_level="warning",
+            log_config=None,  # uvicorn's records go to the root logger's handler, as JSON
         )
         server = uvicorn.Server(config)
         threading.Thread(target=server.run, name="query-service", daemon=True).start()
+    else:
+        serve_status(settings.metrics_host, settings.sink_metrics_port, lambda: sink_health(client, sink))
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: flushing and stopping", signum)

@@ -11,6 +11,7 @@ import time
 from clickhouse_connect.driver.client import Client
 
 from sinks.errors import SinkError
+from sinks.metrics import BATCH_ROWS, INSERT_ERRORS, INSERT_SECONDS, ROWS_INSERTED
 
 INSERT_SETTINGS = {
     "date_time_input_format": "best_effort",
@@ -28,6 +29,9 @@ class BatchWriter:
         self._columns = columns
         self._lines: list[bytes] = []
         self._first_added = 0.0
+        name = table.rsplit(".", 1)[-1]
+        self._inserted, self._batches = ROWS_INSERTED.labels(name), BATCH_ROWS.labels(name)
+        self._insert_seconds, self._errors = INSERT_SECONDS.labels(name), INSERT_ERRORS.labels(name)
 
     def add(self, lines: list[bytes]) -> None:
         if not self._lines:
@@ -50,11 +54,15 @@ class BatchWriter:
             return 0
         block = b"\n".join(self._lines)
         try:
-            self._client.raw_insert(
-                self.table, self._columns, insert_block=block, fmt="JSONEachRow", settings=INSERT_SETTINGS
-            )
+            with self._insert_seconds.time():
+                self._client.raw_insert(
+                    self.table, self._columns, insert_block=block, fmt="JSONEachRow", settings=INSERT_SETTINGS
+                )
         except Exception as exc:  # any driver or engine failure: keep the rows, report upward
+            self._errors.inc()
             raise SinkError(f"insert into {self.table} failed: {exc}") from exc
         count = len(self._lines)
         self._lines = []
+        self._inserted.inc(count)
+        self._batches.observe(count)
         return count

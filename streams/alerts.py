@@ -29,11 +29,12 @@ import orjson
 
 from schemas.rules import MATCH_FIELDS, PANE_S, Impact, Match, Rule, RuleFile, format_duration
 from schemas.series import OVERFLOW
-from streams.windows import Accumulator, epoch, iso
+from streams.windows import NANOS, Accumulator, Nanos, decimal_nanos, epoch, iso, nanos
 
 _ONE = Decimal(1)
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
+_MAX_FIELD_VALUES = 10_000  # combinations of filtered field values remembered per event type
 _REVENUE_BUCKET_S = 60
 
 GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
@@ -58,10 +59,12 @@ class _Matcher:
         bounds = match.value
         self.bounds = None if bounds is None else (bounds.gt, bounds.gte, bounds.lt, bounds.lte)
 
-    def __call__(self, event: dict[str, Any], point: float) -> bool:
-        for name, allowed in self.fields:
-            if event.get(name) not in allowed:
-                return False
+    def fields_match(self, event: dict[str, Any]) -> bool:
+        """The field filters (checked once per combination of field values, see `_TypeRules`)."""
+        return all(event.get(name) in allowed for name, allowed in self.fields)
+
+    def details_match(self, event: dict[str, Any], point: float) -> bool:
+        """The tag filters and value bounds, for an event whose fields match."""
         if self.tags:
             tags = event.get("tags") or {}
             for key, allowed in self.tags:
@@ -85,6 +88,8 @@ class _Compiled:
     numerator: _Matcher
     denominator: _Matcher | None
     sketch: bool  # percentile rules keep a sketch per pane
+    sums: bool  # sum and avg rules keep exact sums; the others leave them at 0
+    horizon: int  # rule.horizon, read for every event
 
     def group_of(self, event: dict[str, Any]) -> tuple[str, ...]:
         tags = event.get("tags") or {}
@@ -92,6 +97,41 @@ class _Compiled:
             str(event.get(key) or "") if key in MATCH_FIELDS else tags.get(key, "")
             for key in self.rule.group_by
         )
+
+
+_Candidate = tuple[_Compiled, bool, bool]  # a rule, and whether its numerator / denominator fields match
+
+
+@dataclass(slots=True)
+class _TypeRules:
+    """The rules on one event type. Most events match no rule, and which rules an event can
+    match depends only on the few fields the rules filter on (`metric`, `funnel`...): the
+    answer is kept per combination of their values, so an event costs one lookup here, and
+    the tag filters and value bounds only of the rules its fields let through."""
+
+    rules: list[_Compiled] = field(default_factory=list)
+    fields: tuple[str, ...] = ()  # every field a rule of the type filters on
+    seen: dict[tuple[Any, ...], list[_Candidate]] = field(default_factory=dict)
+
+    def add(self, compiled: _Compiled) -> None:
+        self.rules.append(compiled)
+        matchers = [compiled.numerator, compiled.denominator or compiled.numerator]
+        named = {name for matcher in matchers for name, _ in matcher.fields}
+        self.fields = tuple(sorted(set(self.fields) | named))
+
+    def candidates(self, event: dict[str, Any]) -> list[_Candidate]:
+        values = tuple(map(event.get, self.fields))
+        found = self.seen.get(values)
+        if found is None:
+            if len(self.seen) >= _MAX_FIELD_VALUES:
+                self.seen.clear()
+            found = self.seen[values] = []
+            for compiled in self.rules:
+                numerator = compiled.numerator.fields_match(event)
+                denominator = compiled.denominator is not None and compiled.denominator.fields_match(event)
+                if numerator or denominator:
+                    found.append((compiled, numerator, denominator))
+        return found
 
 
 @dataclass(slots=True)
@@ -107,16 +147,24 @@ class AlertGroup:
     changed_at: float = -math.inf  # event-time clock of the last state change
 
 
-def _point(event: dict[str, Any]) -> tuple[Decimal, float]:
-    """What an event adds to a sum (exact) and the value its filters and percentiles see."""
+def _point(event: dict[str, Any]) -> float:
+    """The value an event's filters and percentiles see."""
     kind = event["type"]
     if kind == "performance":
-        value = event["value"]
-        return Decimal(repr(value)), float(value)
+        return float(event["value"])
     if kind == "revenue":
-        amount = Decimal(event["amount"])
-        return amount, float(amount)
-    return _ONE, 1.0
+        return float(Decimal(event["amount"]))
+    return 1.0
+
+
+def _nanos(event: dict[str, Any]) -> Nanos:
+    """What an event adds to a sum: exact, in billionths (only sum and avg rules keep sums)."""
+    kind = event["type"]
+    if kind == "performance":
+        return nanos(event["value"])
+    if kind == "revenue":
+        return decimal_nanos(Decimal(event["amount"]))
+    return NANOS
 
 
 def fingerprint(labels: dict[str, str]) -> str:
@@ -132,12 +180,14 @@ class AlertEngine:
                 _Matcher(rule.match),
                 None if rule.of is None else _Matcher(rule.of),
                 rule.aggregate in _QUANTILES,
+                rule.aggregate in ("sum", "avg"),
+                rule.horizon,
             )
             for rule in rules.rules
         }
-        self._by_type: dict[str, list[_Compiled]] = {}
+        self._by_type: dict[str, _TypeRules] = {}
         for compiled in self._compiled.values():
-            self._by_type.setdefault(compiled.rule.match.type, []).append(compiled)
+            self._by_type.setdefault(compiled.rule.match.type, _TypeRules()).add(compiled)
         impacts = [r.impact.revenue_window for r in rules.rules if r.impact is not None]
         self._revenue_window = max(impacts, default=0)
         # project -> minute -> currency -> revenue: for the business impact of an alert.
@@ -166,23 +216,28 @@ class AlertEngine:
             if timestamp > newest:  # same-format ISO strings order like the times they name
                 newest = timestamp
             kind = event["type"]
-            candidates = self._by_type.get(kind)
-            if candidates is None and not (kind == "revenue" and self._revenue_window):
+            typed = self._by_type.get(kind)
+            candidates = () if typed is None else typed.candidates(event)
+            if not candidates and not (kind == "revenue" and self._revenue_window):
                 continue
-            # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
-            prefix = timestamp[:18] if len(timestamp) == 24 else timestamp
-            start = self._pane_starts.get(prefix)
-            if start is None:
-                if len(self._pane_starts) > 10_000:
-                    self._pane_starts.clear()
-                start = self._pane_starts[prefix] = int(epoch(timestamp) // PANE_S) * PANE_S
-            total, point = _point(event)
+            point = _point(event)
+            start = None  # the pane, found once a rule wants the event (most of its candidates don't)
             if kind == "revenue" and self._revenue_window:
-                self._add_revenue(project, event["currency"], start, total)
-            for compiled in candidates or ():
-                key = self._fold(compiled, project, event, start, total, point)
-                if key is not None:
-                    touched.add(key)
+                start = self._pane_start(timestamp)
+                self._add_revenue(project, event["currency"], start, Decimal(event["amount"]))
+            for compiled, numerator_fields, denominator_fields in candidates:
+                numerator = numerator_fields and compiled.numerator.details_match(event, point)
+                denominator = (
+                    denominator_fields
+                    and compiled.denominator is not None
+                    and compiled.denominator.details_match(event, point)
+                )
+                if numerator or denominator:
+                    if start is None:
+                        start = self._pane_start(timestamp)
+                    key = self._fold(compiled, project, event, start, point, (numerator, denominator))
+                    if key is not None:
+                        touched.add(key)
         if newest:
             self._newest = max(self._newest, epoch(newest))
             self._arrival = now
@@ -192,22 +247,29 @@ class AlertEngine:
         changes = (self._evaluate(key, clock, now) for key in sorted(touched))
         return [change for change in changes if change is not None]
 
+    def _pane_start(self, timestamp: str) -> int:
+        # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
+        prefix = timestamp[:18] if len(timestamp) == 24 else timestamp
+        start = self._pane_starts.get(prefix)
+        if start is None:
+            if len(self._pane_starts) > 10_000:
+                self._pane_starts.clear()
+            start = self._pane_starts[prefix] = int(epoch(timestamp) // PANE_S) * PANE_S
+        return start
+
     def _fold(  # noqa: PLR0913  # one event's parts, computed once for every rule
         self,
         compiled: _Compiled,
         project: str,
         event: dict[str, Any],
         start: int,
-        total: Decimal,
         point: float,
+        matched: tuple[bool, bool],  # by the numerator, by the denominator
     ) -> GroupKey | None:
         rule = compiled.rule
-        numerator = compiled.numerator(event, point)
-        denominator = compiled.denominator is not None and compiled.denominator(event, point)
-        if not (numerator or denominator):
-            return None
-        if start + PANE_S <= self._newest - rule.horizon - PANE_S:
+        if start + PANE_S <= self._newest - compiled.horizon - PANE_S:
             return None  # older than anything the rule still looks at
+        total = _nanos(event) if compiled.sums else 0
         key = self._group_key(compiled, project, event)
         group = self._groups.get(key)
         if group is None:
@@ -215,20 +277,22 @@ class AlertEngine:
         pane = group.panes.get(start)
         if pane is None:
             pane = group.panes[start] = [None, None]
-        for index, matched in enumerate((numerator, denominator)):
-            if matched:
+        for index, by in enumerate(matched):
+            if by:
                 acc = pane[index]
                 if acc is None:
                     pane[index] = Accumulator.first(total, point, compiled.sketch)
                 else:
                     acc.add(total, point)
-        if rule.baseline is not None and numerator:
+        if rule.baseline is not None and matched[0]:
             hour = start // 3600 * 3600
-            added = total if rule.aggregate == "sum" else _ONE
+            added = Decimal(total).scaleb(-9) if rule.aggregate == "sum" else _ONE
             group.hours[hour] = group.hours.get(hour, Decimal(0)) + added
         return key
 
     def _group_key(self, compiled: _Compiled, project: str, event: dict[str, Any]) -> GroupKey:
+        if not compiled.rule.group_by:
+            return (compiled.rule.name, project, ())
         values = compiled.group_of(event)
         key = (compiled.rule.name, project, values)
         if values and key not in self._groups:
@@ -261,11 +325,12 @@ class AlertEngine:
         # The current pane and the window's worth of panes before it: "5m" looks back between 5 m
         # and 5 m 10 s, and an event a few milliseconds older than the newest one still counts.
         end = int(clock // PANE_S) * PANE_S
-        numerator = self._merged(group, end - rule.window, end, 0)
-        count = 0 if numerator is None else numerator.count
+        # Every group touched by a record is evaluated: the panes are read, never merged into a
+        # copy, except for percentiles.
+        numerator = self._panes(group, end - rule.window, end, 0)
+        count = sum(acc.count for acc in numerator)
         if rule.aggregate == "ratio":
-            denominator = self._merged(group, end - rule.window, end, 1)
-            samples = 0 if denominator is None else denominator.count
+            samples = sum(acc.count for acc in self._panes(group, end - rule.window, end, 1))
             if samples == 0 or samples < rule.min_samples:
                 return None, samples
             return count / samples, samples
@@ -276,17 +341,20 @@ class AlertEngine:
         elif rule.aggregate == "rate":
             value = count / rule.window
         elif rule.aggregate == "sum":
-            value = 0.0 if numerator is None else float(numerator.total)
-        elif numerator is None:
+            value = float(Decimal(sum(acc.nanos for acc in numerator)).scaleb(-9))
+        elif not numerator:
             return None, 0
         elif rule.aggregate == "avg":
-            value = float(numerator.total) / count
+            value = float(Decimal(sum(acc.nanos for acc in numerator)).scaleb(-9)) / count
         elif rule.aggregate == "min":
-            value = float(numerator.low)
+            value = float(min(acc.low for acc in numerator))
         elif rule.aggregate == "max":
-            value = float(numerator.high)
-        elif numerator.sketch is not None:
-            value = numerator.sketch.quantile(_QUANTILES[rule.aggregate])
+            value = float(max(acc.high for acc in numerator))
+        elif numerator[0].sketched:
+            merged = numerator[0].copy()
+            for acc in numerator[1:]:
+                merged.merge(acc)
+            value = merged.sketch_of().quantile(_QUANTILES[rule.aggregate])
         else:
             return None, count
         if rule.baseline is not None and value is not None:
@@ -295,17 +363,10 @@ class AlertEngine:
         return value, count
 
     @staticmethod
-    def _merged(group: AlertGroup, first: int, last: int, index: int) -> Accumulator | None:
-        merged: Accumulator | None = None
-        for start in range(first, last + PANE_S, PANE_S):
-            pane = group.panes.get(start)
-            acc = None if pane is None else pane[index]
-            if acc is not None:
-                if merged is None:
-                    merged = acc.copy()
-                else:
-                    merged.merge(acc)
-        return merged
+    def _panes(group: AlertGroup, first: int, last: int, index: int) -> list[Accumulator]:
+        """The numerator (0) or denominator (1) of the group's panes starting in [first, last]."""
+        panes = group.panes.items()
+        return [acc for start, pane in panes if first <= start <= last and (acc := pane[index]) is not None]
 
     @staticmethod
     def _baseline(rule: Rule, group: AlertGroup, clock: float) -> float | None:

@@ -12,8 +12,11 @@ window go to the dead-letter topic.
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,18 +24,29 @@ import faust
 import orjson
 from aiokafka.errors import KafkaError
 
+from cosnap_metrics.status import serve_status
 from ingest.producer import EnvelopeProducer
+from schemas.records import distinct_request_ids, request_ids_header, request_ids_in
 from schemas.rules import load_rules
 from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
 from schemas.topics import MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
 from streams.checkpoint import PARTITION_HEADER, Checkpoint, encode, load_latest, read_published_alerts
+from streams.metrics import (
+    CHECKPOINT_SECONDS,
+    LATE_EVENTS,
+    WorkerStatus,
+    count_transitions,
+    count_windows,
+    events_folded,
+)
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
-from streams.windows import EventTimeWindows
+from streams.windows import ClosedWindows, EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
+MAX_WINDOWS_IN_FLIGHT = 50_000  # window records sent and not yet acknowledged (~25 MB)
 
 
 @dataclass
@@ -78,6 +92,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
     )
     rules = load_rules(settings.rules_file)
     states: dict[int, PartitionState] = {}
+    status = WorkerStatus(settings.tick_s)
     loading = asyncio.Lock()
 
     def new_windows() -> EventTimeWindows:
@@ -156,10 +171,12 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 log.warning("%d alert changes not published; retry in %.1fs: %r", len(changes), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        count_transitions(changes)
         for change in changes:
             log.info("alert %s %s %s", change["rule"], change["state"], change["labels"])
 
     @app.agent(events)
+    @_logs_the_failed_record
     async def fold_envelopes(stream: Any) -> None:
         async for record in stream.noack().events():
             message = record.message
@@ -178,10 +195,27 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 if changes:
                     await publish_alerts(message.partition, changes)
             acks = [
-                await send(topics.dead_letter, envelope["project"].encode(), _late_record(envelope, event))
+                await send(
+                    topics.dead_letter,
+                    envelope["project"].encode(),
+                    _late_record(envelope, event),
+                    headers=[request_ids_header([event["request_id"]])],
+                )
                 for event in late
             ]
             await asyncio.gather(*acks)
+            events_folded(message.partition).inc(len(envelope["events"]) - len(late))
+            if late:
+                LATE_EVENTS.inc(len(late))
+                log.info(
+                    "%d events of %s[%d]@%d came after their window closed: dead-lettered as late",
+                    len(late),
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    extra=_record_context(message.topic, message.partition, message.offset)
+                    | {"request_ids": distinct_request_ids(event["request_id"] for event in late)},
+                )
 
     async def checkpoint(partition: int, state: PartitionState) -> None:
         if states.get(partition) is not state:  # revoked meanwhile: the new owner checkpoints it
@@ -196,43 +230,108 @@ def create_app(settings: StreamsSettings) -> faust.App:
             await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
         except Exception:  # Kafka refused or timed out: these records wait for the next checkpoint
             state.unacked = covered + state.unacked
+            log.exception(
+                "checkpoint of events partition %d failed",
+                partition,
+                extra=_record_context(topics.events, partition, state.next_offset),
+            )
             raise
         for message in covered:
             app.consumer.ack(message)
         state.checkpointed_at = time.monotonic()
 
+    async def acknowledged(sent: list[tuple[asyncio.Future[None], ClosedWindows]]) -> None:
+        """Wait until Kafka has the windows sent (raises KafkaUnavailable), and count them."""
+        for acked, closed in sent:
+            await acked
+            count_windows(closed.granularity, len(closed.records))
+        sent.clear()
+
     @app.timer(settings.tick_s)
     async def emit_closed_windows() -> None:
         now = time.time()
+        # The windows of every partition go out before their acks are awaited: one round trip
+        # per tick rather than one per partition and granularity, with at most
+        # MAX_WINDOWS_IN_FLIGHT records queued at a time.
+        sent: list[tuple[asyncio.Future[None], ClosedWindows]] = []
+        in_flight = 0
         for partition, state in list(states.items()):
             async with state.lock:
                 changes = state.alerts.tick(now)
                 if changes:
                     await publish_alerts(partition, changes)
-            for records in state.windows.close_ready(now):
+            for closed in state.windows.close_ready(now):
                 acked = asyncio.get_running_loop().create_future()
-                emitter.produce_all(
-                    topics.aggregates,
-                    [
-                        (f"{r['series_id']}|{r['granularity']}|{r['window_start']}".encode(), orjson.dumps(r))
-                        for r in records
-                    ],
-                    acked,
-                )
-                await acked
-            # Windows emitted since the last checkpoint would be emitted again, with the same
-            # numbers, by a worker resuming from it: checkpoints need not follow every emission.
+                emitter.produce_all(topics.aggregates, closed.records, acked)
+                sent.append((acked, closed))
+                in_flight += len(closed.records)
+                if in_flight >= MAX_WINDOWS_IN_FLIGHT:
+                    await acknowledged(sent)
+                    in_flight = 0
+        await acknowledged(sent)
+        for partition, state in list(states.items()):
+            # A checkpoint no longer holds the windows emitted before it, so it follows their
+            # acks. Windows emitted since the last checkpoint would be emitted again, with the
+            # same numbers, by a worker resuming from it: checkpoints need not follow every tick.
             if state.unacked and time.monotonic() - state.checkpointed_at >= settings.checkpoint_s:
-                await checkpoint(partition, state)
+                with CHECKPOINT_SECONDS.time():
+                    await checkpoint(partition, state)
+        status.ticked(app.consumer, topics.events, {p: state.next_offset for p, state in states.items()})
+
+    @app.task
+    async def freeze_startup_objects() -> None:
+        """Exempt what the worker made to start (Faust, pydantic, ~140,000 objects that live as
+        long as it does) from the cyclic collector: each full collection re-scanned them, 0.1 s
+        a time, a few times per 400,000 events (BENCHMARKS.md)."""
+        gc.freeze()
+
+    @app.task
+    async def serve_metrics() -> None:
+        """The worker's /metrics and /health (Faust's web server is off)."""
+        serve_status(settings.metrics_host, settings.streams_metrics_port, status.health)
 
     async def forget_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         # Another worker resumes these partitions from their checkpoints.
         for tp in revoked:
             if tp.topic == topics.events:
                 states.pop(tp.partition, None)
+                status.forget(tp.partition)
 
     app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]  # mode's signal typing
     return app
+
+
+def _logs_the_failed_record(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Faust logs an agent that raised as crashed, and restarts it; this first logs (and so
+    reports to Sentry) the record it failed on, with the requests the record's header names (its
+    value may be what could not be read)."""
+
+    @functools.wraps(agent)
+    async def run(stream: Any) -> None:
+        try:
+            await agent(stream)
+        except Exception:
+            event = faust.current_event()
+            if event is None:
+                log.exception("folding envelopes failed")
+            else:
+                message = event.message
+                log.exception(
+                    "folding the envelope %s[%d]@%d failed",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    extra=_record_context(message.topic, message.partition, message.offset)
+                    | {"request_ids": request_ids_in(message.headers)},
+                )
+            raise
+
+    return run
+
+
+def _record_context(topic: str, partition: int, offset: int) -> dict[str, Any]:
+    """The log (and Sentry) context of a record."""
+    return {"topic": topic, "partition": partition, "offset": offset}
 
 
 def _late_record(envelope: dict[str, Any], event: dict[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import cramjam
@@ -36,8 +37,20 @@ class Checkpoint:
 
 
 def encode(checkpoint: Checkpoint) -> bytes:
-    payload = orjson.dumps({"v": 1, "next_offset": checkpoint.next_offset, "state": checkpoint.state})
+    """zstd JSON of the state, which may hold dataclasses (the live window accumulators,
+    written by orjson without a Python object per window), int keys and Decimals."""
+    payload = orjson.dumps(
+        {"v": 2, "next_offset": checkpoint.next_offset, "state": checkpoint.state},
+        option=orjson.OPT_NON_STR_KEYS,
+        default=_decimal,
+    )
     return bytes(cramjam.zstd.compress(payload))
+
+
+def _decimal(value: object) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"a checkpoint cannot hold {type(value).__name__}")
 
 
 def decode(value: bytes) -> Checkpoint:

@@ -1,23 +1,30 @@
-"""From an event (a wire dict of an envelope) to its series and the value it adds.
+"""From an event (a wire dict of an envelope) to its series.
 
 A series is (project, type, name, currency, dims): `name` is the revenue name, the metric, the
 feature or `funnel:step`; `dims` holds the built-in dimensions (`action`, `unit`) and the tags
 the series config names, each dimension capped in distinct values (see schemas/series.py).
+
+Resolving runs for every event, so it is a lookup: the resolver remembers, per (project, type,
+name and built-in dimension), which raw tag values led to which series. Only an unseen
+combination goes through the dimension rules and the caps; caching those answers changes none,
+since a value's fate under its cap never changes once decided.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
-from decimal import Decimal
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from schemas.series import OVERFLOW, SeriesConfig
 
 Dims = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
-_ONE = Decimal(1)
-_MAX_INTERNED = 1_000_000
+_MAX_VALUE_COMBINATIONS = 10_000  # per name: raw tag values remembered; a runaway tag refills it
 
 
 def series_id(key: SeriesKey) -> str:
@@ -25,6 +32,44 @@ def series_id(key: SeriesKey) -> str:
     project, kind, name, currency, dims = key
     text = "\x1f".join([project, kind, name, currency, *(f"{k}={v}" for k, v in dims)])
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+@dataclass(slots=True, eq=False)
+class Series:
+    """One series. The resolver makes one object per series key and windows are keyed by it,
+    so lookups hash its identity, not a tuple of strings."""
+
+    key: SeriesKey
+    id: str
+    kind: str = field(init=False)
+    head: bytes = field(init=False)  # its final records' unchanging fields, as JSON (see `_head`)
+
+    def __post_init__(self) -> None:
+        self.kind = self.key[1]
+        self.head = _head(self.key, self.id)
+
+
+def _head(key: SeriesKey, id_: str) -> bytes:
+    """`{"v":1,"project":...,"series_id":...` without the closing brace: the part of a
+    WindowAggregate record that every window of the series shares, encoded once."""
+    project, kind, name, currency, dims = key
+    fields = {"v": 1, "project": project, "type": kind, "name": name, "currency": currency}
+    return orjson.dumps(fields | {"dims": dict(dims), "series_id": id_})[:-1]
+
+
+@dataclass(slots=True)
+class _Name:
+    """What the series of one (project, type, name, built-in dimension) have in common."""
+
+    project: str
+    kind: str
+    name: str
+    currency: str
+    builtin: Dims  # `unit` or `action`
+    tags: tuple[str, ...]  # the tags that become dimensions, in the configured order
+    step: tuple[str, str] | None  # conversion: the key of its step_index
+    plain: Series | None = None  # the series of events without any dimension tag
+    by_values: dict[tuple[str | None, ...], Series] = field(default_factory=dict)
 
 
 class SeriesResolver:
@@ -36,10 +81,77 @@ class SeriesResolver:
         self._tags_for: dict[tuple[str, str], tuple[str, ...]] = {}
         self._seen: dict[tuple[str, str, str, str], set[str]] = {}
         self.overflowed = 0
-        self._keys: dict[SeriesKey, SeriesKey] = {}
-        self._ids: dict[SeriesKey, str] = {}
+        self._names: dict[tuple[str, str, str, str], _Name] = {}
+        self._by_key: dict[SeriesKey, Series] = {}
         # (project, "funnel:step") -> the step's position in its funnel, as events report it.
         self.step_index: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        """How many series objects the resolver holds (live or not; see `keep_only`)."""
+        return len(self._by_key)
+
+    def resolve(self, project: str, event: dict[str, Any]) -> Series:
+        """The event's series. Raises KeyError for an event without its type's fields (the
+        ingest never writes one)."""
+        kind = event["type"]
+        if kind == "performance":  # the most frequent type first
+            found = self._names.get((project, kind, event["metric"], event["unit"]))
+        elif kind == "feature":
+            found = self._names.get((project, kind, event["feature"], event["action"]))
+        elif kind == "revenue":
+            found = self._names.get((project, kind, event["name"], event["currency"]))
+        else:
+            found = self._names.get((project, kind, event["funnel"], event["step"]))
+        name = self._name(project, event) if found is None else found
+        if name.step is not None and "step_index" in event:
+            self.step_index[name.step] = event["step_index"]
+        tags = event.get("tags")
+        if not tags or not name.tags:
+            return name.plain or self._series(name, ())
+        values = tuple(map(tags.get, name.tags))
+        return name.by_values.get(values) or self._series(name, values)
+
+    def _name(self, project: str, event: dict[str, Any]) -> _Name:
+        kind = event["type"]
+        currency, step = "", None
+        builtin: Dims = ()
+        if kind == "performance":
+            name, extra = event["metric"], event["unit"]
+            builtin = (("unit", extra),)
+        elif kind == "feature":
+            name, extra = event["feature"], event["action"]
+            builtin = (("action", extra),)
+        elif kind == "revenue":
+            name, extra = event["name"], event["currency"]
+            currency = extra
+        else:
+            name, extra = f"{event['funnel']}:{event['step']}", event["step"]
+            step = (project, name)
+        lookup = event["funnel"] if kind == "conversion" else name
+        found = self._names[(project, kind, lookup, extra)] = _Name(
+            project, kind, name, currency, builtin, self._dimension_tags(kind, name), step
+        )
+        return found
+
+    def _series(self, name: _Name, values: tuple[str | None, ...]) -> Series:
+        """The series of raw tag values (none: an event without tags) not resolved before:
+        capped, then shared with any other values that cap to the same dimensions."""
+        dims = name.builtin + tuple(
+            (tag, self._capped(name, tag, value))
+            for tag, value in zip(name.tags, values, strict=False)
+            if value is not None
+        )
+        key = (name.project, name.kind, name.name, name.currency, dims)
+        series = self._by_key.get(key)
+        if series is None:
+            series = self._by_key[key] = Series(key, series_id(key))
+        if not values:
+            name.plain = series
+        else:
+            if len(name.by_values) >= _MAX_VALUE_COMBINATIONS:
+                name.by_values.clear()
+            name.by_values[values] = series
+        return series
 
     def _dimension_tags(self, kind: str, name: str) -> tuple[str, ...]:
         found = self._tags_for.get((kind, name))
@@ -51,10 +163,10 @@ class SeriesResolver:
             found = self._tags_for[(kind, name)] = tuple(tags)
         return found
 
-    def _capped(self, project: str, kind: str, name: str, dim: str, value: str) -> str:
-        seen = self._seen.get((project, kind, name, dim))
+    def _capped(self, name: _Name, dim: str, value: str) -> str:
+        seen = self._seen.get((name.project, name.kind, name.name, dim))
         if seen is None:
-            seen = self._seen[(project, kind, name, dim)] = set()
+            seen = self._seen[(name.project, name.kind, name.name, dim)] = set()
         elif value in seen:
             return value
         if len(seen) >= self._config.max_values:
@@ -63,14 +175,23 @@ class SeriesResolver:
         seen.add(value)
         return value
 
-    def id_of(self, key: SeriesKey) -> str:
-        """`series_id(key)`, remembered (windows of a series close again and again)."""
-        found = self._ids.get(key)
-        if found is None:
-            if len(self._ids) > _MAX_INTERNED:
-                self._ids.clear()
-            found = self._ids[key] = series_id(key)
-        return found
+    def series(self, key: SeriesKey) -> Series:
+        """The series of a key read back from a checkpoint."""
+        series = self._by_key.get(key)
+        if series is None:
+            series = self._by_key[key] = Series(key, series_id(key))
+        return series
+
+    def keep_only(self, live: Iterable[Series]) -> None:
+        """Forget every series but `live` (those with an open window), so that series whose
+        windows all closed do not accumulate. A forgotten series that sends again gets a new
+        object; the caller guarantees no open window holds the old one."""
+        self._by_key = {series.key: series for series in live}
+        for name in self._names.values():
+            if name.plain is not None and name.plain.key not in self._by_key:
+                name.plain = None
+            name.by_values = {v: s for v, s in name.by_values.items() if s.key in self._by_key}
+        self._names = {k: n for k, n in self._names.items() if n.plain is not None or n.by_values}
 
     def to_state(self) -> dict[str, Any]:
         """The dimension values seen so far and the funnel step positions (for a checkpoint)."""
@@ -82,38 +203,3 @@ class SeriesResolver:
     def restore(self, state: dict[str, Any]) -> None:
         self._seen = {(p, k, n, d): set(values) for p, k, n, d, values in state["seen"]}
         self.step_index = {(project, name): index for project, name, index in state["step_index"]}
-
-    def resolve(
-        self, project: str, event: dict[str, Any]
-    ) -> tuple[SeriesKey, Decimal, float | Decimal | int]:
-        """The event's series, what it adds to the sum (exact) and its value as min/max keep it:
-        revenue its amount (per currency), performance its value (the float as sent, and its
-        decimal for the sum); conversion and feature events add 1 (their sum is their count)."""
-        kind = event["type"]
-        currency = ""
-        point: float | Decimal | int
-        if kind == "performance":  # the most frequent type first
-            name, point = event["metric"], event["value"]
-            value = Decimal(repr(point))
-            dims = [("unit", event["unit"])]
-        elif kind == "feature":
-            name, value, point = event["feature"], _ONE, 1
-            dims = [("action", event["action"])]
-        elif kind == "revenue":
-            name, currency, value, dims = event["name"], event["currency"], Decimal(event["amount"]), []
-            point = value
-        else:
-            name, value, point, dims = f"{event['funnel']}:{event['step']}", _ONE, 1, []
-            if "step_index" in event:
-                self.step_index[(project, name)] = event["step_index"]
-        tags = event.get("tags")
-        if tags:
-            for tag in self._dimension_tags(kind, name):
-                if tag in tags:
-                    dims.append((tag, self._capped(project, kind, name, tag, tags[tag])))
-        key = (project, kind, name, currency, tuple(dims))
-        # One key object per series, however many windows and events refer to it. Clearing the
-        # table only stops the sharing for keys already held, so it is bounded that way.
-        if len(self._keys) > _MAX_INTERNED:
-            self._keys.clear()
-        return self._keys.setdefault(key, key), value, point

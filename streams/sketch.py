@@ -11,7 +11,9 @@ costs memory per distinct bin it holds, not per possible bin.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 RELATIVE_ACCURACY = 0.01
 _GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
@@ -20,11 +22,22 @@ _MIN_POSITIVE = 1e-9  # below this a value counts as zero (a 1 ns latency is 0 f
 
 
 _BINS: dict[int, int] = {}  # one int object per bin index, shared by every sketch's store
+# value -> its bin: measurements repeat (latencies sent in whole or tenth milliseconds), and a
+# lookup costs a fraction of the logarithm. Cleared when full, so a stream of distinct values
+# costs one logarithm each, as without it.
+_BIN_OF: dict[float, int] = {}
+_MAX_REMEMBERED = 100_000
 
 
 def _bin(value: float) -> int:
-    index = math.ceil(math.log(value) / _LOG_GAMMA)
-    return _BINS.setdefault(index, index)
+    index = _BIN_OF.get(value)
+    if index is None:
+        computed = math.ceil(math.log(value) / _LOG_GAMMA)
+        index = _BINS.setdefault(computed, computed)
+        if len(_BIN_OF) >= _MAX_REMEMBERED:
+            _BIN_OF.clear()
+        _BIN_OF[value] = index
+    return index
 
 
 def _value(index: int) -> float:
@@ -40,7 +53,9 @@ class DDSketch:
 
     def add(self, value: float) -> None:
         if value > _MIN_POSITIVE:
-            index = _bin(value)
+            index = _BIN_OF.get(value)  # `_bin` without a call when the value was seen (most are)
+            if index is None:
+                index = _bin(value)
             self.positive[index] = self.positive.get(index, 0) + 1
         elif value < -_MIN_POSITIVE:
             index = _bin(-value)
@@ -50,6 +65,13 @@ class DDSketch:
         else:
             self.zeros += 1
         self.count += 1
+
+    @classmethod
+    def of(cls, *values: float) -> DDSketch:
+        sketch = cls()
+        for value in values:
+            sketch.add(value)
+        return sketch
 
     def merge(self, other: DDSketch) -> None:
         for index, n in other.positive.items():
@@ -63,24 +85,26 @@ class DDSketch:
         self.count += other.count
 
     def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
-        """Several quantiles (ascending `qs`) in one pass over the bins."""
+        """Several quantiles (ascending `qs`) in one pass over the bins: the cumulative counts
+        are summed in C, and only the bins the quantiles fall in are turned into values."""
         if self.count == 0:
             return [None] * len(qs)
-        ranks = [q * (self.count - 1) for q in qs]
-        out: list[float | None] = []
-        seen = 0
         negative = self.negative or {}
-        bins = [(-_value(i), negative[i]) for i in sorted(negative, reverse=True)]
-        if self.zeros:
-            bins.append((0.0, self.zeros))
-        bins.extend((_value(i), self.positive[i]) for i in sorted(self.positive))
-        for value, n in bins:
-            seen += n
-            while len(out) < len(ranks) and seen > ranks[len(out)]:
-                out.append(value)
-            if len(out) == len(ranks):
-                break
-        return out + [bins[-1][0]] * (len(ranks) - len(out))
+        below = sorted(negative, reverse=True)  # most negative first
+        above = sorted(self.positive)
+        counts = [*map(negative.__getitem__, below), self.zeros, *map(self.positive.__getitem__, above)]
+        cumulative = list(accumulate(counts))
+        out: list[float | None] = []
+        for q in qs:
+            # The first bin whose cumulative count passes the rank (an empty zero bin never does).
+            at = min(bisect_right(cumulative, q * (self.count - 1)), len(counts) - 1)
+            if at < len(below):
+                out.append(-_value(below[at]))
+            elif at == len(below):
+                out.append(0.0)
+            else:
+                out.append(_value(above[at - len(below) - 1]))
+        return out
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0 <= q <= 1) within the relative accuracy; None for an empty sketch."""
@@ -103,17 +127,20 @@ class DDSketch:
         return _value(max(self.positive))
 
     def to_wire(self) -> dict[str, object]:
-        """A JSON-ready form (bin index -> count) that `from_wire` reads back."""
+        """The form of schemas.records.Sketch (bin index -> count), which `from_wire` reads back.
+        Its keys are ints, for orjson's OPT_NON_STR_KEYS (no string per bin is made), and it
+        shares the bins with the sketch: encode it before the sketch changes."""
         return {
             "accuracy": RELATIVE_ACCURACY,
-            "positive": {str(k): v for k, v in self.positive.items()},
-            "negative": {str(k): v for k, v in (self.negative or {}).items()},
+            "positive": self.positive,
+            "negative": self.negative or {},
             "zeros": self.zeros,
         }
 
     @classmethod
     def from_wire(cls, wire: dict[str, object]) -> DDSketch:
+        """Read back `to_wire()`, or the sketch as orjson writes the dataclass."""
         positive = {int(k): int(v) for k, v in dict(wire["positive"]).items()}  # type: ignore[call-overload]
-        negative = {int(k): int(v) for k, v in dict(wire["negative"]).items()}  # type: ignore[call-overload]
+        negative = {int(k): int(v) for k, v in dict(wire["negative"] or {}).items()}  # type: ignore[call-overload]
         zeros = int(wire["zeros"])  # type: ignore[call-overload]
         return cls(positive, negative or None, zeros, sum(positive.values()) + sum(negative.values()) + zeros)

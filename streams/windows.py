@@ -1,9 +1,15 @@
 """Event-time windows: 10-second panes per series, rolled up into 1-minute and 1-hour windows,
 each emitted once, final, when the watermark passes its end plus the grace period.
 
-An event adds to its pane only; a closed pane is merged into its minute and its hour. Every
-granularity therefore holds exactly the same events, and an event is late (routed to the
-dead-letter topic, never folded in) when its pane has closed.
+An event adds to its pane only; a closed pane is merged into its minute, and a closed minute
+into its hour. Every granularity therefore holds exactly the same events, and an event is late
+(routed to the dead-letter topic, never folded in) when its pane has closed.
+
+Every event passes through `add_envelope` and every window through `close_ready` and the
+checkpoints, so the representation is chosen for them: windows are keyed by the resolver's
+`Series` objects, sums are integers of billionths, a performance window builds its sketch only
+from its third value on, final records are joined from JSON fragments encoded once per series,
+and a checkpoint is one `orjson.dumps` of the live accumulators (see BENCHMARKS.md).
 
 Plain Python driven by the Faust agent (streams/app.py) and by unit tests without Kafka.
 """
@@ -18,77 +24,159 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from schemas.records import GRANULARITY_SECONDS, Granularity
-from streams.series import SeriesKey, SeriesResolver
+from streams.series import Series, SeriesKey, SeriesResolver
 from streams.sketch import DDSketch
 from streams.watermark import Watermark
 
 PANE: Granularity = "10s"
 ROLLUPS: tuple[Granularity, ...] = ("1m", "1h")
+_INTO: dict[Granularity, Granularity] = {"10s": "1m", "1m": "1h"}  # where a closed window is merged
 _LABELS, _QS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
-
+NANOS = 1_000_000_000  # a sum is kept in billionths of its unit
+# Below this magnitude a float's ulp is under 1e-9, so at most one decimal of nine places rounds
+# to it: if `round(v * 1e9) / 1e9 == v`, that decimal is the one its repr (its JSON) shows.
+_EXACT_BELOW = 2.0**22
+_NANOS_OF: dict[float, int | Decimal] = {}  # value -> nanos(value): values repeat, like bins
+_MAX_REMEMBERED = 100_000
+_MIN_SERIES_KEPT = 100_000  # series objects held before forgetting those without open windows
 
 Point = float | Decimal | int  # a value as min/max keep it: performance float, revenue Decimal, else 1
+Nanos = int | Decimal  # an exact sum in billionths: an int, a Decimal only past nine decimals
+
+
+def nanos(value: float) -> Nanos:
+    """The decimal of a measurement as sent (the shortest repr of the float, which is what JSON
+    carried) in billionths: an int when it has at most nine decimals, else an exact Decimal."""
+    found = _NANOS_OF.get(value)
+    if found is None:
+        scaled = round(value * 1e9)
+        if -_EXACT_BELOW < value < _EXACT_BELOW and scaled / 1e9 == value:
+            found = scaled
+        else:
+            found = Decimal(repr(value)).scaleb(9)
+        if len(_NANOS_OF) >= _MAX_REMEMBERED:
+            _NANOS_OF.clear()
+        _NANOS_OF[value] = found
+    return found
+
+
+def decimal_nanos(amount: Decimal) -> Nanos:
+    """An exact decimal in billionths (an int for at most nine decimals, as revenue has)."""
+    scaled = amount.scaleb(9)
+    return int(scaled) if scaled == scaled.to_integral_value() else scaled
+
+
+def decimal_text(total: Nanos) -> str:
+    """A sum in billionths as the plain decimal string a record carries ("12.5", "3")."""
+    if isinstance(total, Decimal):
+        text = format(total.scaleb(-9), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    whole, fraction = divmod(abs(total), NANOS)
+    sign = "-" if total < 0 else ""
+    return f"{sign}{whole}.{fraction:09d}".rstrip("0") if fraction else f"{sign}{whole}"
 
 
 @dataclass(slots=True)
 class Accumulator:
-    """count, exact sum, min and max of a series in one window; a sketch for performance series.
+    """count, exact sum, min and max of a series in one window; a sketch if `sketched`.
 
-    The sum is exact (Decimal); min and max keep the values as sent (a float for performance),
-    which is exact too and a quarter of a Decimal's memory.
+    The sum is kept in billionths (`nanos`, see `nanos()`): integers add in a fraction of a
+    Decimal's time and stay exact. min and max keep the values as sent (a float for
+    performance), which is exact too. A sketched accumulator holding at most two values has
+    no sketch yet: they are its min and max, and `sketch_of` builds it from them (a window of
+    one event costs no sketch, which is most windows of a quiet series).
     """
 
     count: int
-    total: Decimal
+    nanos: Nanos
     low: Point
     high: Point
-    sketch: DDSketch | None
+    sketched: bool
+    sketch: DDSketch | None = None
 
     @classmethod
-    def first(cls, total: Decimal, point: Point, with_sketch: bool) -> Accumulator:
-        acc = cls(1, total, point, point, None)
-        if with_sketch:
-            acc.sketch = DDSketch()
-            acc.sketch.add(float(point))
-        return acc
+    def first(cls, nanos: Nanos, point: Point, sketched: bool) -> Accumulator:
+        return cls(1, nanos, point, point, sketched)
 
-    def add(self, total: Decimal, point: Point) -> None:
+    @property
+    def total(self) -> Decimal:
+        """The exact sum."""
+        return Decimal(self.nanos).scaleb(-9)
+
+    @property
+    def mean(self) -> float:
+        if isinstance(self.nanos, Decimal):
+            return float(self.total) / self.count
+        return self.nanos / NANOS / self.count  # int / int: correctly rounded, as float(total)
+
+    def add(self, nanos: Nanos, point: Point) -> None:
+        if self.sketched:
+            if self.sketch is not None:
+                self.sketch.add(float(point))
+            elif self.count == 2:
+                self.sketch = DDSketch.of(float(self.low), float(self.high), float(point))
         self.count += 1
-        self.total += total
+        self.nanos += nanos
         if point < self.low:
             self.low = point
         elif point > self.high:
             self.high = point
-        if self.sketch is not None:
-            self.sketch.add(float(point))
 
     def merge(self, other: Accumulator) -> None:
+        if other.sketched and self.count + other.count > 2:
+            if self.sketch is None:
+                self.sketch = self.sketch_of()
+            if other.sketch is None:
+                self.sketch.merge(other.sketch_of())
+            else:
+                self.sketch.merge(other.sketch)
+            self.sketched = True
         self.count += other.count
-        self.total += other.total
+        self.nanos += other.nanos
         self.low = min(self.low, other.low)
         self.high = max(self.high, other.high)
-        if other.sketch is not None:
-            if self.sketch is None:
-                self.sketch = DDSketch()
-            self.sketch.merge(other.sketch)
 
-    def to_state(self) -> list[Any]:
-        sketch = None if self.sketch is None else self.sketch.to_wire()
-        return [self.count, str(self.total), _point_state(self.low), _point_state(self.high), sketch]
-
-    @classmethod
-    def from_state(cls, state: list[Any]) -> Accumulator:
-        count, total, low, high, sketch = state
-        restored_sketch = None if sketch is None else DDSketch.from_wire(sketch)
-        return cls(count, Decimal(total), _point(low), _point(high), restored_sketch)
+    def sketch_of(self) -> DDSketch:
+        """The sketch of the values (built from min and max while there are at most two)."""
+        if self.sketch is not None:
+            return self.sketch
+        values = () if self.count == 0 else (self.low,) if self.count == 1 else (self.low, self.high)
+        return DDSketch.of(*(float(v) for v in values))
 
     def copy(self) -> Accumulator:
         sketch = None
         if self.sketch is not None:
             sketch = DDSketch()
             sketch.merge(self.sketch)
-        return Accumulator(self.count, self.total, self.low, self.high, sketch)
+        return Accumulator(self.count, self.nanos, self.low, self.high, self.sketched, sketch)
+
+    def to_state(self) -> list[Any]:
+        """A JSON-ready list (the alert engine's checkpoints and those of release 0.1)."""
+        sketch = self.sketch_of().to_wire() if self.sketched else None
+        return [self.count, str(self.total), _point_state(self.low), _point_state(self.high), sketch]
+
+    @classmethod
+    def from_state(cls, state: list[Any]) -> Accumulator:
+        count, total, low, high, sketch = state
+        restored = None if sketch is None else DDSketch.from_wire(sketch)
+        sketched = sketch is not None
+        return cls(count, decimal_nanos(Decimal(total)), _point(low), _point(high), sketched, restored)
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any]) -> Accumulator:
+        """Read back the accumulator as orjson wrote the dataclass (`EventTimeWindows.to_state`)."""
+        total, sketch = fields["nanos"], fields["sketch"]
+        return cls(
+            fields["count"],
+            Decimal(total) if isinstance(total, str) else total,
+            _point(fields["low"]),
+            _point(fields["high"]),
+            fields["sketched"],
+            None if sketch is None else DDSketch.from_wire(sketch),
+        )
 
 
 def _point_state(point: Point) -> float | int | str:
@@ -109,6 +197,18 @@ def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedWindows:
+    """Final windows of one granularity, as records for the aggregates topic: (key
+    `series_id|granularity|window_start`, value schemas.records.WindowAggregate as JSON)."""
+
+    granularity: Granularity
+    records: list[tuple[bytes, bytes]]
+
+
+Closed = list[tuple[Series, int, Accumulator]]  # (series, window start, accumulator)
+
+
 class EventTimeWindows:
     """Open windows of every granularity for the partitions a worker owns.
 
@@ -124,12 +224,13 @@ class EventTimeWindows:
         self._pane = GRANULARITY_SECONDS[PANE]
         # granularity -> window start -> series -> accumulator: the windows of one start close
         # together, and no (series, start) tuple is kept per window.
-        self._open: dict[Granularity, dict[int, dict[SeriesKey, Accumulator]]] = {
+        self._open: dict[Granularity, dict[int, dict[Series, Accumulator]]] = {
             g: {} for g in (PANE, *ROLLUPS)
         }
         self._closing: dict[Granularity, list[int]] = {g: [] for g in (PANE, *ROLLUPS)}  # heaps of starts
         self.late_events = 0
         self._pane_starts: dict[str, int] = {}  # timestamp prefix -> pane start; bounded below
+        self._series_kept = _MIN_SERIES_KEPT
 
     def _closed_before(self) -> float:
         """Windows whose end + grace is at or before the watermark are closed."""
@@ -143,13 +244,15 @@ class EventTimeWindows:
         newest = ""  # the greatest timestamp: same-format ISO strings order like the times they name
         size = self._pane
         pane_starts = self._pane_starts
+        resolve = self._series.resolve
+        pane: dict[Series, Accumulator] = {}  # the events of an envelope mostly share a pane
+        pane_start = -1
         for event in envelope["events"]:
             timestamp = event["timestamp"]
             # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
             start = pane_starts.get(timestamp[:18]) if len(timestamp) == 24 else None
             if start is None:
-                event_time = epoch(timestamp)
-                start = int(event_time // size) * size
+                start = int(epoch(timestamp) // size) * size
                 if len(timestamp) == 24:
                     pane_starts[timestamp[:18]] = start
             if start + size <= closed_before:
@@ -157,14 +260,26 @@ class EventTimeWindows:
                 continue
             if timestamp > newest:
                 newest = timestamp
-            key, total, point = self._series.resolve(project, event)
-            pane = panes.get(start)
-            if pane is None:
-                pane = panes[start] = {}
-                heapq.heappush(self._closing[PANE], start)
-            acc = pane.get(key)
+            series = resolve(project, event)
+            if start != pane_start:
+                found = panes.get(start)
+                if found is None:
+                    found = panes[start] = {}
+                    heapq.heappush(self._closing[PANE], start)
+                pane_start, pane = start, found
+            kind = series.kind
+            point: Point
+            if kind == "performance":  # the most frequent type first
+                value: float = event["value"]
+                point, total = value, _NANOS_OF.get(value) or nanos(value)
+            elif kind == "revenue":
+                amount = point = Decimal(event["amount"])
+                total = decimal_nanos(amount)
+            else:  # conversion and feature events count: their sum is their count
+                point, total = 1, NANOS
+            acc = pane.get(series)
             if acc is None:
-                pane[key] = Accumulator.first(total, point, key[1] == "performance")
+                pane[series] = Accumulator(1, total, point, point, kind == "performance")
             else:
                 acc.add(total, point)
         if newest:
@@ -172,35 +287,37 @@ class EventTimeWindows:
         self.late_events += len(late)
         return late
 
-    def _pop_closed(
-        self, granularity: Granularity, closed_before: float
-    ) -> list[tuple[SeriesKey, int, Accumulator]]:
+    def _pop_closed(self, granularity: Granularity, closed_before: float) -> Closed:
         size = GRANULARITY_SECONDS[granularity]
         heap, windows = self._closing[granularity], self._open[granularity]
-        out: list[tuple[SeriesKey, int, Accumulator]] = []
+        out: Closed = []
         while heap and heap[0] + size <= closed_before:
             start = heapq.heappop(heap)
-            out.extend((key, start, acc) for key, acc in windows.pop(start).items())
+            out.extend((series, start, acc) for series, acc in windows.pop(start).items())
         return out
 
-    def _roll_up(self, key: SeriesKey, pane_start: int, pane: Accumulator) -> None:
-        for granularity in ROLLUPS:
-            size = GRANULARITY_SECONDS[granularity]
-            start = pane_start // size * size
-            windows = self._open[granularity].get(start)
-            if windows is None:
-                windows = self._open[granularity][start] = {}
-                heapq.heappush(self._closing[granularity], start)
-            acc = windows.get(key)
-            if acc is None:
-                windows[key] = pane.copy()
+    def _merge_into(self, granularity: Granularity, closed: Closed) -> None:
+        """Merge closed windows into the windows of granularity `granularity` that hold them.
+        Their records are built by now, so an accumulator without a counterpart there moves up
+        as it is, uncopied."""
+        size = GRANULARITY_SECONDS[granularity]
+        windows, heap = self._open[granularity], self._closing[granularity]
+        for series, start, acc in closed:
+            larger = start // size * size
+            found = windows.get(larger)
+            if found is None:
+                found = windows[larger] = {}
+                heapq.heappush(heap, larger)
+            merged = found.get(series)
+            if merged is None:
+                found[series] = acc
             else:
-                acc.merge(pane)
+                merged.merge(acc)
 
-    def close_ready(self, now: float, chunk: int = 10_000) -> Iterator[list[dict[str, Any]]]:
-        """Advance the watermark to wall time `now` and yield every window it closed, as records
-        of schemas.records.WindowAggregate, in lists of at most `chunk` (so that a tick closing
-        100,000 series never holds them all as records at once). Consume it to the end."""
+    def close_ready(self, now: float, chunk: int = 10_000) -> Iterator[ClosedWindows]:
+        """Advance the watermark to wall time `now` and yield every window it closed, in lists of
+        at most `chunk` records (so that a tick closing 100,000 series never holds them all as
+        records at once). Consume it to the end."""
         self._watermark.advance(now)
         closed_before = self._closed_before()
         emitted_at = iso(now)
@@ -208,20 +325,24 @@ class EventTimeWindows:
             self._pane_starts.clear()
         for granularity in (PANE, *ROLLUPS):
             closed = self._pop_closed(granularity, closed_before)
-            if granularity == PANE:
-                for key, start, acc in closed:
-                    self._roll_up(key, start, acc)
             steps = self._funnel_steps(closed)
             for first in range(0, len(closed), chunk):
-                yield self._records(granularity, closed[first : first + chunk], emitted_at, steps)
+                part = closed[first : first + chunk]
+                records = self._records(granularity, part, emitted_at, steps)
+                if granularity in _INTO:
+                    self._merge_into(_INTO[granularity], part)
+                yield ClosedWindows(granularity, records)
+        if len(self._series) > self._series_kept:
+            live = {series for opened in self._open.values() for found in opened.values() for series in found}
+            self._series.keep_only(live)
+            self._series_kept = max(2 * len(live), _MIN_SERIES_KEPT)
 
-    def _funnel_steps(
-        self, closed: list[tuple[SeriesKey, int, Accumulator]]
-    ) -> dict[tuple[str, str, int], dict[int, int]]:
+    def _funnel_steps(self, closed: Closed) -> dict[tuple[str, str, int], dict[int, int]]:
         """(project, funnel, window start) -> step index -> count, for step-to-step ratios."""
         steps: dict[tuple[str, str, int], dict[int, int]] = defaultdict(dict)
-        for (project, kind, name, _currency, _dims), start, acc in closed:
-            if kind == "conversion":
+        for series, start, acc in closed:
+            if series.kind == "conversion":
+                project, _, name, _, _ = series.key
                 index = self._series.step_index.get((project, name))
                 if index is not None:
                     steps[(project, name.split(":", 1)[0], start)][index] = acc.count
@@ -230,60 +351,68 @@ class EventTimeWindows:
     def _records(
         self,
         granularity: Granularity,
-        closed: list[tuple[SeriesKey, int, Accumulator]],
+        closed: Closed,
         emitted_at: str,
         steps: dict[tuple[str, str, int], dict[int, int]],
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[bytes, bytes]]:
+        """The records of closed windows: each value joins the series' encoded head, the
+        window's bounds (encoded once per start) and its own numbers."""
         size = GRANULARITY_SECONDS[granularity]
         records = []
-        bounds: dict[int, tuple[str, str]] = {}
-        for key, start, acc in closed:
-            project, kind, name, currency, dims = key
+        bounds: dict[int, tuple[str, bytes]] = {}  # start -> (its key suffix, its encoded fields)
+        for series, start, acc in closed:
             window = bounds.get(start)
             if window is None:
-                window = bounds[start] = (iso(start), iso(start + size))
-            record: dict[str, Any] = {
-                "v": 1,
-                "project": project,
-                "type": kind,
-                "name": name,
-                "currency": currency,
-                "dims": dict(dims),
-                "series_id": self._series.id_of(key),
-                "granularity": granularity,
-                "window_start": window[0],
-                "window_end": window[1],
+                window_start = iso(start)
+                fields = {
+                    "granularity": granularity,
+                    "window_start": window_start,
+                    "window_end": iso(start + size),
+                    "emitted_at": emitted_at,
+                }
+                window = bounds[start] = (f"|{granularity}|{window_start}", b"," + orjson.dumps(fields)[1:-1])
+            numbers: dict[str, Any] = {
                 "count": acc.count,
-                "sum": str(acc.total),
+                "sum": decimal_text(acc.nanos),
                 "min": str(acc.low),
                 "max": str(acc.high),
-                "mean": float(acc.total) / acc.count,
-                "emitted_at": emitted_at,
+                "mean": acc.mean,
             }
-            if acc.sketch is not None:
-                for label, value in zip(_LABELS, acc.sketch.quantiles(_QS), strict=True):
-                    record[label] = value
-                record["sketch"] = acc.sketch.to_wire()
-            if kind == "conversion":
+            if acc.sketched:
+                sketch = acc.sketch_of()
+                numbers.update(zip(_LABELS, sketch.quantiles(_QS), strict=True))
+                numbers["sketch"] = sketch.to_wire()
+            if series.kind == "conversion":
+                project, _, name, _, _ = series.key
                 index = self._series.step_index.get((project, name))
                 if index is not None:
-                    record["step_index"] = index
+                    numbers["step_index"] = index
                     previous = steps.get((project, name.split(":", 1)[0], start), {}).get(index - 1)
                     if previous:
-                        record["ratio_to_previous"] = acc.count / previous
-            records.append(record)
+                        numbers["ratio_to_previous"] = acc.count / previous
+            parts = (series.head, window[1], b",", orjson.dumps(numbers, option=orjson.OPT_NON_STR_KEYS)[1:])
+            records.append(((series.id + window[0]).encode(), b"".join(parts)))
         return records
 
     def to_state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: open windows, watermark, series bookkeeping."""
+        """Everything needed to resume exactly: open windows, watermark, series bookkeeping.
+
+        The accumulators in it are the live ones, not copies (an object per window is what made
+        checkpoints slow): encode it (streams.checkpoint.encode) before the windows change.
+        """
         return {
-            "windows": {
-                granularity: [
-                    [*key[:4], [list(d) for d in key[4]], start, acc.to_state()]
-                    for start, series in windows.items()
-                    for key, acc in series.items()
-                ]
+            "open": {
+                granularity: {
+                    str(start): {series.id: acc for series, acc in found.items()}
+                    for start, found in windows.items()
+                }
                 for granularity, windows in self._open.items()
+            },
+            "series_keys": {
+                series.id: series.key
+                for windows in self._open.values()
+                for found in windows.values()
+                for series in found
             },
             "watermark": self._watermark.to_state(),
             "series": self._series.to_state(),
@@ -291,14 +420,27 @@ class EventTimeWindows:
         }
 
     def restore(self, state: dict[str, Any], now: float) -> None:
-        """Resume from `to_state()` (called before any event of the restored partition)."""
-        for granularity, rows in state["windows"].items():
-            windows: dict[int, dict[SeriesKey, Accumulator]] = {}
-            for project, kind, name, currency, dims, start, acc in rows:
-                key: SeriesKey = (project, kind, name, currency, tuple((k, v) for k, v in dims))
-                windows.setdefault(start, {})[key] = Accumulator.from_state(acc)
-            self._open[granularity] = windows
-            self._closing[granularity] = sorted(windows)
+        """Resume from `to_state()` (called before any event of the restored partition). Reads
+        the checkpoints of release 0.1 too (`windows`: one row per window)."""
+        if "windows" in state:
+            for granularity, rows in state["windows"].items():
+                windows: dict[int, dict[Series, Accumulator]] = {}
+                for project, kind, name, currency, dims, start, acc in rows:
+                    key: SeriesKey = (project, kind, name, currency, tuple((k, v) for k, v in dims))
+                    windows.setdefault(start, {})[self._series.series(key)] = Accumulator.from_state(acc)
+                self._open[granularity] = windows
+                self._closing[granularity] = sorted(windows)
+        else:
+            series = {
+                id_: self._series.series((p, k, n, c, tuple((d, v) for d, v in dims)))
+                for id_, (p, k, n, c, dims) in state["series_keys"].items()
+            }
+            for granularity, starts in state["open"].items():
+                self._open[granularity] = {
+                    int(start): {series[id_]: Accumulator.from_json(acc) for id_, acc in found.items()}
+                    for start, found in starts.items()
+                }
+                self._closing[granularity] = sorted(self._open[granularity])
         self._watermark.restore(state["watermark"], now)
         self._series.restore(state["series"])
         self.late_events = state["late_events"]

@@ -75,19 +75,33 @@ class Pipeline:
     write_key: str
     logs: Path
     processes: dict[str, Popen[bytes]] = field(default_factory=dict)
+    status_urls: dict[str, str] = field(default_factory=dict)
 
     def start(self, *services: str) -> None:
-        """Start services by CLI command; `streams#2` starts a second `streams` process."""
+        """Start services by CLI command; `streams#2` starts a second `streams` process (with
+        status ports of its own)."""
         for name in services:
-            command = name.split("#", 1)[0]
+            command, _, instance = name.partition("#")
+            env = self.env
+            if instance:
+                env = env | {k: str(free_port()) for k in env if k.endswith("_METRICS_PORT")}
+            self.status_urls[name] = self._status_url(command, env)
             with (self.logs / f"{name}.log").open("ab") as out:
                 self.processes[name] = spawn(
-                    [sys.executable, "-m", "cosnap_metrics.cli", command], env=self.env, stdout=out
+                    [sys.executable, "-m", "cosnap_metrics.cli", command], env=env, stdout=out
                 )
         if "sink" in services:
             self.wait_http(f"{self.query_url}/health", "sink")
         if "ingest" in services:
             self.wait_http(f"{self.ingest_url}/health/ready", "ingest")
+
+    def _status_url(self, command: str, env: dict[str, str]) -> str:
+        """Where the service serves /metrics (and /health, except the ingest: /health/ready)."""
+        if command == "ingest":
+            return self.ingest_url
+        if command == "sink":
+            return self.query_url
+        return f"http://127.0.0.1:{env[f'COSNAP_{command.upper()}_METRICS_PORT']}"
 
     def wait_http(self, url: str, name: str, timeout: float = 90) -> None:
         try:
@@ -193,6 +207,9 @@ def make_pipeline(kafka: KafkaBroker, tmp_path: Path) -> Pipeline:
         "COSNAP_TOPIC_PREFIX": topics.prefix,
         "COSNAP_INGEST_PORT": str(ingest_port),
         "COSNAP_QUERY_URL": f"http://127.0.0.1:{query_port}",
+        "COSNAP_STREAMS_METRICS_PORT": str(free_port()),
+        "COSNAP_NOTIFY_METRICS_PORT": str(free_port()),
+        "COSNAP_SINK_METRICS_PORT": str(free_port()),
         "COSNAP_WINDOW_LATENESS_S": "0",
         "COSNAP_WINDOW_GRACE_S": "1",
         "COSNAP_WATERMARK_IDLE_S": "1",

@@ -31,6 +31,7 @@ from bench.ingest.__main__ import build_loadgen, load
 from bench.kafka import bench_kafka
 from cosnap_metrics.demo import CosnapTraffic
 from cosnap_metrics.processes import spawn, stop
+from cosnap_metrics.progress import ProgressLine
 from cosnap_metrics.supervisor import SERVICES, child_environment, wait_http
 from ingest.keys import KeyStore
 from schemas.rules import DEFAULT_RULES
@@ -93,6 +94,7 @@ def main() -> int:
         logs.mkdir()
         processes = {}
         try:
+            bench.progress.note(f"starting {', '.join(SERVICES)} (logs in {logs})")
             for name in SERVICES:
                 with (logs / f"{name}.log").open("wb") as out:
                     processes[name] = spawn(
@@ -108,14 +110,21 @@ def main() -> int:
                 key,
                 bench.work / "body.json",
                 AlertListener(bench.bootstrap, bench.topics.alerts),
+                bench.progress,
             )
         finally:
             for process in reversed(processes.values()):
                 stop(process, 30)
 
 
-def measure(
-    args: argparse.Namespace, loadgen: Path, ingest: str, key: str, body: Path, alerts: AlertListener
+def measure(  # noqa: PLR0913  # the run's parts
+    args: argparse.Namespace,
+    loadgen: Path,
+    ingest: str,
+    key: str,
+    body: Path,
+    alerts: AlertListener,
+    progress: ProgressLine,
 ) -> int:
     result: dict[str, Any] = {}
     background = threading.Thread(
@@ -126,11 +135,15 @@ def measure(
     posted: dict[str, float] = {}
     try:
         with httpx.Client(base_url=ingest, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            progress.note("warming up")
             client.post("/v1/events", json={"type": "feature", "feature": "warm.up", "action": "x"})
             time.sleep(5)  # the worker has taken its partitions
+            progress.note(f"background load of {args.rate:,} events/s for {args.seconds} s")
             background.start()
             time.sleep(5)  # the background is at its rate
-            for n in range(min(args.probes, args.seconds - 10)):
+            probes = min(args.probes, args.seconds - 10)
+            for n in range(probes):
+                progress.update(f"probe {n + 1}/{probes}, one per second", (n + 1) / probes)
                 probe = {
                     "type": "feature",
                     "feature": "bench.probe",
@@ -141,6 +154,7 @@ def measure(
                 posted[str(n)] = time.time()
                 assert response.status_code == 202, response.text
                 time.sleep(1)
+        progress.finish(f"{probes} probes posted; waiting for the background load to end")
         background.join()
         time.sleep(3)
     finally:

@@ -133,7 +133,9 @@ def run(bench: Bench, loadgen: Path, seconds: int, rounds: int) -> int:
         "COSNAP_RATE_LIMIT_EVENTS_PER_S": "0",
         "COSNAP_LOG_LEVEL": "WARNING",
     }
+    progress = bench.progress
     try:
+        progress.note("starting the ingest API twice: producing (acks=all) and validate-only")
         for name, argv in {
             "validate-only": [sys.executable, "-m", "bench.ingest.null_server"],
             "producing": [sys.executable, "-m", "cosnap_metrics.cli", "ingest"],
@@ -152,8 +154,9 @@ def run(bench: Bench, loadgen: Path, seconds: int, rounds: int) -> int:
             ratios = []
             for url, _ in servers.values():
                 load(loadgen, f"{url}/v1/events", key, body, 2, CONNECTIONS)  # warm-up
-            for _ in range(rounds):
+            for round_ in range(1, rounds + 1):
                 for name, (url, _) in servers.items():
+                    progress.note(f"{shape}: round {round_}/{rounds}, {name}, {seconds} s at full load")
                     run = load(loadgen, f"{url}/v1/events", key, body, seconds, CONNECTIONS)
                     assert run.non_202 == 0, f"{name}: {run.non_202} requests without a 202"
                     rates[name].append(run.requests_per_s)
@@ -166,6 +169,7 @@ def run(bench: Bench, loadgen: Path, seconds: int, rounds: int) -> int:
             ratio = statistics.median(ratios)
             full = statistics.median(rates["producing"])
             # Tail latency on a shared machine swings from run to run: median of three runs.
+            progress.note(f"{shape}: three {seconds} s runs of the producing server at half load")
             halves = [
                 load(
                     loadgen, f"{servers['producing'][0]}/v1/events", key, body, seconds, CONNECTIONS, full / 2

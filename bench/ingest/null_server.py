@@ -6,6 +6,7 @@ Run by bench/ingest as the baseline; never part of the product (a 202 without a 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import uvicorn
 
@@ -16,10 +17,20 @@ from schemas.settings import IngestSettings
 class NullProducer:
     """Acknowledges every record at once without writing it anywhere."""
 
-    def produce(self, topic: str, *, key: bytes | None, value: bytes, acked: asyncio.Future[None]) -> None:
+    def produce(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        acked: asyncio.Future[None],
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         acked.set_result(None)
 
-    async def send(self, topic: str, *, key: bytes | None, value: bytes) -> None:
+    async def send(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
         return None
 
     def ready(self, timeout_s: float) -> bool:

@@ -23,8 +23,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from bench.kafka import Bench
 from cosnap_metrics.processes import spawn, stop
 
-# Faust's log prefix, then the worker's line for the first record of a partition.
-_OWNS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*owns events partition (\d+)", re.M)
+# The worker's line for the first record of a partition (the message of a JSON log line).
+_OWNS = re.compile(r"owns events partition (\d+)")
 _READY = re.compile(r"\[\^Worker\]: (Ready|.*OK \^)| OK \^$", re.M)
 
 
@@ -66,8 +66,12 @@ class Worker:
     def first_records(self) -> dict[int, float]:
         """Partition -> epoch time of its `owns events partition` line, logged when the worker
         has loaded the partition's checkpoint for its first record."""
-        found = _OWNS.findall(self.log.read_text(errors="replace"))
-        return {int(p): datetime.strptime(ts, "%Y-%m-%d %H:%M:%S,%f").timestamp() for ts, p in found}
+        found = {}
+        for line in self.log.read_text(errors="replace").splitlines():
+            if (owns := _OWNS.search(line)) is not None:
+                logged = datetime.fromisoformat(orjson.loads(line)["timestamp"])
+                found[int(owns.group(1))] = logged.timestamp()
+        return found
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

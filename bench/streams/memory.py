@@ -136,11 +136,16 @@ def wait_consumed(bench: Bench, worker: Worker, rss: RssSampler, timeout: float)
         committed = committed_offsets(bench.bootstrap, group, bench.topics.events, EVENT_PARTITIONS)
         done = sum(max(0, committed.get(p, 0)) for p in ends)
         now = rss.read()
-        print(f"    ... committed {done:,}/{total:,} records, RSS {mb(now.get('VmRSS', 0)):.0f} MB, "
-              f"peak {mb(now.get('VmHWM', 0)):.0f} MB", flush=True)  # fmt: skip
+        bench.progress.update(
+            f"worker: committed {done:,}/{total:,} records, RSS {mb(now.get('VmRSS', 0)):.0f} MB, "
+            f"peak {mb(now.get('VmHWM', 0)):.0f} MB",
+            done / total,
+        )
         if all(committed.get(p, -1) >= end for p, end in ends.items() if end):
+            bench.progress.finish(f"worker: committed all {total:,} records")
             return True
         time.sleep(5)
+    bench.progress.finish(f"worker: committed {done:,}/{total:,} records after {timeout:.0f} s")
     return False
 
 
@@ -167,12 +172,14 @@ def main() -> int:
         envelopes = list(pack(series_events(args.series, args.minutes, projects, start)))
 
         reader = AggregateReader(bench, closer_at.replace(second=0).isoformat().replace("+00:00", "Z"))
+        bench.progress.note("starting the streams worker")
         worker = Worker(bench)
         rss = RssSampler(worker.pid)
         try:
             worker.wait_ready()
             idle = rss.read()["VmRSS"]
             began = time.perf_counter()
+            bench.progress.note(f"writing {len(envelopes):,} envelopes to the running worker")
             written = produce(bench.bootstrap, bench.topics.events, envelopes)
             del envelopes
             print(
@@ -187,6 +194,7 @@ def main() -> int:
             if not consumed:
                 print(f"  the worker's group had not committed every record after {args.timeout:.0f} s; "
                       "measuring anyway")  # fmt: skip
+            bench.progress.note(f"waiting for RSS to hold within 2 % for {STEADY_S:.0f} s")
             steady, stable = wait_steady(rss, args.timeout)
             active = rss.read()
             open_when_measured = dict(sorted(reader.tally.records.items()))
@@ -198,6 +206,7 @@ def main() -> int:
                 flush=True,
             )
 
+            bench.progress.note("closing every window (one closer envelope per project)")
             produce(bench.bootstrap, bench.topics.events, closers(projects, closer_at))
             tally = reader.tally
             deadline = time.monotonic() + args.timeout

@@ -7,13 +7,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
+import streams.windows
+from schemas.records import WindowAggregate
 from schemas.series import DEFAULT_SERIES, OVERFLOW, DimensionRule, SeriesConfig
 from streams.checkpoint import Checkpoint, decode, encode
 from streams.series import SeriesResolver, series_id
+from streams.sketch import DDSketch
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+START = int(T0.timestamp())
 
 
 def envelope(*events: dict[str, Any], project: str = "p") -> dict[str, Any]:
@@ -64,7 +70,17 @@ def windows(
 
 
 def drain(w: EventTimeWindows, now: float) -> list[dict[str, Any]]:
-    return [record for chunk in w.close_ready(now, chunk=7) for record in chunk]
+    """The records of the windows closed at `now`, each checked against the record schema and
+    its key (`series_id|granularity|window_start`)."""
+    records = []
+    for closed in w.close_ready(now, chunk=7):
+        for key, value in closed.records:
+            record = orjson.loads(value)
+            WindowAggregate.model_validate(record)
+            assert record["granularity"] == closed.granularity
+            assert key.decode() == f"{record['series_id']}|{record['granularity']}|{record['window_start']}"
+            records.append(record)
+    return records
 
 
 def by(closed: list[dict[str, Any]], granularity: str) -> list[dict[str, Any]]:
@@ -222,3 +238,71 @@ def test_a_restored_checkpoint_resumes_exactly() -> None:
     assert len({(c["series_id"], c["granularity"], c["window_start"]) for c in closed_whole}) == len(
         closed_whole
     )
+
+
+def test_performance_sums_are_the_exact_decimals_sent_even_past_nine_places() -> None:
+    w = windows()
+    values = [0.1, 0.2, 0.30000000000000004, 1e15, 123.456789012, 5e-10, -2.5, 7.0]
+    w.add_envelope(0, envelope(*(latency(1, v) for v in values)), 0)
+    w.add_envelope(0, envelope(latency(11, 1.0)), 0)
+    [pane] = [c for c in by(drain(w, 0), "10s") if c["window_start"].endswith("12:00:00Z")]
+    exact = sum(Decimal(repr(v)) for v in values)
+    assert Decimal(pane["sum"]) == exact and "E" not in pane["sum"]
+    assert pane["mean"] == float(exact) / len(values)
+    assert (pane["min"], pane["max"]) == ("-2.5", "1000000000000000.0")
+
+
+def test_a_window_builds_the_sketch_of_its_values_however_few() -> None:
+    for values in ([250.0], [3.5, 900.0], [3.5, 900.0, 42.0], [0.0, -7.0]):
+        w = windows()
+        w.add_envelope(0, envelope(*(latency(i, v) for i, v in enumerate(values))), 0)
+        w.add_envelope(0, envelope(latency(3600, 1.0)), 0)
+        closed = [c for c in drain(w, 0) if c["window_start"] == "2026-11-26T12:00:00Z"]
+        expected = DDSketch.of(*values)
+        for record in closed:  # the pane, its minute and its hour
+            assert DDSketch.from_wire(record["sketch"]) == expected, (values, record["granularity"])
+            assert [record[p] for p in ("p50", "p90", "p95", "p99")] == expected.quantiles(
+                (0.5, 0.9, 0.95, 0.99)
+            )
+
+
+def test_a_checkpoint_of_release_0_1_is_read_back() -> None:
+    """Open windows as release 0.1 wrote them: one row per window, decimals as strings."""
+    wire = {"accuracy": 0.01, "positive": {"232": 2}, "negative": {}, "zeros": 0}
+    rows = [
+        ["p", "performance", "api.latency", "", [["unit", "ms"]], START, [2, "201.0", 100.5, 100.5, wire]],
+        ["p", "revenue", "sub", "USD", [], START, [1, "9.99", "9.99", "9.99", None]],
+    ]
+    old = {
+        "windows": {"10s": rows, "1m": [], "1h": []},
+        "watermark": {"current": None, "clocks": {"0": float(START + 5)}},
+        "series": {"seen": [], "step_index": []},
+        "late_events": 0,
+    }
+    w = windows()
+    w.restore(old, 0)
+    w.add_envelope(0, envelope(revenue(2, "0.01"), latency(11, 1.0)), 0)
+    closed = {c["type"]: c for c in by(drain(w, 0), "10s") if c["window_start"].endswith("12:00:00Z")}
+    assert (closed["performance"]["count"], closed["performance"]["sum"]) == (2, "201")
+    assert sum(closed["performance"]["sketch"]["positive"].values()) == 2
+    assert (closed["revenue"]["count"], closed["revenue"]["sum"], closed["revenue"]["min"]) == (
+        2,
+        "10",
+        "0.01",
+    )
+
+
+def test_series_without_open_windows_are_forgotten_and_come_back_as_one(monkeypatch: Any) -> None:
+    monkeypatch.setattr(streams.windows, "_MIN_SERIES_KEPT", 3)
+    resolver = SeriesResolver(DEFAULT_SERIES)
+    w = EventTimeWindows(Watermark(lateness_s=0, idle_s=5), grace_s=0, series=resolver)
+    routes = [f"/r{i}" for i in range(6)]
+    for hour in (0, 3600):
+        w.add_envelope(0, envelope(*(latency(hour + t, 5.0, route=r) for r in routes for t in (1, 2))), 0)
+        w.add_envelope(0, envelope(latency(hour + 3600, 1.0)), 0)  # closes the hour: its series go
+        closed = [c for c in drain(w, 0) if c["window_start"] == at(hour).replace("+00:00", "Z")]
+        assert len(resolver) == 1  # only the closer's series has an open window
+        for granularity in ("10s", "1m", "1h"):
+            records = [c for c in by(closed, granularity) if "route" in c["dims"]]  # not the closers
+            assert sorted(c["dims"]["route"] for c in records) == routes
+            assert all(c["count"] == 2 for c in records)
