@@ -163,6 +163,7 @@ def run_demo(  # noqa: PLR0913  # the command's options
         traffic.clock = simulated_now
     sent = accepted = failed = 0
     progress = ProgressLine("demo")
+    clock = "s" if speed == 1.0 else "s simulated"
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {write_key}"}, timeout=30) as client:
         while (elapsed := time.monotonic() - started_wall) < total_seconds:
             due = int(elapsed * rate * speed) - sent
@@ -179,9 +180,9 @@ def run_demo(  # noqa: PLR0913  # the command's options
                 else:
                     failed += size
             progress.update(
-                f"{elapsed * speed:6.0f}s simulated  sent {sent}  accepted {accepted}  failed {failed}",
+                f"{elapsed * speed:6.0f}{clock}  sent {sent}  accepted {accepted}  failed {failed}",
                 elapsed / total_seconds,
             )
             time.sleep(0.05)
-    progress.finish(f"{minutes * 60:.0f}s simulated  sent {sent}  accepted {accepted}  failed {failed}")
+    progress.finish(f"{minutes * 60:.0f}{clock}  sent {sent}  accepted {accepted}  failed {failed}")
     return 0 if failed == 0 else 1
