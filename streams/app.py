@@ -25,6 +25,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from cosnap_metrics.status import serve_status
+from ingest.errors import KafkaUnavailable
 from ingest.producer import EnvelopeProducer
 from schemas.records import distinct_request_ids, request_ids_header, request_ids_in
 from schemas.rules import load_rules
@@ -241,9 +242,22 @@ def create_app(settings: StreamsSettings) -> faust.App:
         state.checkpointed_at = time.monotonic()
 
     async def acknowledged(sent: list[tuple[asyncio.Future[None], ClosedWindows]]) -> None:
-        """Wait until Kafka has the windows sent (raises KafkaUnavailable), and count them."""
+        """Wait until Kafka has the windows sent, and count them. Closed windows have left the
+        partition state (the next checkpoint will not hold them), so a batch Kafka refused is
+        sent again until it is taken; a window sent twice is the same record, which the
+        aggregates table replaces."""
         for acked, closed in sent:
-            await acked
+            delay = 0.2
+            while True:
+                try:
+                    await acked
+                    break
+                except KafkaUnavailable as exc:
+                    log.warning("%d windows not emitted; retry in %.1fs: %s", len(closed.records), delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    acked = asyncio.get_running_loop().create_future()
+                    emitter.produce_all(topics.aggregates, closed.records, acked)
             count_windows(closed.granularity, len(closed.records))
         sent.clear()
 
