@@ -7,6 +7,13 @@ group they touched is evaluated at once ("early": a burst fires within the recor
 the threshold, not when a window closes); a timer evaluates every group so that windows slide on
 and alerts resolve, pend and report no data while events are quiet.
 
+The rules see exactly the events the windows hold: they take the record's batches (one per
+series and pane, streams/windows.py), so an event too late for its pane is in no rule either.
+Which rules a series' events match, and in which group, is decided once per series where the
+series fixes it (its name, built-in dimensions and tag dimensions); only filters on anything
+else (`source`, a tag that is not a dimension, an overflowed one, value bounds) are checked per
+event.
+
 Time is event time: the partition's clock is the newest event time seen, and it follows the wall
 clock once the partition has been idle for `idle_s` (as the watermark does). Replaying records
 after a restart thus re-evaluates exactly what was evaluated before, and every group remembers the
@@ -29,44 +36,72 @@ import orjson
 
 from schemas.rules import MATCH_FIELDS, PANE_S, Impact, Match, Rule, RuleFile, format_duration
 from schemas.series import OVERFLOW
-from streams.windows import NANOS, Accumulator, Nanos, decimal_nanos, epoch, iso, nanos
+from streams.envelope import EVENT_TYPES, Event
+from streams.series import Series
+from streams.windows import Accumulator, Batch, Folded, epoch, iso
 
-_ONE = Decimal(1)
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
-_MAX_FIELD_VALUES = 10_000  # combinations of filtered field values remembered per event type
+_MAX_PLANS = 100_000  # series whose rule plans are remembered; a runaway series count refills it
 _REVENUE_BUCKET_S = 60
 
 GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
 
 
+Filter = tuple[tuple[str, frozenset[str]], ...]  # (field or tag, allowed values)
+Bounds = tuple[float | None, float | None, float | None, float | None]  # gt, gte, lt, lte
+
+
+@dataclass(frozen=True, slots=True)
 class _Matcher:
     """A compiled `Match`: field and tag filters as frozensets, the value bounds as floats."""
 
-    __slots__ = ("bounds", "fields", "tags", "type")
+    fields: Filter
+    tags: Filter
+    bounds: Bounds | None
 
-    def __init__(self, match: Match) -> None:
-        self.type = match.type
-        self.fields = tuple(
-            (name, frozenset([wanted] if isinstance(wanted, str) else wanted))
-            for name in MATCH_FIELDS
-            if (wanted := getattr(match, name)) is not None
-        )
-        self.tags = tuple(
-            (key, frozenset([wanted] if isinstance(wanted, str) else wanted))
-            for key, wanted in match.tags.items()
-        )
+    @classmethod
+    def of(cls, match: Match) -> _Matcher:
         bounds = match.value
-        self.bounds = None if bounds is None else (bounds.gt, bounds.gte, bounds.lt, bounds.lte)
+        return cls(
+            tuple(
+                (name, frozenset([wanted] if isinstance(wanted, str) else wanted))
+                for name in MATCH_FIELDS
+                if (wanted := getattr(match, name)) is not None
+            ),
+            tuple(
+                (key, frozenset([wanted] if isinstance(wanted, str) else wanted))
+                for key, wanted in match.tags.items()
+            ),
+            None if bounds is None else (bounds.gt, bounds.gte, bounds.lt, bounds.lte),
+        )
 
-    def fields_match(self, event: dict[str, Any]) -> bool:
-        """The field filters (checked once per combination of field values, see `_TypeRules`)."""
-        return all(event.get(name) in allowed for name, allowed in self.fields)
+    def decide(self, fields: dict[str, str | None], tags: dict[str, str | None]) -> bool | _Matcher:
+        """Whether every event of a series matches, given what the series fixes (its `fields`
+        and dimension `tags`); when its events may differ, the filters left to check per event
+        (on other fields and tags, and the value bounds)."""
+        open_fields, open_tags = [], []
+        for name, allowed in self.fields:
+            if name not in fields:
+                open_fields.append((name, allowed))
+            elif fields[name] not in allowed:
+                return False
+        for key, allowed in self.tags:
+            if key not in tags:
+                open_tags.append((key, allowed))
+            elif tags[key] not in allowed:
+                return False
+        if not open_fields and not open_tags and self.bounds is None:
+            return True
+        return _Matcher(tuple(open_fields), tuple(open_tags), self.bounds)
 
-    def details_match(self, event: dict[str, Any], point: float) -> bool:
-        """The tag filters and value bounds, for an event whose fields match."""
+    def matches(self, event: Event, point: float) -> bool:
+        """Whether one event matches (for a series `decide` left open)."""
+        for name, allowed in self.fields:
+            if getattr(event, name, None) not in allowed:
+                return False
         if self.tags:
-            tags = event.get("tags") or {}
+            tags = event.tags
             for key, allowed in self.tags:
                 if tags.get(key) not in allowed:
                     return False
@@ -88,50 +123,65 @@ class _Compiled:
     numerator: _Matcher
     denominator: _Matcher | None
     sketch: bool  # percentile rules keep a sketch per pane
-    sums: bool  # sum and avg rules keep exact sums; the others leave them at 0
     horizon: int  # rule.horizon, read for every event
 
-    def group_of(self, event: dict[str, Any]) -> tuple[str, ...]:
-        tags = event.get("tags") or {}
+    def group_of(self, event: Event) -> tuple[str, ...]:
+        tags = event.tags
         return tuple(
-            str(event.get(key) or "") if key in MATCH_FIELDS else tags.get(key, "")
+            str(getattr(event, key, None) or "") if key in MATCH_FIELDS else tags.get(key, "")
             for key in self.rule.group_by
         )
 
+    def plan(self, series: Series) -> _Plan | None:
+        """How the rule takes the events of `series` (None: it takes none of them)."""
+        fields, tags = _fixed_by(series)
+        numerator = self.numerator.decide(fields, tags)
+        denominator: bool | _Matcher = False
+        if self.denominator is not None:
+            denominator = self.denominator.decide(fields, tags)
+        if numerator is False and denominator is False:
+            return None
+        group: list[str] = []
+        for key in self.rule.group_by:
+            fixed = fields if key in MATCH_FIELDS else tags
+            if key not in fixed:
+                return _Plan(self, numerator, denominator, None)
+            group.append(fixed[key] or "")
+        return _Plan(self, numerator, denominator, tuple(group))
 
-_Candidate = tuple[_Compiled, bool, bool]  # a rule, and whether its numerator / denominator fields match
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How a rule takes the events of one series: whether all of them match its numerator and
+    its denominator, and their group, each decided once for the series; where its events may
+    differ, what is left to check per event (a matcher; None: the group)."""
+
+    compiled: _Compiled
+    numerator: bool | _Matcher
+    denominator: bool | _Matcher
+    group: tuple[str, ...] | None
 
 
-@dataclass(slots=True)
-class _TypeRules:
-    """The rules on one event type. Most events match no rule, and which rules an event can
-    match depends only on the few fields the rules filter on (`metric`, `funnel`...): the
-    answer is kept per combination of their values, so an event costs one lookup here, and
-    the tag filters and value bounds only of the rules its fields let through."""
+def _fixed_by(series: Series) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """The match fields and tags equal for every event of a series: its name and built-in
+    dimensions, the fields its type lacks (None), and its tag dimensions unless overflowed."""
+    project, kind, name, currency, dims = series.key
+    values = dict(dims)
+    fields: dict[str, str | None] = dict.fromkeys(set(MATCH_FIELDS) - _FIELDS_OF[kind])
+    if kind == "performance":
+        fields |= {"metric": name, "unit": values.get("unit")}
+    elif kind == "feature":
+        fields |= {"feature": name, "action": values.get("action")}
+    elif kind == "revenue":
+        fields |= {"name": name, "currency": currency}
+    else:
+        funnel, step = name.split(":", 1)
+        fields |= {"funnel": funnel, "step": step}
+    tags = {tag: values.get(tag) for tag in series.dimensions if values.get(tag) != OVERFLOW}
+    return fields, tags
 
-    rules: list[_Compiled] = field(default_factory=list)
-    fields: tuple[str, ...] = ()  # every field a rule of the type filters on
-    seen: dict[tuple[Any, ...], list[_Candidate]] = field(default_factory=dict)
 
-    def add(self, compiled: _Compiled) -> None:
-        self.rules.append(compiled)
-        matchers = [compiled.numerator, compiled.denominator or compiled.numerator]
-        named = {name for matcher in matchers for name, _ in matcher.fields}
-        self.fields = tuple(sorted(set(self.fields) | named))
-
-    def candidates(self, event: dict[str, Any]) -> list[_Candidate]:
-        values = tuple(map(event.get, self.fields))
-        found = self.seen.get(values)
-        if found is None:
-            if len(self.seen) >= _MAX_FIELD_VALUES:
-                self.seen.clear()
-            found = self.seen[values] = []
-            for compiled in self.rules:
-                numerator = compiled.numerator.fields_match(event)
-                denominator = compiled.denominator is not None and compiled.denominator.fields_match(event)
-                if numerator or denominator:
-                    found.append((compiled, numerator, denominator))
-        return found
+_FIELDS_OF = {event_type.kind: set(event_type.__struct_fields__) for event_type in EVENT_TYPES}
 
 
 @dataclass(slots=True)
@@ -147,26 +197,6 @@ class AlertGroup:
     changed_at: float = -math.inf  # event-time clock of the last state change
 
 
-def _point(event: dict[str, Any]) -> float:
-    """The value an event's filters and percentiles see."""
-    kind = event["type"]
-    if kind == "performance":
-        return float(event["value"])
-    if kind == "revenue":
-        return float(Decimal(event["amount"]))
-    return 1.0
-
-
-def _nanos(event: dict[str, Any]) -> Nanos:
-    """What an event adds to a sum: exact, in billionths (only sum and avg rules keep sums)."""
-    kind = event["type"]
-    if kind == "performance":
-        return nanos(event["value"])
-    if kind == "revenue":
-        return decimal_nanos(Decimal(event["amount"]))
-    return NANOS
-
-
 def fingerprint(labels: dict[str, str]) -> str:
     """Stable across episodes, restarts and releases: a hash of the sorted labels."""
     return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
@@ -177,17 +207,17 @@ class AlertEngine:
         self._compiled = {
             rule.name: _Compiled(
                 rule,
-                _Matcher(rule.match),
-                None if rule.of is None else _Matcher(rule.of),
+                _Matcher.of(rule.match),
+                None if rule.of is None else _Matcher.of(rule.of),
                 rule.aggregate in _QUANTILES,
-                rule.aggregate in ("sum", "avg"),
                 rule.horizon,
             )
             for rule in rules.rules
         }
-        self._by_type: dict[str, _TypeRules] = {}
+        self._by_type: dict[str, list[_Compiled]] = {}
         for compiled in self._compiled.values():
-            self._by_type.setdefault(compiled.rule.match.type, _TypeRules()).add(compiled)
+            self._by_type.setdefault(compiled.rule.match.type, []).append(compiled)
+        self._plans: dict[Series, list[_Plan]] = {}
         impacts = [r.impact.revenue_window for r in rules.rules if r.impact is not None]
         self._revenue_window = max(impacts, default=0)
         # project -> minute -> currency -> revenue: for the business impact of an alert.
@@ -197,7 +227,6 @@ class AlertEngine:
         self._idle = idle_s
         self._newest = -math.inf  # newest event time seen
         self._arrival = 0.0  # wall time of the last record
-        self._pane_starts: dict[str, int] = {}
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -206,40 +235,27 @@ class AlertEngine:
         idle = now - self._arrival
         return self._newest + idle if idle >= self._idle else self._newest
 
-    def add_envelope(self, envelope: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        """Fold in a record's events; return the alert records of the state changes they cause."""
-        project = envelope["project"]
+    def add(self, project: str, folded: Folded, now: float) -> list[dict[str, Any]]:
+        """Take a record's events as the windows folded them (the late ones are in no window,
+        and in no rule either); return the alert records of the state changes they cause."""
         touched: set[GroupKey] = set()
-        newest = ""
-        for event in envelope["events"]:
-            timestamp = event["timestamp"]
-            if timestamp > newest:  # same-format ISO strings order like the times they name
-                newest = timestamp
-            kind = event["type"]
-            typed = self._by_type.get(kind)
-            candidates = () if typed is None else typed.candidates(event)
-            if not candidates and not (kind == "revenue" and self._revenue_window):
-                continue
-            point = _point(event)
-            start = None  # the pane, found once a rule wants the event (most of its candidates don't)
-            if kind == "revenue" and self._revenue_window:
-                start = self._pane_start(timestamp)
-                self._add_revenue(project, event["currency"], start, Decimal(event["amount"]))
-            for compiled, numerator_fields, denominator_fields in candidates:
-                numerator = numerator_fields and compiled.numerator.details_match(event, point)
-                denominator = (
-                    denominator_fields
-                    and compiled.denominator is not None
-                    and compiled.denominator.details_match(event, point)
-                )
-                if numerator or denominator:
-                    if start is None:
-                        start = self._pane_start(timestamp)
-                    key = self._fold(compiled, project, event, start, point, (numerator, denominator))
+        for batch in folded.batches:
+            series = batch.series
+            if series.kind == "revenue" and self._revenue_window:
+                self._add_revenue(project, series.key[3], batch.start, Decimal(batch.nanos).scaleb(-9))
+            plans = self._plans.get(series)
+            if plans is None:
+                plans = self._plan(series)
+            for plan in plans:
+                numerator, denominator, group = plan.numerator, plan.denominator, plan.group
+                if isinstance(numerator, bool) and isinstance(denominator, bool) and group is not None:
+                    key = self._fold(plan.compiled, project, group, batch, numerator, denominator)
                     if key is not None:
                         touched.add(key)
-        if newest:
-            self._newest = max(self._newest, epoch(newest))
+                else:
+                    self._fold_split(plan, project, batch, touched)
+        if folded.newest is not None:
+            self._newest = max(self._newest, folded.newest)
             self._arrival = now
         if not touched:
             return []
@@ -247,53 +263,68 @@ class AlertEngine:
         changes = (self._evaluate(key, clock, now) for key in sorted(touched))
         return [change for change in changes if change is not None]
 
-    def _pane_start(self, timestamp: str) -> int:
-        # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
-        prefix = timestamp[:18] if len(timestamp) == 24 else timestamp
-        start = self._pane_starts.get(prefix)
-        if start is None:
-            if len(self._pane_starts) > 10_000:
-                self._pane_starts.clear()
-            start = self._pane_starts[prefix] = int(epoch(timestamp) // PANE_S) * PANE_S
-        return start
+    def _plan(self, series: Series) -> list[_Plan]:
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        plans = self._plans[series] = [
+            plan for compiled in self._by_type.get(series.kind, ()) if (plan := compiled.plan(series))
+        ]
+        return plans
 
-    def _fold(  # noqa: PLR0913  # one event's parts, computed once for every rule
+    def _fold_split(self, plan: _Plan, project: str, batch: Batch, touched: set[GroupKey]) -> None:
+        """Fold a batch for a rule that tells its events apart: split by what each matches and
+        its group, then each part at once."""
+        compiled = plan.compiled
+        numerator, denominator = plan.numerator, plan.denominator
+        parts: dict[tuple[tuple[str, ...], bool, bool], list[Event]] = {}
+        for event, point in zip(batch.events, batch.floats(), strict=True):
+            by_numerator = numerator if isinstance(numerator, bool) else numerator.matches(event, point)
+            by_denominator = (
+                denominator if isinstance(denominator, bool) else denominator.matches(event, point)
+            )
+            if by_numerator or by_denominator:
+                group = compiled.group_of(event) if plan.group is None else plan.group
+                parts.setdefault((group, by_numerator, by_denominator), []).append(event)
+        for (group, by_numerator, by_denominator), events in parts.items():
+            part = Batch.of(batch.series, batch.start, events)
+            key = self._fold(compiled, project, group, part, by_numerator, by_denominator)
+            if key is not None:
+                touched.add(key)
+
+    def _fold(  # noqa: PLR0913  # a rule, a group, and what of the batch it takes
         self,
         compiled: _Compiled,
         project: str,
-        event: dict[str, Any],
-        start: int,
-        point: float,
-        matched: tuple[bool, bool],  # by the numerator, by the denominator
+        values: tuple[str, ...],
+        batch: Batch,
+        numerator: bool,
+        denominator: bool,
     ) -> GroupKey | None:
-        rule = compiled.rule
+        start = batch.start
         if start + PANE_S <= self._newest - compiled.horizon - PANE_S:
             return None  # older than anything the rule still looks at
-        total = _nanos(event) if compiled.sums else 0
-        key = self._group_key(compiled, project, event)
+        key = self._group_key(compiled, project, values)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = AlertGroup(first_seen=start)
         pane = group.panes.get(start)
         if pane is None:
             pane = group.panes[start] = [None, None]
-        for index, by in enumerate(matched):
+        for index, by in ((0, numerator), (1, denominator)):
             if by:
                 acc = pane[index]
                 if acc is None:
-                    pane[index] = Accumulator.first(total, point, compiled.sketch)
+                    pane[index] = Accumulator.of_batch(batch, compiled.sketch)
                 else:
-                    acc.add(total, point)
-        if rule.baseline is not None and matched[0]:
+                    acc.add_batch(batch)
+        rule = compiled.rule
+        if rule.baseline is not None and numerator:
             hour = start // 3600 * 3600
-            added = Decimal(total).scaleb(-9) if rule.aggregate == "sum" else _ONE
+            added = Decimal(batch.nanos).scaleb(-9) if rule.aggregate == "sum" else Decimal(len(batch.events))
             group.hours[hour] = group.hours.get(hour, Decimal(0)) + added
         return key
 
-    def _group_key(self, compiled: _Compiled, project: str, event: dict[str, Any]) -> GroupKey:
-        if not compiled.rule.group_by:
-            return (compiled.rule.name, project, ())
-        values = compiled.group_of(event)
+    def _group_key(self, compiled: _Compiled, project: str, values: tuple[str, ...]) -> GroupKey:
         key = (compiled.rule.name, project, values)
         if values and key not in self._groups:
             counted = (compiled.rule.name, project)

@@ -3,10 +3,11 @@ changes out.
 
 Agents stay thin: they decode records and hand them to `EventTimeWindows` and `AlertEngine`, one
 of each per events partition (envelopes are keyed by project, so a partition holds whole series
-and whole alert groups). Alert changes go to the alerts topic as soon as a record causes them; a
-timer closes windows, sends them to the aggregates topic, evaluates alerts on quiet partitions
-and checkpoints each partition's state (see streams/checkpoint.py); events too late for their
-window go to the dead-letter topic.
+and whole alert groups). Alert changes go to the alerts topic as soon as a record causes them;
+windows go to the aggregates topic as soon as a record moves the watermark past them (and on a
+timer, for partitions whose watermark moves with the wall clock). The timer also evaluates
+alerts on quiet partitions and checkpoints each partition's state (see streams/checkpoint.py);
+events too late for their window go to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from schemas.settings import StreamsSettings
 from schemas.topics import MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
 from streams.checkpoint import PARTITION_HEADER, Checkpoint, encode, load_latest, read_published_alerts
+from streams.envelope import Envelope, Event, decode, raw_events
 from streams.metrics import (
     CHECKPOINT_SECONDS,
     LATE_EVENTS,
@@ -48,6 +50,7 @@ from streams.windows import ClosedWindows, EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
 MAX_WINDOWS_IN_FLIGHT = 50_000  # window records sent and not yet acknowledged (~25 MB)
+GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclass
@@ -93,6 +96,8 @@ def create_app(settings: StreamsSettings) -> faust.App:
     )
     rules = load_rules(settings.rules_file)
     states: dict[int, PartitionState] = {}
+    emitting = asyncio.Lock()  # held while closed windows are out and unacknowledged
+    windows_due = asyncio.Event()  # a record moved a watermark past a window
     status = WorkerStatus(settings.tick_s)
     loading = asyncio.Lock()
 
@@ -185,27 +190,31 @@ def create_app(settings: StreamsSettings) -> faust.App:
             if message.offset < state.next_offset:  # already in the checkpoint it resumed from
                 app.consumer.ack(message)
                 continue
-            envelope = orjson.loads(record.value)
+            envelope = decode(record.value)
             now = time.time()
             async with state.lock:
-                late = state.windows.add_envelope(message.partition, envelope, now)
-                changes = state.alerts.add_envelope(envelope, now)
+                folded = state.windows.add_envelope(message.partition, envelope, now)
+                changes = state.alerts.add(envelope.project, folded, now)
+                if state.windows.due(now):
+                    windows_due.set()
                 state.next_offset = message.offset + 1
+                raw = record.value  # kept for dead-letter records of late events
                 message.value = None  # the message waits for its ack; its bytes need not
                 state.unacked.append(message)
                 if changes:
                     await publish_alerts(message.partition, changes)
+            late = _late_events(raw, envelope, folded.late) if folded.late else []
             acks = [
                 await send(
                     topics.dead_letter,
-                    envelope["project"].encode(),
-                    _late_record(envelope, event),
+                    envelope.project.encode(),
+                    _late_record(envelope.project, event),
                     headers=[request_ids_header([event["request_id"]])],
                 )
                 for event in late
             ]
             await asyncio.gather(*acks)
-            events_folded(message.partition).inc(len(envelope["events"]) - len(late))
+            events_folded(message.partition).inc(len(envelope.events) - len(late))
             if late:
                 LATE_EVENTS.inc(len(late))
                 log.info(
@@ -261,19 +270,16 @@ def create_app(settings: StreamsSettings) -> faust.App:
             count_windows(closed.granularity, len(closed.records))
         sent.clear()
 
-    @app.timer(settings.tick_s)
-    async def emit_closed_windows() -> None:
-        now = time.time()
+    async def emit_closed_windows(now: float) -> None:
+        """Send the windows the watermark closed and wait for their acks. Called with `emitting`
+        held: closed windows leave the partition state here, and no checkpoint may be taken
+        before Kafka has them."""
         # The windows of every partition go out before their acks are awaited: one round trip
-        # per tick rather than one per partition and granularity, with at most
-        # MAX_WINDOWS_IN_FLIGHT records queued at a time.
+        # rather than one per partition and granularity, with at most MAX_WINDOWS_IN_FLIGHT
+        # records queued at a time.
         sent: list[tuple[asyncio.Future[None], ClosedWindows]] = []
         in_flight = 0
-        for partition, state in list(states.items()):
-            async with state.lock:
-                changes = state.alerts.tick(now)
-                if changes:
-                    await publish_alerts(partition, changes)
+        for state in list(states.values()):
             for closed in state.windows.close_ready(now):
                 acked = asyncio.get_running_loop().create_future()
                 emitter.produce_all(topics.aggregates, closed.records, acked)
@@ -283,21 +289,45 @@ def create_app(settings: StreamsSettings) -> faust.App:
                     await acknowledged(sent)
                     in_flight = 0
         await acknowledged(sent)
+
+    @app.timer(settings.tick_s)
+    async def tick() -> None:
+        now = time.time()
         for partition, state in list(states.items()):
-            # A checkpoint no longer holds the windows emitted before it, so it follows their
-            # acks. Windows emitted since the last checkpoint would be emitted again, with the
-            # same numbers, by a worker resuming from it: checkpoints need not follow every tick.
-            if state.unacked and time.monotonic() - state.checkpointed_at >= settings.checkpoint_s:
-                with CHECKPOINT_SECONDS.time():
-                    await checkpoint(partition, state)
+            async with state.lock:
+                changes = state.alerts.tick(now)
+                if changes:
+                    await publish_alerts(partition, changes)
+        async with emitting:
+            await emit_closed_windows(now)
+            for partition, state in list(states.items()):
+                # A checkpoint no longer holds the windows emitted before it, so it follows their
+                # acks. Windows emitted since the last checkpoint would be emitted again, with the
+                # same numbers, by a worker resuming from it: checkpoints need not follow every tick.
+                if state.unacked and time.monotonic() - state.checkpointed_at >= settings.checkpoint_s:
+                    with CHECKPOINT_SECONDS.time():
+                        await checkpoint(partition, state)
         status.ticked(app.consumer, topics.events, {p: state.next_offset for p, state in states.items()})
 
     @app.task
-    async def freeze_startup_objects() -> None:
+    async def emit_due_windows() -> None:
+        """Emit windows as soon as a record moves the watermark past them, not at the next tick."""
+        while not app.should_stop:
+            await windows_due.wait()
+            windows_due.clear()
+            async with emitting:
+                await emit_closed_windows(time.time())
+
+    @app.task
+    async def tune_garbage_collection() -> None:
         """Exempt what the worker made to start (Faust, pydantic, ~140,000 objects that live as
         long as it does) from the cyclic collector: each full collection re-scanned them, 0.1 s
-        a time, a few times per 400,000 events (BENCHMARKS.md)."""
+        a time, a few times per 400,000 events. And collect the young generation every
+        GC_YOUNG_THRESHOLD container allocations instead of 700: a record makes thousands of
+        short-lived lists and tuples, and most of the collector's passes found nothing to free
+        (~10 % of the fold's time, BENCHMARKS.md)."""
         gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     @app.task
     async def serve_metrics() -> None:
@@ -348,12 +378,18 @@ def _record_context(topic: str, partition: int, offset: int) -> dict[str, Any]:
     return {"topic": topic, "partition": partition, "offset": offset}
 
 
-def _late_record(envelope: dict[str, Any], event: dict[str, Any]) -> bytes:
+def _late_events(value: bytes, envelope: Envelope, late: list[Event]) -> list[dict[str, Any]]:
+    """The events of a record, as the ingest wrote them, that the windows found late."""
+    ids = {id(event) for event in late}
+    return [raw for raw, event in zip(raw_events(value), envelope.events, strict=True) if id(event) in ids]
+
+
+def _late_record(project: str, event: dict[str, Any]) -> bytes:
     """A dead-letter record (schemas.records.DeadLetter) for an event its window closed without."""
     return orjson.dumps(
         {
             "v": 1,
-            "project": envelope["project"],
+            "project": project,
             "request_id": event["request_id"],
             "received_at": event["received_at"],
             "index": None,

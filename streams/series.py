@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from schemas.series import OVERFLOW, SeriesConfig
+from streams.envelope import Conversion, Event, Feature, Performance, Revenue
 
 Dims = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
@@ -41,11 +42,14 @@ class Series:
 
     key: SeriesKey
     id: str
+    dimensions: tuple[str, ...]  # the tags that are dimensions of its name (present in `key` or not)
     kind: str = field(init=False)
+    step: tuple[str, str] | None = field(init=False)  # conversion: its key in `step_index`
     head: bytes = field(init=False)  # its final records' unchanging fields, as JSON (see `_head`)
 
     def __post_init__(self) -> None:
         self.kind = self.key[1]
+        self.step = (self.key[0], self.key[2]) if self.kind == "conversion" else None
         self.head = _head(self.key, self.id)
 
 
@@ -67,7 +71,6 @@ class _Name:
     currency: str
     builtin: Dims  # `unit` or `action`
     tags: tuple[str, ...]  # the tags that become dimensions, in the configured order
-    step: tuple[str, str] | None  # conversion: the key of its step_index
     plain: Series | None = None  # the series of events without any dimension tag
     by_values: dict[tuple[str | None, ...], Series] = field(default_factory=dict)
 
@@ -90,46 +93,49 @@ class SeriesResolver:
         """How many series objects the resolver holds (live or not; see `keep_only`)."""
         return len(self._by_key)
 
-    def resolve(self, project: str, event: dict[str, Any]) -> Series:
-        """The event's series. Raises KeyError for an event without its type's fields (the
-        ingest never writes one)."""
-        kind = event["type"]
-        if kind == "performance":  # the most frequent type first
-            found = self._names.get((project, kind, event["metric"], event["unit"]))
-        elif kind == "feature":
-            found = self._names.get((project, kind, event["feature"], event["action"]))
-        elif kind == "revenue":
-            found = self._names.get((project, kind, event["name"], event["currency"]))
+    def resolve(self, project: str, event: Event) -> Series:
+        """The event's series."""
+        if isinstance(event, Performance):  # the most frequent type first
+            found = self._names.get((project, "performance", event.metric, event.unit))
+        elif isinstance(event, Feature):
+            found = self._names.get((project, "feature", event.feature, event.action))
+        elif isinstance(event, Revenue):
+            found = self._names.get((project, "revenue", event.name, event.currency))
         else:
-            found = self._names.get((project, kind, event["funnel"], event["step"]))
+            found = self._names.get((project, "conversion", event.funnel, event.step))
         name = self._name(project, event) if found is None else found
-        if name.step is not None and "step_index" in event:
-            self.step_index[name.step] = event["step_index"]
-        tags = event.get("tags")
+        tags = event.tags
         if not tags or not name.tags:
             return name.plain or self._series(name, ())
         values = tuple(map(tags.get, name.tags))
         return name.by_values.get(values) or self._series(name, values)
 
-    def _name(self, project: str, event: dict[str, Any]) -> _Name:
-        kind = event["type"]
-        currency, step = "", None
+    def note_step(self, series: Series, events: list[Event]) -> None:
+        """Remember the position in its funnel that a conversion series' newest events report."""
+        if series.step is None:
+            return
+        for event in reversed(events):
+            if isinstance(event, Conversion) and event.step_index is not None:
+                self.step_index[series.step] = event.step_index
+                return
+
+    def _name(self, project: str, event: Event) -> _Name:
+        currency = ""
         builtin: Dims = ()
-        if kind == "performance":
-            name, extra = event["metric"], event["unit"]
+        if isinstance(event, Performance):
+            name, extra = event.metric, event.unit
             builtin = (("unit", extra),)
-        elif kind == "feature":
-            name, extra = event["feature"], event["action"]
+        elif isinstance(event, Feature):
+            name, extra = event.feature, event.action
             builtin = (("action", extra),)
-        elif kind == "revenue":
-            name, extra = event["name"], event["currency"]
+        elif isinstance(event, Revenue):
+            name, extra = event.name, event.currency
             currency = extra
         else:
-            name, extra = f"{event['funnel']}:{event['step']}", event["step"]
-            step = (project, name)
-        lookup = event["funnel"] if kind == "conversion" else name
-        found = self._names[(project, kind, lookup, extra)] = _Name(
-            project, kind, name, currency, builtin, self._dimension_tags(kind, name), step
+            name, extra = f"{event.funnel}:{event.step}", event.step
+        lookup = event.funnel if isinstance(event, Conversion) else name
+        found = self._names[(project, event.kind, lookup, extra)] = _Name(
+            project, event.kind, name, currency, builtin, self._dimension_tags(event.kind, name)
         )
         return found
 
@@ -144,7 +150,7 @@ class SeriesResolver:
         key = (name.project, name.kind, name.name, name.currency, dims)
         series = self._by_key.get(key)
         if series is None:
-            series = self._by_key[key] = Series(key, series_id(key))
+            series = self._by_key[key] = Series(key, series_id(key), name.tags)
         if not values:
             name.plain = series
         else:
@@ -179,7 +185,8 @@ class SeriesResolver:
         """The series of a key read back from a checkpoint."""
         series = self._by_key.get(key)
         if series is None:
-            series = self._by_key[key] = Series(key, series_id(key))
+            _, kind, name, _, _ = key
+            series = self._by_key[key] = Series(key, series_id(key), self._dimension_tags(kind, name))
         return series
 
     def keep_only(self, live: Iterable[Series]) -> None:

@@ -66,6 +66,19 @@ class DDSketch:
             self.zeros += 1
         self.count += 1
 
+    def add_all(self, values: list[float]) -> None:
+        """`add` each value; a value whose bin is remembered (most are) costs one lookup."""
+        positive, known = self.positive, _BIN_OF
+        added = 0
+        for value in values:
+            index = known.get(value)
+            if index is None:
+                self.add(value)  # zero, negative, or not seen yet
+            else:
+                positive[index] = positive.get(index, 0) + 1
+                added += 1
+        self.count += added
+
     @classmethod
     def of(cls, *values: float) -> DDSketch:
         sketch = cls()

@@ -6,10 +6,13 @@ into its hour. Every granularity therefore holds exactly the same events, and an
 (routed to the dead-letter topic, never folded in) when its pane has closed.
 
 Every event passes through `add_envelope` and every window through `close_ready` and the
-checkpoints, so the representation is chosen for them: windows are keyed by the resolver's
-`Series` objects, sums are integers of billionths, a performance window builds its sketch only
-from its third value on, final records are joined from JSON fragments encoded once per series,
-and a checkpoint is one `orjson.dumps` of the live accumulators (see BENCHMARKS.md).
+checkpoints, so the representation is chosen for them: a record's events are first grouped by
+pane and series (a `Batch`), and each batch is folded at once, its sums, minimum and maximum
+taken in C over a list of values; the alert rules take the same batches. Windows are keyed by
+the resolver's `Series` objects, sums are integers of billionths, a performance window builds
+its sketch only from its third value on, final records are joined from JSON fragments encoded
+once per series, and a checkpoint is one `orjson.dumps` of the live accumulators (see
+BENCHMARKS.md).
 
 Plain Python driven by the Faust agent (streams/app.py) and by unit tests without Kafka.
 """
@@ -22,11 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from schemas.records import GRANULARITY_SECONDS, Granularity
+from streams.envelope import Envelope, Event, Performance, Revenue
 from streams.series import Series, SeriesKey, SeriesResolver
 from streams.sketch import DDSketch
 from streams.watermark import Watermark
@@ -80,6 +84,54 @@ def decimal_text(total: Nanos) -> str:
 
 
 @dataclass(slots=True)
+class Batch:
+    """The events of one record in one (series, pane), summed up once for the windows and the
+    alert rules: sums, min and max over a list of values run in C, not per event in Python."""
+
+    series: Series
+    start: int
+    events: list[Event]
+    nanos: Nanos
+    low: Point
+    high: Point
+    points: list[float] | list[Decimal] | None  # performance values, revenue amounts; else None
+
+    @classmethod
+    def of(cls, series: Series, start: int, events: list[Event]) -> Batch:
+        kind = series.kind
+        if kind == "performance":
+            values = [event.value for event in cast(list[Performance], events)]
+            known = list(map(_NANOS_OF.get, values))
+            if None in known:
+                known = [nanos(v) if n is None else n for v, n in zip(values, known, strict=True)]
+            total: Nanos = sum(cast(list[Nanos], known))
+            return cls(series, start, events, total, min(values), max(values), values)
+        if kind == "revenue":
+            amounts = [event.amount for event in cast(list[Revenue], events)]
+            total = sum(map(decimal_nanos, amounts))
+            return cls(series, start, events, total, min(amounts), max(amounts), amounts)
+        return cls(series, start, events, NANOS * len(events), 1, 1, None)  # each counts 1
+
+    def floats(self) -> list[float]:
+        """The values as a sketch takes them."""
+        if self.points is None:
+            return [1.0] * len(self.events)
+        if self.series.kind == "revenue":
+            return [float(point) for point in self.points]
+        return cast(list[float], self.points)
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """What `add_envelope` did with a record: its events in batches, the events too late for
+    their pane (folded nowhere), and the newest event time folded (None: every event was late)."""
+
+    batches: list[Batch]
+    late: list[Event]
+    newest: float | None
+
+
+@dataclass(slots=True)
 class Accumulator:
     """count, exact sum, min and max of a series in one window; a sketch if `sketched`.
 
@@ -124,6 +176,30 @@ class Accumulator:
             self.low = point
         elif point > self.high:
             self.high = point
+
+    @classmethod
+    def of_batch(cls, batch: Batch, sketched: bool) -> Accumulator:
+        count = len(batch.events)
+        acc = cls(count, batch.nanos, batch.low, batch.high, sketched)
+        if sketched and count > 2:
+            acc.sketch = DDSketch()
+            acc.sketch.add_all(batch.floats())
+        return acc
+
+    def add_batch(self, batch: Batch) -> None:
+        count = len(batch.events)
+        if self.sketched:
+            if self.sketch is not None:
+                self.sketch.add_all(batch.floats())
+            elif self.count + count > 2:
+                self.sketch = self.sketch_of()
+                self.sketch.add_all(batch.floats())
+        self.count += count
+        self.nanos += batch.nanos
+        if batch.low < self.low:
+            self.low = batch.low
+        if batch.high > self.high:
+            self.high = batch.high
 
     def merge(self, other: Accumulator) -> None:
         if other.sketched and self.count + other.count > 2:
@@ -236,19 +312,21 @@ class EventTimeWindows:
         """Windows whose end + grace is at or before the watermark are closed."""
         return self._watermark.current - self._grace
 
-    def add_envelope(self, partition: int, envelope: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        project = envelope["project"]
+    def add_envelope(self, partition: int, envelope: Envelope, now: float) -> Folded:
+        """Fold a record's events into their panes: first grouped by pane and series, then each
+        group at once (its sums, min and max are computed in C over its values)."""
+        project = envelope.project
         closed_before = self._closed_before()
-        panes = self._open[PANE]
-        late: list[dict[str, Any]] = []
+        late: list[Event] = []
         newest = ""  # the greatest timestamp: same-format ISO strings order like the times they name
         size = self._pane
         pane_starts = self._pane_starts
         resolve = self._series.resolve
-        pane: dict[Series, Accumulator] = {}  # the events of an envelope mostly share a pane
-        pane_start = -1
-        for event in envelope["events"]:
-            timestamp = event["timestamp"]
+        grouped: dict[int, dict[Series, list[Event]]] = {}
+        group: dict[Series, list[Event]] = {}  # the events of an envelope mostly share a pane
+        group_start = -1
+        for event in envelope.events:
+            timestamp = event.timestamp
             # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
             start = pane_starts.get(timestamp[:18]) if len(timestamp) == 24 else None
             if start is None:
@@ -260,32 +338,46 @@ class EventTimeWindows:
                 continue
             if timestamp > newest:
                 newest = timestamp
-            series = resolve(project, event)
-            if start != pane_start:
-                found = panes.get(start)
+            if start != group_start:
+                found = grouped.get(start)
                 if found is None:
-                    found = panes[start] = {}
-                    heapq.heappush(self._closing[PANE], start)
-                pane_start, pane = start, found
-            kind = series.kind
-            point: Point
-            if kind == "performance":  # the most frequent type first
-                value: float = event["value"]
-                point, total = value, _NANOS_OF.get(value) or nanos(value)
-            elif kind == "revenue":
-                amount = point = Decimal(event["amount"])
-                total = decimal_nanos(amount)
-            else:  # conversion and feature events count: their sum is their count
-                point, total = 1, NANOS
-            acc = pane.get(series)
-            if acc is None:
-                pane[series] = Accumulator(1, total, point, point, kind == "performance")
+                    found = grouped[start] = {}
+                group, group_start = found, start
+            series = resolve(project, event)
+            events = group.get(series)
+            if events is None:
+                group[series] = [event]
             else:
-                acc.add(total, point)
+                events.append(event)
+        batches = []
+        panes = self._open[PANE]
+        for start, group in grouped.items():
+            pane = panes.get(start)
+            if pane is None:
+                pane = panes[start] = {}
+                heapq.heappush(self._closing[PANE], start)
+            for series, events in group.items():
+                batch = Batch.of(series, start, events)
+                acc = pane.get(series)
+                if acc is None:
+                    pane[series] = Accumulator.of_batch(batch, series.kind == "performance")
+                else:
+                    acc.add_batch(batch)
+                if series.step is not None:
+                    self._series.note_step(series, events)
+                batches.append(batch)
+        newest_s = None
         if newest:
-            self._watermark.observe(partition, epoch(newest), now)
+            newest_s = epoch(newest)
+            self._watermark.observe(partition, newest_s, now)
         self.late_events += len(late)
-        return late
+        return Folded(batches, late, newest_s)
+
+    def due(self, now: float) -> bool:
+        """Whether the watermark at wall time `now` has closed a pane `close_ready` would emit."""
+        self._watermark.advance(now)
+        closing = self._closing[PANE]
+        return bool(closing) and closing[0] + self._pane <= self._closed_before()
 
     def _pop_closed(self, granularity: Granularity, closed_before: float) -> Closed:
         size = GRANULARITY_SECONDS[granularity]

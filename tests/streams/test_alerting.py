@@ -4,6 +4,7 @@ the two; ten simulated minutes of normal demo traffic fire nothing."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -132,15 +133,18 @@ def test_ten_simulated_minutes_of_normal_demo_traffic_fire_nothing(pipeline: Pip
             check=False,
         )
         assert demo.returncode == 0, demo.stderr.decode()[-2000:]
-        total = pipeline.query("SELECT count() FROM metrics.events FINAL")[0][0]
-        assert isinstance(total, int) and total > 100_000
+        total = int(re.findall(r"accepted (\d+)", demo.stderr.decode())[-1])
+        assert total > 100_000
+        events = "SELECT count() FROM metrics.events FINAL"
+        assert wait_for(lambda: pipeline.query(events) == [[total]], timeout=60), (
+            pipeline.query(events),
+            total,
+        )
         # The worker has seen all of it: every 10-second pane up to the last minute is final.
-        assert wait_for(
-            lambda: (
-                pipeline.query("SELECT sum(count) FROM metrics.aggregates FINAL WHERE granularity = '10s'")
-                == [[total]]
-            ),
-            timeout=120,
+        panes = "SELECT sum(count) FROM metrics.aggregates FINAL WHERE granularity = '10s'"
+        assert wait_for(lambda: pipeline.query(panes) == [[total]], timeout=120, interval=1), (
+            f"10-second panes hold {pipeline.query(panes)} of {total} events\n"
+            + pipeline.log("streams")[-3000:]
         )
         assert listener.records == []
 

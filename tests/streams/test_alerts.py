@@ -4,6 +4,7 @@ filters, percentiles, baselines, group caps, impact, and restart without a repea
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,12 @@ import yaml
 
 from cosnap_metrics.cli import main
 from schemas.rules import DEFAULT_RULES, RuleFile, RulesError, load_rules
+from schemas.series import DEFAULT_SERIES
 from streams.alerts import MAX_GROUPS, AlertEngine, fingerprint
+from streams.envelope import Envelope, decode
+from streams.series import SeriesResolver
+from streams.watermark import Watermark
+from streams.windows import EventTimeWindows
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 NOW = 2_000_000_000.0  # wall clock of the tests: only idleness depends on it
@@ -39,8 +45,17 @@ def payment_failure(seconds: float) -> dict[str, Any]:
     return perf(seconds, "payment.latency", category="payment", status="failed")
 
 
-def envelope(*events: dict[str, Any], project: str = "cosnap") -> dict[str, Any]:
-    return {"project": project, "events": list(events)}
+def envelope(*events: dict[str, Any], project: str = "cosnap") -> Envelope:
+    return decode(orjson.dumps({"project": project, "events": list(events)}))
+
+
+def fold(engine: AlertEngine, record: Envelope, now: float) -> list[dict[str, Any]]:
+    """The engine's changes for a record, its events batched by windows as the worker batches
+    them (with no grace limit: no event is late here)."""
+    windows = EventTimeWindows(
+        Watermark(lateness_s=0, idle_s=5), grace_s=math.inf, series=SeriesResolver(DEFAULT_SERIES)
+    )
+    return engine.add(record.project, windows.add_envelope(0, record, now), now)
 
 
 def rules(*rules: dict[str, Any]) -> RuleFile:
@@ -117,8 +132,8 @@ def test_rules_check_reports_a_template_naming_a_field_the_alert_lacks(tmp_path:
 
 def test_a_burst_fires_on_the_record_that_crosses_the_threshold_once_and_resolves_once() -> None:
     engine = AlertEngine(load_rules(), idle_s=5)
-    assert engine.add_envelope(envelope(payment_failure(1), payment_failure(2)), NOW) == []
-    [firing] = engine.add_envelope(envelope(payment_failure(3)), NOW)
+    assert fold(engine, envelope(payment_failure(1), payment_failure(2)), NOW) == []
+    [firing] = fold(engine, envelope(payment_failure(3)), NOW)
     assert (firing["rule"], firing["state"], firing["value"], firing["severity"]) == (
         "payment_failures", "firing", 3.0, "critical"
     )  # fmt: skip
@@ -127,13 +142,13 @@ def test_a_burst_fires_on_the_record_that_crosses_the_threshold_once_and_resolve
     assert firing["starts_at"] == firing["evaluated_at"] == "2026-11-26T12:00:03Z"
     assert firing["annotations"]["summary"] == "3 payment failures in 5m (threshold 3)"
     assert firing["annotations"]["runbook_url"].startswith("https://")
-    assert engine.add_envelope(envelope(payment_failure(4)), NOW) == []  # still the same episode
+    assert fold(engine, envelope(payment_failure(4)), NOW) == []  # still the same episode
     assert engine.tick(NOW + 1) == []
     # Other traffic moves the clock on; once the failures have left the 5-minute window (whole
     # panes: the current one and the 30 before it), the next evaluation resolves the alert.
-    assert engine.add_envelope(envelope(perf(309, "api.latency")), NOW + 2) == []
+    assert fold(engine, envelope(perf(309, "api.latency")), NOW + 2) == []
     assert engine.tick(NOW + 2) == []
-    assert engine.add_envelope(envelope(perf(310, "api.latency")), NOW + 3) == []
+    assert fold(engine, envelope(perf(310, "api.latency")), NOW + 3) == []
     [resolved] = engine.tick(NOW + 3)
     assert (resolved["state"], resolved["fingerprint"], resolved["starts_at"]) == (
         "resolved", firing["fingerprint"], firing["starts_at"]
@@ -144,7 +159,7 @@ def test_a_burst_fires_on_the_record_that_crosses_the_threshold_once_and_resolve
 
 def test_a_quiet_partition_resolves_on_wall_clock_ticks_once_idle() -> None:
     engine = AlertEngine(rules(rule(match={"type": "performance", "metric": "m"})), idle_s=5)
-    [_firing] = engine.add_envelope(envelope(*(perf(s, "m") for s in (1, 2, 3))), NOW)
+    [_firing] = fold(engine, envelope(*(perf(s, "m") for s in (1, 2, 3))), NOW)
     assert engine.tick(NOW + 4) == []  # not idle yet: the clock stays at the newest event
     assert engine.tick(NOW + 60) == []  # idle: the clock is at 3 + 60 s, the pane of 0-10 s still counts
     [resolved] = engine.tick(NOW + 70)  # at 73 s the 1-minute window holds the panes from 10 s on
@@ -154,8 +169,10 @@ def test_a_quiet_partition_resolves_on_wall_clock_ticks_once_idle() -> None:
 def test_groups_fire_separately_with_their_labels() -> None:
     engine = AlertEngine(load_rules(), idle_s=5)
     failures = [perf(s, "ai.provider.latency", provider="replicate", status="error") for s in range(21)]
-    [firing] = engine.add_envelope(
-        envelope(*failures, perf(21, "ai.provider.latency", provider="stability", status="error")), NOW
+    [firing] = fold(
+        engine,
+        envelope(*failures, perf(21, "ai.provider.latency", provider="stability", status="error")),
+        NOW,
     )
     assert firing["labels"]["provider"] == "replicate"
     assert "replicate" in firing["annotations"]["summary"]
@@ -172,9 +189,9 @@ def test_a_ratio_needs_its_minimum_sample_and_counts_both_sides() -> None:
     )
     engine = AlertEngine(rules(error_rate), idle_s=5)
     key = ("r", "cosnap", ())
-    assert engine.add_envelope(envelope(*(perf(1, "api", status="500") for _ in range(5))), NOW) == []
+    assert fold(engine, envelope(*(perf(1, "api", status="500") for _ in range(5))), NOW) == []
     assert engine.value(key, engine.clock(NOW)) == (None, 5)  # 100 % errors, but 5 requests is no data
-    [firing] = engine.add_envelope(envelope(*(perf(2, "api", status="200") for _ in range(15))), NOW)
+    [firing] = fold(engine, envelope(*(perf(2, "api", status="200") for _ in range(15))), NOW)
     assert firing["value"] == pytest.approx(0.25)
 
 
@@ -190,10 +207,10 @@ def test_value_filters_and_percentiles() -> None:
     )
     engine = AlertEngine(rules(slow, p95), idle_s=5)
     values = [100.0] * 90 + [1000.0] * 9 + [6000.0]
-    changes = engine.add_envelope(envelope(*(perf(1, "api", v) for v in values)), NOW)
+    changes = fold(engine, envelope(*(perf(1, "api", v) for v in values)), NOW)
     assert changes == [next(c for c in changes if c["rule"] == "p95")]  # one slow request is not > 1
     assert changes[0]["value"] == pytest.approx(1000.0, rel=0.01)
-    [slow_firing] = engine.add_envelope(envelope(perf(2, "api", 7000.0)), NOW)
+    [slow_firing] = fold(engine, envelope(perf(2, "api", 7000.0)), NOW)
     assert (slow_firing["rule"], slow_firing["value"]) == ("slow", 2.0)
 
 
@@ -209,19 +226,19 @@ def test_revenue_below_half_of_the_same_hour_of_the_last_days_fires_only_with_th
 
     day = 86400
     # 100 USD in every hour of the two previous days (and the hour before them).
-    assert engine.add_envelope(envelope(*(sale(h * 3600 + 60, "100") for h in range(-49, 0))), NOW) == []
-    [firing] = engine.add_envelope(envelope(sale(3000, "40")), NOW)  # 40 USD this hour: 40 %
+    assert fold(engine, envelope(*(sale(h * 3600 + 60, "100") for h in range(-49, 0))), NOW) == []
+    [firing] = fold(engine, envelope(sale(3000, "40")), NOW)  # 40 USD this hour: 40 %
     assert firing["value"] == pytest.approx(0.4, abs=0.01)
     assert firing["annotations"]["summary"] == "USD at 40%"
     young = AlertEngine(rules(drop), idle_s=5)  # one day of history is not enough for a 2-day baseline
-    assert young.add_envelope(envelope(sale(-day + 60, "100"), sale(3000, "1")), NOW) == []
+    assert fold(young, envelope(sale(-day + 60, "100"), sale(3000, "1")), NOW) == []
 
 
 def test_a_runaway_group_tag_shares_one_overflow_group() -> None:
     engine = AlertEngine(
         rules(rule(match={"type": "performance"}, group_by=["route"], threshold=10**6)), idle_s=5
     )
-    engine.add_envelope(envelope(*(perf(1, "m", route=f"/r/{n}") for n in range(MAX_GROUPS + 50))), NOW)
+    fold(engine, envelope(*(perf(1, "m", route=f"/r/{n}") for n in range(MAX_GROUPS + 50))), NOW)
     assert len(engine.to_state()["groups"]) == MAX_GROUPS + 1
 
 
@@ -231,7 +248,7 @@ def test_the_impact_is_the_projects_revenue_per_minute_times_the_expected_durati
         {"type": "revenue", "timestamp": at(-1800), "name": "s", "amount": "600.00", "currency": "USD"},
         {"type": "revenue", "timestamp": at(-60), "name": "s", "amount": "60.00", "currency": "EUR"},
     ]
-    [firing] = engine.add_envelope(envelope(*sales, *(payment_failure(s) for s in (1, 2, 3))), NOW)
+    [firing] = fold(engine, envelope(*sales, *(payment_failure(s) for s in (1, 2, 3))), NOW)
     assert firing["annotations"]["impact"] == (
         "revenue at stake (from the last 1h): 10.00 USD/min, 300.00 USD over 30m;"
         " 1.00 EUR/min, 30.00 EUR over 30m"
@@ -242,18 +259,18 @@ def test_a_restart_from_an_older_checkpoint_neither_repeats_nor_forgets_an_alert
     first = AlertEngine(load_rules(), idle_s=5)
     early = envelope(payment_failure(1), payment_failure(2))
     crossing, later = envelope(payment_failure(3)), envelope(perf(400, "api.latency"))
-    first.add_envelope(early, NOW)
+    fold(first, early, NOW)
     checkpoint = orjson.loads(orjson.dumps(first.to_state()))  # taken before the crossing record
-    [firing] = first.add_envelope(crossing, NOW)
+    [firing] = fold(first, crossing, NOW)
 
     # The worker dies; its successor restores the checkpoint, reads back what was published
     # since, and replays the records after the checkpoint.
     second = AlertEngine(load_rules(), idle_s=5)
     second.restore(checkpoint, NOW + 10)
     second.apply_published(orjson.loads(orjson.dumps(firing)))
-    assert second.add_envelope(crossing, NOW + 11) == []  # replayed: fired already
+    assert fold(second, crossing, NOW + 11) == []  # replayed: fired already
     assert second.tick(NOW + 12) == []
-    assert second.add_envelope(later, NOW + 13) == []  # touches no group of the rule: a tick resolves
+    assert fold(second, later, NOW + 13) == []  # touches no group of the rule: a tick resolves
     [resolved] = second.tick(NOW + 13)
     assert (resolved["state"], resolved["fingerprint"]) == ("resolved", firing["fingerprint"])
 
@@ -262,8 +279,8 @@ def test_a_restart_from_an_older_checkpoint_neither_repeats_nor_forgets_an_alert
     third.restore(checkpoint, NOW + 20)
     for record in (firing, resolved):
         third.apply_published(orjson.loads(orjson.dumps(record)))
-    assert third.add_envelope(crossing, NOW + 21) == []
-    assert third.add_envelope(later, NOW + 22) == []
+    assert fold(third, crossing, NOW + 21) == []
+    assert fold(third, later, NOW + 22) == []
     assert third.tick(NOW + 23) == []
 
 
@@ -271,5 +288,5 @@ def test_an_event_just_older_than_the_newest_still_counts_in_a_one_pane_window()
     probe = rule(match={"type": "feature", "feature": "probe"}, window="10s", threshold=1)
     engine = AlertEngine(rules(probe), idle_s=5)
     feature = {"type": "feature", "feature": "probe", "action": "x", "timestamp": at(9.999)}
-    [firing] = engine.add_envelope(envelope(perf(10.001, "api.latency"), feature), NOW)
+    [firing] = fold(engine, envelope(perf(10.001, "api.latency"), feature), NOW)
     assert firing["value"] == 1.0

@@ -13,6 +13,8 @@ import streams.windows
 from schemas.records import WindowAggregate
 from schemas.series import DEFAULT_SERIES, OVERFLOW, DimensionRule, SeriesConfig
 from streams.checkpoint import Checkpoint, decode, encode
+from streams.envelope import Envelope
+from streams.envelope import decode as decode_envelope
 from streams.series import SeriesResolver, series_id
 from streams.sketch import DDSketch
 from streams.watermark import Watermark
@@ -22,8 +24,8 @@ T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 START = int(T0.timestamp())
 
 
-def envelope(*events: dict[str, Any], project: str = "p") -> dict[str, Any]:
-    return {"project": project, "events": list(events)}
+def envelope(*events: dict[str, Any], project: str = "p") -> Envelope:
+    return decode_envelope(orjson.dumps({"project": project, "events": list(events)}))
 
 
 def at(seconds: float) -> str:
@@ -136,13 +138,13 @@ def test_grace_keeps_a_pane_open_for_late_events_then_routes_later_ones() -> Non
     w = windows(lateness=0, grace=5)
     w.add_envelope(0, envelope(revenue(1, "1")), 0)
     w.add_envelope(0, envelope(revenue(14, "1")), 0)  # watermark 14 < 10 + 5: still open
-    assert w.add_envelope(0, envelope(revenue(2, "2")), 0) == []
+    assert w.add_envelope(0, envelope(revenue(2, "2")), 0).late == []
     assert by(drain(w, 0), "10s") == []
     w.add_envelope(0, envelope(revenue(15, "1")), 0)  # watermark 15 >= 15: closes
     [closed] = by(drain(w, 0), "10s")
     assert (closed["count"], closed["sum"]) == (2, "3")
-    late = w.add_envelope(0, envelope(revenue(3, "7")), 0)
-    assert [e["amount"] for e in late] == ["7"]
+    late = w.add_envelope(0, envelope(revenue(3, "7")), 0).late
+    assert [str(e.amount) for e in late] == ["7"]  # type: ignore[union-attr]
     assert w.late_events == 1
     w.add_envelope(0, envelope(revenue(200, "1")), 0)
     [minute] = [c for c in by(drain(w, 0), "1m") if c["window_start"].endswith("12:00:00Z")]

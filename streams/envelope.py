@@ -1,0 +1,78 @@
+"""The worker's view of an events record: the envelope the ingest writes, decoded into structs.
+
+The ingest validated every event (schemas/events.py) before writing it, so the worker reads only
+the fields windows and alert rules use, with msgspec: it decodes straight into these structs and
+skips every other field without building a string for it (0.9 µs an event here, against 1.3 µs
+for `orjson.loads` into dicts, BENCHMARKS.md), and the hot loops read attributes instead of
+looking up dict keys. Structs are exempt from the cyclic garbage collector (they hold no
+cycles). A dead-letter record needs an event whole, with its request id: `raw_events` decodes
+the record again for those (late events are rare).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import msgspec
+import orjson
+
+
+class WireEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
+    """Fields every event type has. `kind` is the event's `type` (the struct's tag)."""
+
+    kind: ClassVar[str]
+    timestamp: str
+    tags: dict[str, str] = {}
+    source: str | None = None
+
+
+class Performance(WireEvent, tag="performance", kw_only=True, gc=False):
+    kind: ClassVar[str] = "performance"
+    metric: str
+    value: float
+    unit: str
+
+
+class Feature(WireEvent, tag="feature", kw_only=True, gc=False):
+    kind: ClassVar[str] = "feature"
+    feature: str
+    action: str
+
+
+class Conversion(WireEvent, tag="conversion", kw_only=True, gc=False):
+    kind: ClassVar[str] = "conversion"
+    funnel: str
+    step: str
+    step_index: int | None = None
+
+
+class Revenue(WireEvent, tag="revenue", kw_only=True, gc=False):
+    kind: ClassVar[str] = "revenue"
+    name: str
+    amount: Decimal
+    currency: str
+
+
+Event = Performance | Feature | Conversion | Revenue
+EVENT_TYPES: tuple[type[WireEvent], ...] = (Performance, Feature, Conversion, Revenue)
+
+
+class Envelope(msgspec.Struct, gc=False):
+    project: str
+    events: list[Event]
+
+
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def decode(value: bytes) -> Envelope:
+    """The envelope of an events record; raises msgspec.DecodeError for one the ingest would
+    never write."""
+    return _decoder.decode(value)
+
+
+def raw_events(value: bytes) -> list[dict[str, Any]]:
+    """Every event of an envelope as the ingest wrote it, in order (for dead-letter records)."""
+    events: list[dict[str, Any]] = orjson.loads(value)["events"]
+    return events
