@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,25 @@ def _head(key: SeriesKey, id_: str) -> bytes:
     return orjson.dumps(fields | {"dims": dict(dims), "series_id": id_})[:-1]
 
 
+TagValues = Callable[[dict[str, str]], tuple[str | None, ...]]
+
+
+def tag_values(keys: tuple[str, ...]) -> TagValues:
+    """A function giving the values of `keys` in a tags dict, None where absent. It runs for
+    every tagged event: written out for up to four keys, it costs a third of the general
+    `tuple(map(tags.get, keys))` (measured, BENCHMARKS.md)."""
+    match keys:
+        case (a,):
+            return lambda tags: (tags.get(a),)
+        case (a, b):
+            return lambda tags: (tags.get(a), tags.get(b))
+        case (a, b, c):
+            return lambda tags: (tags.get(a), tags.get(b), tags.get(c))
+        case (a, b, c, d):
+            return lambda tags: (tags.get(a), tags.get(b), tags.get(c), tags.get(d))
+    return lambda tags: tuple(map(tags.get, keys))
+
+
 @dataclass(slots=True)
 class _Name:
     """What the series of one (project, type, name, built-in dimension) have in common."""
@@ -71,6 +90,7 @@ class _Name:
     currency: str
     builtin: Dims  # `unit` or `action`
     tags: tuple[str, ...]  # the tags that become dimensions, in the configured order
+    values_of: TagValues  # an event's values of `tags` (None where absent)
     plain: Series | None = None  # the series of events without any dimension tag
     by_values: dict[tuple[str | None, ...], Series] = field(default_factory=dict)
 
@@ -84,7 +104,10 @@ class SeriesResolver:
         self._tags_for: dict[tuple[str, str], tuple[str, ...]] = {}
         self._seen: dict[tuple[str, str, str, str], set[str]] = {}
         self.overflowed = 0
-        self._names: dict[tuple[str, str, str, str], _Name] = {}
+        self._names: dict[tuple[str, str, str, str], _Name] = {}  # (project, type, name, extra)
+        # The same, nested project -> type -> name -> extra: an event looks its name up by the
+        # strings it carries, with no key tuple to build and hash (it runs for every event).
+        self._index: dict[str, dict[str, dict[str, dict[str, _Name]]]] = {}
         self._by_key: dict[SeriesKey, Series] = {}
         # (project, "funnel:step") -> the step's position in its funnel, as events report it.
         self.step_index: dict[tuple[str, str], int] = {}
@@ -95,19 +118,22 @@ class SeriesResolver:
 
     def resolve(self, project: str, event: Event) -> Series:
         """The event's series."""
-        if isinstance(event, Performance):  # the most frequent type first
-            found = self._names.get((project, "performance", event.metric, event.unit))
-        elif isinstance(event, Feature):
-            found = self._names.get((project, "feature", event.feature, event.action))
-        elif isinstance(event, Revenue):
-            found = self._names.get((project, "revenue", event.name, event.currency))
-        else:
-            found = self._names.get((project, "conversion", event.funnel, event.step))
-        name = self._name(project, event) if found is None else found
+        try:
+            kinds = self._index[project]
+            if isinstance(event, Performance):  # the most frequent type first
+                name = kinds["performance"][event.metric][event.unit]
+            elif isinstance(event, Feature):
+                name = kinds["feature"][event.feature][event.action]
+            elif isinstance(event, Revenue):
+                name = kinds["revenue"][event.name][event.currency]
+            else:
+                name = kinds["conversion"][event.funnel][event.step]
+        except KeyError:
+            name = self._name(project, event)
         tags = event.tags
         if not tags or not name.tags:
             return name.plain or self._series(name, ())
-        values = tuple(map(tags.get, name.tags))
+        values = name.values_of(tags)
         return name.by_values.get(values) or self._series(name, values)
 
     def note_step(self, series: Series, events: list[Event]) -> None:
@@ -134,10 +160,15 @@ class SeriesResolver:
         else:
             name, extra = f"{event.funnel}:{event.step}", event.step
         lookup = event.funnel if isinstance(event, Conversion) else name
+        tags = self._dimension_tags(event.kind, name)
         found = self._names[(project, event.kind, lookup, extra)] = _Name(
-            project, event.kind, name, currency, builtin, self._dimension_tags(event.kind, name)
+            project, event.kind, name, currency, builtin, tags, tag_values(tags)
         )
+        self._indexed(project, event.kind, lookup)[extra] = found
         return found
+
+    def _indexed(self, project: str, kind: str, name: str) -> dict[str, _Name]:
+        return self._index.setdefault(project, {}).setdefault(kind, {}).setdefault(name, {})
 
     def _series(self, name: _Name, values: tuple[str | None, ...]) -> Series:
         """The series of raw tag values (none: an event without tags) not resolved before:
@@ -199,6 +230,9 @@ class SeriesResolver:
                 name.plain = None
             name.by_values = {v: s for v, s in name.by_values.items() if s.key in self._by_key}
         self._names = {k: n for k, n in self._names.items() if n.plain is not None or n.by_values}
+        self._index = {}
+        for (project, kind, lookup, extra), found in self._names.items():
+            self._indexed(project, kind, lookup)[extra] = found
 
     def to_state(self) -> dict[str, Any]:
         """The dimension values seen so far and the funnel step positions (for a checkpoint)."""

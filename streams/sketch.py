@@ -22,22 +22,11 @@ _MIN_POSITIVE = 1e-9  # below this a value counts as zero (a 1 ns latency is 0 f
 
 
 _BINS: dict[int, int] = {}  # one int object per bin index, shared by every sketch's store
-# value -> its bin: measurements repeat (latencies sent in whole or tenth milliseconds), and a
-# lookup costs a fraction of the logarithm. Cleared when full, so a stream of distinct values
-# costs one logarithm each, as without it.
-_BIN_OF: dict[float, int] = {}
-_MAX_REMEMBERED = 100_000
 
 
 def _bin(value: float) -> int:
-    index = _BIN_OF.get(value)
-    if index is None:
-        computed = math.ceil(math.log(value) / _LOG_GAMMA)
-        index = _BINS.setdefault(computed, computed)
-        if len(_BIN_OF) >= _MAX_REMEMBERED:
-            _BIN_OF.clear()
-        _BIN_OF[value] = index
-    return index
+    computed = math.ceil(math.log(value) / _LOG_GAMMA)
+    return _BINS.setdefault(computed, computed)
 
 
 def _value(index: int) -> float:
@@ -53,9 +42,7 @@ class DDSketch:
 
     def add(self, value: float) -> None:
         if value > _MIN_POSITIVE:
-            index = _BIN_OF.get(value)  # `_bin` without a call when the value was seen (most are)
-            if index is None:
-                index = _bin(value)
+            index = _bin(value)
             self.positive[index] = self.positive.get(index, 0) + 1
         elif value < -_MIN_POSITIVE:
             index = _bin(-value)
@@ -66,18 +53,22 @@ class DDSketch:
             self.zeros += 1
         self.count += 1
 
-    def add_all(self, values: list[float]) -> None:
-        """`add` each value; a value whose bin is remembered (most are) costs one lookup."""
-        positive, known = self.positive, _BIN_OF
-        added = 0
-        for value in values:
-            index = known.get(value)
-            if index is None:
-                self.add(value)  # zero, negative, or not seen yet
+    def add_all(self, values: list[float], low: float) -> None:
+        """`add` each of `values`, whose minimum is `low`: when all are positive, their bins are
+        computed over the list at once (a lookup per value in a table of values seen cost more,
+        in cache misses, than the logarithm)."""
+        if low <= _MIN_POSITIVE:
+            for value in values:
+                self.add(value)
+            return
+        positive, shared = self.positive, _BINS
+        for index in [math.ceil(math.log(value) / _LOG_GAMMA) for value in values]:
+            count = positive.get(index)
+            if count is None:
+                positive[shared.setdefault(index, index)] = 1
             else:
-                positive[index] = positive.get(index, 0) + 1
-                added += 1
-        self.count += added
+                positive[index] = count + 1
+        self.count += len(values)
 
     @classmethod
     def of(cls, *values: float) -> DDSketch:

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import repeat
+from operator import truediv
 from typing import Any, cast
 
 import orjson
@@ -43,8 +45,6 @@ NANOS = 1_000_000_000  # a sum is kept in billionths of its unit
 # Below this magnitude a float's ulp is under 1e-9, so at most one decimal of nine places rounds
 # to it: if `round(v * 1e9) / 1e9 == v`, that decimal is the one its repr (its JSON) shows.
 _EXACT_BELOW = 2.0**22
-_NANOS_OF: dict[float, int | Decimal] = {}  # value -> nanos(value): values repeat, like bins
-_MAX_REMEMBERED = 100_000
 _MIN_SERIES_KEPT = 100_000  # series objects held before forgetting those without open windows
 
 Point = float | Decimal | int  # a value as min/max keep it: performance float, revenue Decimal, else 1
@@ -54,17 +54,21 @@ Nanos = int | Decimal  # an exact sum in billionths: an int, a Decimal only past
 def nanos(value: float) -> Nanos:
     """The decimal of a measurement as sent (the shortest repr of the float, which is what JSON
     carried) in billionths: an int when it has at most nine decimals, else an exact Decimal."""
-    found = _NANOS_OF.get(value)
-    if found is None:
-        scaled = round(value * 1e9)
-        if -_EXACT_BELOW < value < _EXACT_BELOW and scaled / 1e9 == value:
-            found = scaled
-        else:
-            found = Decimal(repr(value)).scaleb(9)
-        if len(_NANOS_OF) >= _MAX_REMEMBERED:
-            _NANOS_OF.clear()
-        _NANOS_OF[value] = found
-    return found
+    scaled = round(value * 1e9)
+    if -_EXACT_BELOW < value < _EXACT_BELOW and scaled / 1e9 == value:
+        return scaled
+    return Decimal(repr(value)).scaleb(9)
+
+
+def sum_nanos(values: list[float], low: float, high: float) -> Nanos:
+    """`sum(map(nanos, values))` for values whose minimum and maximum are `low` and `high`: in
+    the common case (every value below 2^22 in magnitude, with at most nine decimals) computed
+    over the list at once, with no call per value."""
+    if low > -_EXACT_BELOW and high < _EXACT_BELOW:
+        scaled = [round(value * 1e9) for value in values]
+        if list(map(truediv, scaled, repeat(1e9))) == values:
+            return sum(scaled)
+    return sum(map(nanos, values))
 
 
 def decimal_nanos(amount: Decimal) -> Nanos:
@@ -101,11 +105,8 @@ class Batch:
         kind = series.kind
         if kind == "performance":
             values = [event.value for event in cast(list[Performance], events)]
-            known = list(map(_NANOS_OF.get, values))
-            if None in known:
-                known = [nanos(v) if n is None else n for v, n in zip(values, known, strict=True)]
-            total: Nanos = sum(cast(list[Nanos], known))
-            return cls(series, start, events, total, min(values), max(values), values)
+            low, high = min(values), max(values)
+            return cls(series, start, events, sum_nanos(values, low, high), low, high, values)
         if kind == "revenue":
             amounts = [event.amount for event in cast(list[Revenue], events)]
             total = sum(map(decimal_nanos, amounts))
@@ -183,17 +184,17 @@ class Accumulator:
         acc = cls(count, batch.nanos, batch.low, batch.high, sketched)
         if sketched and count > 2:
             acc.sketch = DDSketch()
-            acc.sketch.add_all(batch.floats())
+            acc.sketch.add_all(batch.floats(), float(batch.low))
         return acc
 
     def add_batch(self, batch: Batch) -> None:
         count = len(batch.events)
         if self.sketched:
             if self.sketch is not None:
-                self.sketch.add_all(batch.floats())
+                self.sketch.add_all(batch.floats(), float(batch.low))
             elif self.count + count > 2:
                 self.sketch = self.sketch_of()
-                self.sketch.add_all(batch.floats())
+                self.sketch.add_all(batch.floats(), float(batch.low))
         self.count += count
         self.nanos += batch.nanos
         if batch.low < self.low:
