@@ -270,7 +270,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
             count_windows(closed.granularity, len(closed.records))
         sent.clear()
 
-    async def emit_closed_windows(now: float) -> None:
+    async def emit_closed_windows() -> None:
         """Send the windows the watermark closed and wait for their acks. Called with `emitting`
         held: closed windows leave the partition state here, and no checkpoint may be taken
         before Kafka has them."""
@@ -279,6 +279,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
         # records queued at a time.
         sent: list[tuple[asyncio.Future[None], ClosedWindows]] = []
         in_flight = 0
+        now = time.time()
         for state in list(states.values()):
             for closed in state.windows.close_ready(now):
                 acked = asyncio.get_running_loop().create_future()
@@ -299,7 +300,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 if changes:
                     await publish_alerts(partition, changes)
         async with emitting:
-            await emit_closed_windows(now)
+            await emit_closed_windows()
             for partition, state in list(states.items()):
                 # A checkpoint no longer holds the windows emitted before it, so it follows their
                 # acks. Windows emitted since the last checkpoint would be emitted again, with the
@@ -316,7 +317,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
             await windows_due.wait()
             windows_due.clear()
             async with emitting:
-                await emit_closed_windows(time.time())
+                await emit_closed_windows()
 
     @app.task
     async def tune_garbage_collection() -> None:

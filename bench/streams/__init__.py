@@ -91,6 +91,7 @@ class AggregateTally:
     records: Counter[str] = field(default_factory=Counter)
     overflow_windows: int = 0
     last_minute_at: float = 0.0  # when this process received the newest data minute window
+    last_minute_written: float = 0.0  # when the worker wrote it (its Kafka CreateTime)
     newest_emitted_at: str = ""  # the worker's own clock when it closed that window
 
 
@@ -131,6 +132,8 @@ class AggregateReader:
                 if "__overflow__" in window["dims"].values():
                     tally.overflow_windows += 1
                 tally.last_minute_at = time.time()
+                _, written_ms = message.timestamp()
+                tally.last_minute_written = max(tally.last_minute_written, written_ms / 1000)
                 tally.newest_emitted_at = max(tally.newest_emitted_at, window["emitted_at"])
 
     def close(self) -> None:

@@ -14,8 +14,10 @@ that topic:
   received to the last event folded. It runs before and after the worker; the mean of the two
   is the round's baseline (the machine is shared and drifts).
 - the worker (`cosnap-metrics streams`): timed from its first record (its earliest `owns events
-  partition` log line, so Faust's start and the group join are not counted) to the moment this
-  process has read minute windows on the aggregates topic whose counts add up to every event.
+  partition` log line, so Faust's start and the group join are not counted) to the moment it
+  wrote (the record's Kafka CreateTime) the last of the minute windows whose counts add up to
+  every event. This process reads them back to count them; how late its own reader thread gets
+  to them is printed, not counted.
 
 The result is the median of the rounds' ratios (single runs on this shared machine differ by
 ±30 %), printed with every absolute figure. Bar (DESIGN §5): worker >= 0.5 x the raw loop;
@@ -148,7 +150,7 @@ def run_worker(
             )
             time.sleep(0.02)
         progress.finish(f"worker: minute windows out hold all {data_events:,} events")
-        done = tally.last_minute_at
+        done = tally.last_minute_written
         owned = worker.first_records()
         assert owned, "the worker logged no `owns events partition` line"
         started = min(owned.values())
@@ -157,8 +159,8 @@ def run_worker(
         print(
             f"    worker: first record {started - spawned:.1f} s after spawn (not counted); partitions "
             f"{sorted(owned)} taken up (checkpoint looked up) over {max(owned.values()) - started:.2f} s "
-            "(counted); last minute window closed by the worker "
-            f"{done - emitted:.2f} s before this process read it"
+            f"(counted); last minute window closed {done - emitted:.2f} s before the worker wrote it "
+            f"(counted), read here {tally.last_minute_at - done:.2f} s after that (not counted)"
         )
         print(
             f"    windows emitted: {dict(sorted(tally.records.items()))}, {len(tally.minute_series)} "
