@@ -1,6 +1,6 @@
 """Streams worker throughput against a raw aiokafka loop on the same topic, in one run.
 
-    python -m bench.streams [--events 400000] [--rounds 3]
+    python -m bench.streams [--events 400000] [--rounds 5]
 
 Starts a real Apache Kafka broker and builds Cosnap traffic in envelopes of 500 events written
 as the ingest writes them (six projects on six partitions, ten minutes of event time ending
@@ -181,7 +181,7 @@ def main() -> int:
     )
     parser.add_argument("--events", type=int, default=400_000, help="data events (closers not included)")
     parser.add_argument("--timeout", type=float, default=240, help="longest wait for the worker's windows")
-    parser.add_argument("--rounds", type=int, default=3, help="worker runs, each between two raw runs")
+    parser.add_argument("--rounds", type=int, default=5, help="worker runs, each between two raw runs")
     parser.add_argument(
         "--py-spy", type=Path, metavar="FILE", help="record the worker of round 1 with py-spy (raw stacks)"
     )
