@@ -42,7 +42,7 @@ from streams.windows import Accumulator, Batch, Folded, epoch, iso
 
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
-_MAX_PLANS = 100_000  # series whose rule plans are remembered; a runaway series count refills it
+_MAX_PLANS = 250_000  # series whose rule plans are remembered; a runaway series count refills it
 _REVENUE_BUCKET_S = 60
 
 GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
@@ -217,7 +217,7 @@ class AlertEngine:
         self._by_type: dict[str, list[_Compiled]] = {}
         for compiled in self._compiled.values():
             self._by_type.setdefault(compiled.rule.match.type, []).append(compiled)
-        self._plans: dict[Series, list[_Plan]] = {}
+        self._plans: dict[Series, tuple[_Plan, ...]] = {}
         impacts = [r.impact.revenue_window for r in rules.rules if r.impact is not None]
         self._revenue_window = max(impacts, default=0)
         # project -> minute -> currency -> revenue: for the business impact of an alert.
@@ -263,12 +263,13 @@ class AlertEngine:
         changes = (self._evaluate(key, clock, now) for key in sorted(touched))
         return [change for change in changes if change is not None]
 
-    def _plan(self, series: Series) -> list[_Plan]:
+    def _plan(self, series: Series) -> tuple[_Plan, ...]:
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
-        plans = self._plans[series] = [
+        # A tuple: most series match no rule, and they all share the empty one.
+        plans = self._plans[series] = tuple(
             plan for compiled in self._by_type.get(series.kind, ()) if (plan := compiled.plan(series))
-        ]
+        )
         return plans
 
     def _fold_split(self, plan: _Plan, project: str, batch: Batch, touched: set[GroupKey]) -> None:
