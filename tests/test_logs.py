@@ -148,5 +148,5 @@ def test_the_worker_names_the_requests_of_an_envelope_it_cannot_read(
     lines = wait_for(failed, timeout=60)
     assert lines, pipeline.log("streams")
     assert lines[0]["message"].startswith(f"folding the envelope {pipeline.topics.events}[")
-    assert lines[0]["level"] == "ERROR" and "JSONDecodeError" in lines[0]["exception"]
+    assert lines[0]["level"] == "ERROR" and "msgspec.DecodeError" in lines[0]["exception"]
     assert (lines[0]["topic"], lines[0]["offset"]) == (pipeline.topics.events, 0)
