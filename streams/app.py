@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import msgspec
 import orjson
 from aiokafka.errors import KafkaError
 
@@ -46,11 +47,12 @@ from streams.metrics import (
 )
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
-from streams.windows import ClosedWindows, EventTimeWindows
+from streams.windows import ClosedWindows, EventTimeWindows, iso
 
 log = logging.getLogger("cosnap.streams")
 MAX_WINDOWS_IN_FLIGHT = 50_000  # window records sent and not yet acknowledged (~25 MB)
 GC_YOUNG_THRESHOLD = 50_000
+MAX_RAW_BYTES = 16_384  # of an unreadable record, in its dead-letter record
 
 
 @dataclass
@@ -181,6 +183,32 @@ def create_app(settings: StreamsSettings) -> faust.App:
         for change in changes:
             log.info("alert %s %s %s", change["rule"], change["state"], change["labels"])
 
+    async def dead_letter_unreadable(message: Any, value: bytes, exc: Exception) -> None:
+        """Log (and report to Sentry) an events record the worker cannot read, and send it to the
+        dead-letter topic, as the sink does with records it cannot decode: it is in no window,
+        and it does not stop its partition."""
+        request_ids = request_ids_in(message.headers)
+        log.error(
+            "folding the envelope %s[%d]@%d failed: dead-lettered",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc_info=exc,
+            extra=_record_context(message.topic, message.partition, message.offset)
+            | {"request_ids": request_ids},
+        )
+        dead_letter = {
+            "v": 1,
+            "project": None,
+            "request_id": f"{message.topic}:{message.partition}:{message.offset}",
+            "received_at": iso(time.time()),
+            "index": None,
+            "reason": f"streams worker could not read the envelope: {exc}",
+            "raw": value[:MAX_RAW_BYTES].decode(errors="replace"),
+        }
+        headers = [request_ids_header(request_ids)]
+        await (await send(topics.dead_letter, message.key or b"", orjson.dumps(dead_letter), headers=headers))
+
     @app.agent(events)
     @_logs_the_failed_record
     async def fold_envelopes(stream: Any) -> None:
@@ -190,7 +218,15 @@ def create_app(settings: StreamsSettings) -> faust.App:
             if message.offset < state.next_offset:  # already in the checkpoint it resumed from
                 app.consumer.ack(message)
                 continue
-            envelope = decode(record.value)
+            try:
+                envelope = decode(record.value)
+            except msgspec.DecodeError as exc:  # not written by the ingest: set it aside, go on
+                await dead_letter_unreadable(message, record.value, exc)
+                async with state.lock:
+                    state.next_offset = message.offset + 1
+                    message.value = None
+                    state.unacked.append(message)
+                continue
             now = time.time()
             async with state.lock:
                 folded = state.windows.add_envelope(message.partition, envelope, now)
@@ -348,8 +384,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
 
 def _logs_the_failed_record(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
     """Faust logs an agent that raised as crashed, and restarts it; this first logs (and so
-    reports to Sentry) the record it failed on, with the requests the record's header names (its
-    value may be what could not be read)."""
+    reports to Sentry) the record it failed on, with the requests the record's header names."""
 
     @functools.wraps(agent)
     async def run(stream: Any) -> None:

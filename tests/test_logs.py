@@ -5,6 +5,7 @@ log lines of the ingest API and of the streams worker and sink acting on its rec
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -44,19 +45,19 @@ def feature(at: datetime) -> dict[str, Any]:
     }
 
 
-def envelope_headers(kafka: KafkaBroker, topic: str) -> list[dict[str, bytes]]:
-    """The headers of every record on the events topic."""
+def read_topic(kafka: KafkaBroker, topic: str) -> list[tuple[dict[str, bytes], bytes]]:
+    """The headers and value of every record on a topic."""
     consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         ends = consumer.end_offsets(partitions)
-        headers = []
+        found = []
         while any(consumer.position(tp) < end for tp, end in ends.items()):
             for records in consumer.poll(timeout_ms=500).values():
-                headers += [dict(record.headers) for record in records]
-        return headers
+                found += [(dict(record.headers), record.value) for record in records]
+        return found
     finally:
         consumer.close()
 
@@ -86,7 +87,7 @@ def test_a_request_id_goes_from_the_http_request_to_the_worker_logs(
     assert len(unnamed.headers["X-Request-ID"]) == 32  # made by the API when the client sends none
 
     assert [REQUEST_IDS_HEADER, request_id.encode()] in [
-        list(item) for headers in envelope_headers(kafka, pipeline.topics.events) for item in headers.items()
+        list(item) for headers, _ in read_topic(kafka, pipeline.topics.events) for item in headers.items()
     ]
 
     def worker_lines() -> list[dict[str, Any]]:
@@ -128,7 +129,7 @@ def test_a_request_id_goes_from_the_http_request_to_the_worker_logs(
     assert undecodable[0]["level"] == "ERROR" and "JSONDecodeError" in undecodable[0]["exception"]
 
 
-def test_the_worker_names_the_requests_of_an_envelope_it_cannot_read(
+def test_the_worker_dead_letters_an_envelope_it_cannot_read_naming_its_requests(
     pipeline: Pipeline, kafka: KafkaBroker
 ) -> None:
     pipeline.start("streams")
@@ -150,3 +151,23 @@ def test_the_worker_names_the_requests_of_an_envelope_it_cannot_read(
     assert lines[0]["message"].startswith(f"folding the envelope {pipeline.topics.events}[")
     assert lines[0]["level"] == "ERROR" and "msgspec.DecodeError" in lines[0]["exception"]
     assert (lines[0]["topic"], lines[0]["offset"]) == (pipeline.topics.events, 0)
+
+    # The record is set aside on the dead-letter topic, and the partition goes on.
+    def dead_letters() -> list[dict[str, Any]]:
+        return [json.loads(value) for _, value in read_topic(kafka, pipeline.topics.dead_letter)]
+
+    [dead_letter] = wait_for(dead_letters, timeout=30)
+    assert dead_letter["request_id"] == f"{pipeline.topics.events}:{lines[0]['partition']}:0"
+    assert dead_letter["reason"].startswith("streams worker could not read the envelope")
+    assert dead_letter["raw"] == "\x00not an envelope"
+    readable = {"v": 1, "project": "cosnap-test", "events": [feature(datetime.now(UTC))]}
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    producer.send(pipeline.topics.events, json.dumps(readable).encode(), key=b"cosnap-test").get(timeout=30)
+    producer.close()
+
+    def folded() -> float:
+        metrics = httpx.get(f"{pipeline.status_urls['streams']}/metrics", timeout=10).text
+        counted = re.findall(r"^cosnap_streams_events_folded_total\{[^}]*\} (\S+)$", metrics, re.MULTILINE)
+        return sum(map(float, counted))
+
+    assert wait_for(lambda: folded() == 1, timeout=30), pipeline.log("streams")
