@@ -150,10 +150,6 @@ class Accumulator:
     sketched: bool
     sketch: DDSketch | None = None
 
-    @classmethod
-    def first(cls, nanos: Nanos, point: Point, sketched: bool) -> Accumulator:
-        return cls(1, nanos, point, point, sketched)
-
     @property
     def total(self) -> Decimal:
         """The exact sum."""
@@ -164,19 +160,6 @@ class Accumulator:
         if isinstance(self.nanos, Decimal):
             return float(self.total) / self.count
         return self.nanos / NANOS / self.count  # int / int: correctly rounded, as float(total)
-
-    def add(self, nanos: Nanos, point: Point) -> None:
-        if self.sketched:
-            if self.sketch is not None:
-                self.sketch.add(float(point))
-            elif self.count == 2:
-                self.sketch = DDSketch.of(float(self.low), float(self.high), float(point))
-        self.count += 1
-        self.nanos += nanos
-        if point < self.low:
-            self.low = point
-        elif point > self.high:
-            self.high = point
 
     @classmethod
     def of_batch(cls, batch: Batch, sketched: bool) -> Accumulator:
