@@ -20,11 +20,11 @@ from pydantic import TypeAdapter, ValidationError
 from ingest.body import Unparseable
 from ingest.errors import BadRequest, PayloadTooLarge
 from schemas.events import MAX_BATCH_EVENTS, Event, Rejection
+from schemas.records import DEAD_LETTER_RAW_BYTES
 
 _EVENT = TypeAdapter[Event](Event)
 _SENT_AT = TypeAdapter(datetime)
 _TYPE_NAMES = {"revenue", "conversion", "feature", "performance"}
-MAX_DEAD_LETTER_RAW = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,4 +140,4 @@ def dead_letter_raw(item: Any) -> str:
         raw = orjson.dumps(item).decode()
     except (TypeError, orjson.JSONEncodeError):
         raw = repr(item)
-    return raw[:MAX_DEAD_LETTER_RAW]
+    return raw[:DEAD_LETTER_RAW_BYTES]

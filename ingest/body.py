@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from schemas.records import dead_letter_raw_bytes
 
 MAX_BODY_BYTES = 1024 * 1024  # DESIGN §3.1: 1 MiB after decompression
 
@@ -126,5 +127,5 @@ def decode_body(body: bytes) -> tuple[Any, list[Any] | None]:
         try:
             items.append(orjson.loads(raw))
         except orjson.JSONDecodeError as exc:
-            items.append(Unparseable(f"item is not valid JSON: {exc}", raw[:16384].decode(errors="replace")))
+            items.append(Unparseable(f"item is not valid JSON: {exc}", dead_letter_raw_bytes(raw)))
     return payload, items

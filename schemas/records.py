@@ -114,6 +114,15 @@ class WindowAggregate(BaseModel):
     emitted_at: datetime
 
 
+DEAD_LETTER_RAW_BYTES = 16 * 1024  # of the rejected item or record a dead letter keeps in `raw`
+
+
+def dead_letter_raw_bytes(value: bytes) -> str:
+    """A rejected record or item, as bytes, the way a dead letter's `raw` keeps it: capped, and
+    decoded with replacement characters where it is not UTF-8."""
+    return value[:DEAD_LETTER_RAW_BYTES].decode(errors="replace")
+
+
 class DeadLetter(BaseModel):
     """Input that was not accepted, with the reason, for inspection and replay."""
 

@@ -19,7 +19,13 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from schemas.health import ServiceHealth
-from schemas.records import MAX_HEADER_REQUEST_IDS, distinct_request_ids, request_ids_header, request_ids_in
+from schemas.records import (
+    MAX_HEADER_REQUEST_IDS,
+    dead_letter_raw_bytes,
+    distinct_request_ids,
+    request_ids_header,
+    request_ids_in,
+)
 from sinks.errors import SinkError
 from sinks.metrics import DEAD_LETTERS
 from sinks.writer import BatchWriter
@@ -186,7 +192,7 @@ class TopicSink:
             "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index": None,
             "reason": f"sink could not decode the record: {exc}",
-            "raw": value[:16384].decode(errors="replace"),
+            "raw": dead_letter_raw_bytes(value),
         }
         self._dead_letters.send(
             self._dead_letter_topic, orjson.dumps(dead_letter), headers=[request_ids_header(request_ids)]

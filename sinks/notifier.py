@@ -34,14 +34,12 @@ from pydantic import ValidationError
 
 from cosnap_metrics.status import serve_status
 from schemas.health import ServiceHealth
-from schemas.records import AlertRecord, DeadLetter
+from schemas.records import AlertRecord, DeadLetter, dead_letter_raw_bytes
 from schemas.settings import NotifierSettings
 from sinks.notify_metrics import DEAD_LETTERS, DELIVERIES, DELIVERY_SECONDS, RETRIES
 from sinks.targets import DELIVERED, AlertmanagerTarget, AlertTarget, WebhookTarget
 
 log = logging.getLogger("cosnap.notify")
-
-RAW_CAP = 16384  # bytes of the record kept in a dead letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +206,7 @@ class Notifier:
             received_at=datetime.now(UTC),
             index=None,
             reason=reason,
-            raw=raw[:RAW_CAP].decode(errors="replace"),
+            raw=dead_letter_raw_bytes(raw),
         )
         self._dead_letters.send(self._dead_letter_topic, record.model_dump_json().encode()).get(timeout=30)
 

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -29,7 +30,13 @@ from aiokafka.errors import KafkaError
 from cosnap_metrics.status import serve_status
 from ingest.errors import KafkaUnavailable
 from ingest.producer import EnvelopeProducer
-from schemas.records import distinct_request_ids, request_ids_header, request_ids_in
+from schemas.records import (
+    DeadLetter,
+    dead_letter_raw_bytes,
+    distinct_request_ids,
+    request_ids_header,
+    request_ids_in,
+)
 from schemas.rules import load_rules
 from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
@@ -47,12 +54,11 @@ from streams.metrics import (
 )
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
-from streams.windows import ClosedWindows, EventTimeWindows, iso
+from streams.windows import ClosedWindows, EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
 MAX_WINDOWS_IN_FLIGHT = 50_000  # window records sent and not yet acknowledged (~25 MB)
 GC_YOUNG_THRESHOLD = 50_000
-MAX_RAW_BYTES = 16_384  # of an unreadable record, in its dead-letter record
 
 
 @dataclass
@@ -197,17 +203,17 @@ def create_app(settings: StreamsSettings) -> faust.App:
             extra=_record_context(message.topic, message.partition, message.offset)
             | {"request_ids": request_ids},
         )
-        dead_letter = {
-            "v": 1,
-            "project": None,
-            "request_id": f"{message.topic}:{message.partition}:{message.offset}",
-            "received_at": iso(time.time()),
-            "index": None,
-            "reason": f"streams worker could not read the envelope: {exc}",
-            "raw": value[:MAX_RAW_BYTES].decode(errors="replace"),
-        }
+        dead_letter = DeadLetter(
+            project=None,
+            request_id=f"{message.topic}:{message.partition}:{message.offset}",
+            received_at=datetime.now(UTC),
+            index=None,
+            reason=f"streams worker could not read the envelope: {exc}",
+            raw=dead_letter_raw_bytes(value),
+        )
+        record = dead_letter.model_dump_json().encode()
         headers = [request_ids_header(request_ids)]
-        await (await send(topics.dead_letter, message.key or b"", orjson.dumps(dead_letter), headers=headers))
+        await (await send(topics.dead_letter, message.key or b"", record, headers=headers))
 
     @app.agent(events)
     @_logs_the_failed_record
