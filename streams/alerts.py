@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from copy import copy
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -105,16 +106,36 @@ class _Matcher:
             for key, allowed in self.tags:
                 if tags.get(key) not in allowed:
                     return False
-        if self.bounds is not None:
-            gt, gte, lt, lte = self.bounds
-            if (
-                (gt is not None and not point > gt)
-                or (gte is not None and not point >= gte)
-                or (lt is not None and not point < lt)
-                or (lte is not None and not point <= lte)
-            ):
-                return False
-        return True
+        return self.bounds is None or _within(self.bounds, point)
+
+    def of_batch(self, batch: Batch) -> bool | _Matcher:
+        """For a matcher left with value bounds only: whether all or none of a batch's events
+        pass, from its min and max where they tell (latencies mostly lie far from a bound);
+        else itself, to check each event."""
+        if self.fields or self.tags or self.bounds is None:
+            return self
+        low, high = float(batch.low), float(batch.high)
+        if _within(self.bounds, low) and _within(self.bounds, high):
+            return True
+        gt, gte, lt, lte = self.bounds
+        if (
+            (gt is not None and high <= gt)
+            or (gte is not None and high < gte)
+            or (lt is not None and low >= lt)
+            or (lte is not None and low > lte)
+        ):
+            return False
+        return self
+
+
+def _within(bounds: Bounds, point: float) -> bool:
+    gt, gte, lt, lte = bounds
+    return not (
+        (gt is not None and not point > gt)
+        or (gte is not None and not point >= gte)
+        or (lt is not None and not point < lt)
+        or (lte is not None and not point <= lte)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +206,85 @@ _FIELDS_OF = {event_type.kind: set(event_type.__struct_fields__) for event_type 
 
 
 @dataclass(slots=True)
+class _Totals:
+    """What a rule reads of a group's panes in a range: the numerator's count, exact sum, min
+    and max, and the denominator's count."""
+
+    count: int = 0
+    nanos: int | Decimal = 0
+    low: float | Decimal | int | None = None
+    high: float | Decimal | int | None = None
+    samples: int = 0
+
+    def add(self, pane: list[Accumulator | None]) -> None:
+        numerator, denominator = pane
+        if numerator is not None:
+            self.count += numerator.count
+            self.nanos += numerator.nanos
+            if self.low is None or numerator.low < self.low:
+                self.low = numerator.low
+            if self.high is None or numerator.high > self.high:
+                self.high = numerator.high
+        if denominator is not None:
+            self.samples += denominator.count
+
+    def remove(self, pane: list[Accumulator | None]) -> None:
+        """Take a pane out of the counts and sums (min and max cannot be taken out: see
+        `_Settled.slide`)."""
+        numerator, denominator = pane
+        if numerator is not None:
+            self.count -= numerator.count
+            self.nanos -= numerator.nanos
+        if denominator is not None:
+            self.samples -= denominator.count
+
+
+@dataclass(slots=True)
+class _Settled:
+    """The totals of a group's panes in [first, last): the window's panes but its newest. Every
+    record that touches the group evaluates it, mostly adding to its newest pane only, so these
+    are kept, and slid along as the window moves, rather than summed over every pane (360 of
+    them for an hour) at every record."""
+
+    first: int
+    last: int
+    totals: _Totals
+
+    @classmethod
+    def of(cls, panes: dict[int, list[Accumulator | None]], first: int, last: int) -> _Settled:
+        totals = _Totals()
+        for start, pane in panes.items():
+            if first <= start < last:
+                totals.add(pane)
+        return cls(first, last, totals)
+
+    def slide(self, panes: dict[int, list[Accumulator | None]], first: int, last: int, bounds: bool) -> bool:
+        """Move to [first, last) by adding the panes that entered and removing those that left;
+        False (and unchanged) when that is no cheaper than summing again: the window moved back
+        or far, or a pane left a window whose min or max (`bounds`) is read."""
+        entered = range(self.last, last, PANE_S)
+        left = range(self.first, min(first, self.last), PANE_S)
+        if first < self.first or last < self.last or len(entered) + len(left) > len(panes):
+            return False
+        gone = [pane for start in left if (pane := panes.get(start)) is not None]
+        if gone and bounds:
+            return False
+        for pane in gone:
+            self.totals.remove(pane)
+        for start in entered:
+            if first <= start and (pane := panes.get(start)) is not None:
+                self.totals.add(pane)
+        self.first, self.last = first, last
+        return True
+
+
+@dataclass(slots=True)
 class AlertGroup:
     """One alert's panes and state. `panes`: pane start -> [numerator, denominator]."""
 
     first_seen: float
     panes: dict[int, list[Accumulator | None]] = field(default_factory=dict)
+    settled: _Settled | None = None  # forgotten when a pane in its range changes
     hours: dict[int, Decimal] = field(default_factory=dict)  # baseline rules: hour start -> total
     status: str = "inactive"  # inactive | pending | firing
     since: float = 0.0  # pending: when the condition began to hold; firing: when it fired
@@ -248,10 +343,15 @@ class AlertEngine:
                 plans = self._plan(series)
             for plan in plans:
                 numerator, denominator, group = plan.numerator, plan.denominator, plan.group
+                if group is not None and not isinstance(numerator, bool):
+                    numerator = numerator.of_batch(batch)
+                if group is not None and not isinstance(denominator, bool):
+                    denominator = denominator.of_batch(batch)
                 if isinstance(numerator, bool) and isinstance(denominator, bool) and group is not None:
-                    key = self._fold(plan.compiled, project, group, batch, numerator, denominator)
-                    if key is not None:
-                        touched.add(key)
+                    if numerator or denominator:
+                        key = self._fold(plan.compiled, project, group, batch, numerator, denominator)
+                        if key is not None:
+                            touched.add(key)
                 else:
                     self._fold_split(plan, project, batch, touched)
         if folded.newest is not None:
@@ -311,6 +411,8 @@ class AlertEngine:
         pane = group.panes.get(start)
         if pane is None:
             pane = group.panes[start] = [None, None]
+        if group.settled is not None and start < group.settled.last:
+            group.settled = None
         for index, by in ((0, numerator), (1, denominator)):
             if by:
                 acc = pane[index]
@@ -357,48 +459,67 @@ class AlertEngine:
         # The current pane and the window's worth of panes before it: "5m" looks back between 5 m
         # and 5 m 10 s, and an event a few milliseconds older than the newest one still counts.
         end = int(clock // PANE_S) * PANE_S
-        # Every group touched by a record is evaluated: the panes are read, never merged into a
-        # copy, except for percentiles.
-        numerator = self._panes(group, end - rule.window, end, 0)
-        count = sum(acc.count for acc in numerator)
-        if rule.aggregate == "ratio":
-            samples = sum(acc.count for acc in self._panes(group, end - rule.window, end, 1))
-            if samples == 0 or samples < rule.min_samples:
-                return None, samples
-            return count / samples, samples
-        if count < rule.min_samples:
-            return None, count
-        if rule.aggregate == "count":
-            value: float | None = float(count)
-        elif rule.aggregate == "rate":
-            value = count / rule.window
-        elif rule.aggregate == "sum":
-            value = float(Decimal(sum(acc.nanos for acc in numerator)).scaleb(-9))
-        elif not numerator:
-            return None, 0
-        elif rule.aggregate == "avg":
-            value = float(Decimal(sum(acc.nanos for acc in numerator)).scaleb(-9)) / count
-        elif rule.aggregate == "min":
-            value = float(min(acc.low for acc in numerator))
-        elif rule.aggregate == "max":
-            value = float(max(acc.high for acc in numerator))
-        elif numerator[0].sketched:
-            merged = numerator[0].copy()
-            for acc in numerator[1:]:
-                merged.merge(acc)
-            value = merged.sketch_of().quantile(_QUANTILES[rule.aggregate])
+        value: float | None
+        if compiled.sketch:
+            value, count = self._percentile(rule, group, end)
         else:
-            return None, count
+            totals = self._totals(group, end - rule.window, end, rule.aggregate in ("min", "max"))
+            count = totals.count
+            if rule.aggregate == "ratio":
+                samples = totals.samples
+                if samples == 0 or samples < rule.min_samples:
+                    return None, samples
+                return count / samples, samples
+            if count < rule.min_samples:
+                return None, count
+            if rule.aggregate == "count":
+                value = float(count)
+            elif rule.aggregate == "rate":
+                value = count / rule.window
+            elif rule.aggregate == "sum":
+                value = float(Decimal(totals.nanos).scaleb(-9))
+            elif count == 0 or totals.low is None or totals.high is None:  # no event in the window
+                return None, 0
+            elif rule.aggregate == "avg":
+                value = float(Decimal(totals.nanos).scaleb(-9)) / count
+            elif rule.aggregate == "min":
+                value = float(totals.low)
+            else:
+                value = float(totals.high)
         if rule.baseline is not None and value is not None:
             usual = self._baseline(rule, group, clock) if rule.baseline else None
             value = None if not usual else value / usual
         return value, count
 
     @staticmethod
-    def _panes(group: AlertGroup, first: int, last: int, index: int) -> list[Accumulator]:
-        """The numerator (0) or denominator (1) of the group's panes starting in [first, last]."""
-        panes = group.panes.items()
-        return [acc for start, pane in panes if first <= start <= last and (acc := pane[index]) is not None]
+    def _totals(group: AlertGroup, first: int, last: int, bounds: bool) -> _Totals:
+        """The totals of the group's panes starting in [first, last] (`bounds`: their min and
+        max are read)."""
+        settled = group.settled
+        if settled is None or not (
+            (settled.first, settled.last) == (first, last) or settled.slide(group.panes, first, last, bounds)
+        ):
+            settled = group.settled = _Settled.of(group.panes, first, last)
+        newest = group.panes.get(last)
+        if newest is None:
+            return settled.totals
+        totals = copy(settled.totals)
+        totals.add(newest)
+        return totals
+
+    def _percentile(self, rule: Rule, group: AlertGroup, end: int) -> tuple[float | None, int]:
+        """A percentile rule's value: the sketches of the window's panes merged into a copy."""
+        first = end - rule.window
+        numerator = [
+            acc for start, (acc, _) in group.panes.items() if first <= start <= end and acc is not None
+        ]
+        count = sum(acc.count for acc in numerator)
+        if count < rule.min_samples or not numerator or not numerator[0].sketched:
+            return None, count
+        merged = numerator[0].copy()
+        for acc in numerator[1:]:
+            merged.merge(acc)
+        return merged.sketch_of().quantile(_QUANTILES[rule.aggregate]), count
 
     @staticmethod
     def _baseline(rule: Rule, group: AlertGroup, clock: float) -> float | None:
@@ -515,6 +636,7 @@ class AlertEngine:
             oldest = clock - rule.window - PANE_S
             for start in [s for s in group.panes if s + PANE_S < oldest]:
                 del group.panes[start]
+                group.settled = None
             if group.hours:
                 horizon = clock - rule.horizon - 3600
                 for hour in [h for h in group.hours if h + 3600 < horizon]:

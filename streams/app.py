@@ -134,18 +134,11 @@ def create_app(settings: StreamsSettings) -> faust.App:
                     alerts = AlertEngine(rules, settings.watermark_idle_s)
                     state = fresh[p] = PartitionState(new_windows(), alerts, checkpointed_at=time.monotonic())
                     checkpoint = found.get(p)
-                    if checkpoint is None:
-                        log.info("owns events partition %d, which has no checkpoint yet", p)
-                    else:
+                    if checkpoint is not None:
                         state.windows.restore(checkpoint.state, time.time())
                         if "alerts" in checkpoint.state:  # absent from checkpoints of 0.1
                             state.alerts.restore(checkpoint.state["alerts"], time.time())
                         state.next_offset = checkpoint.next_offset
-                        log.info(
-                            "owns events partition %d from its checkpoint at offset %d",
-                            p,
-                            checkpoint.next_offset,
-                        )
                 # Alert changes published after a checkpoint was taken are in the alerts topic
                 # only: read them back, so that replaying records neither repeats nor loses one.
                 taken = [found[p].state.get("taken_at") if p in found else None for p in wanted]
@@ -157,6 +150,12 @@ def create_app(settings: StreamsSettings) -> faust.App:
                     for record in records:
                         fresh[p].alerts.apply_published(record)
                 states.update(fresh)
+                for p in wanted:  # its state is whole: the partition's records are folded from here
+                    if p in found:
+                        offset = found[p].next_offset
+                        log.info("owns events partition %d from its checkpoint at offset %d", p, offset)
+                    else:
+                        log.info("owns events partition %d, which has no checkpoint yet", p)
         return states[partition]
 
     async def send(

@@ -65,7 +65,8 @@ class Worker:
 
     def first_records(self) -> dict[int, float]:
         """Partition -> epoch time of its `owns events partition` line, logged when the worker
-        has loaded the partition's checkpoint for its first record."""
+        has restored the partition's state for its first record (its checkpoint, and the alert
+        records published since)."""
         found = {}
         for line in self.log.read_text(errors="replace").splitlines():
             if (owns := _OWNS.search(line)) is not None:

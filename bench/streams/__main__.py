@@ -14,7 +14,8 @@ that topic:
   received to the last event folded. It runs before and after the worker; the mean of the two
   is the round's baseline (the machine is shared and drifts).
 - the worker (`cosnap-metrics streams`): timed from its first record (its earliest `owns events
-  partition` log line, so Faust's start and the group join are not counted) to the moment it
+  partition` log line, logged once the partitions' state is restored: Faust's start, the group
+  join and the reads of checkpoints and published alerts are not counted) to the moment it
   wrote (the record's Kafka CreateTime) the last of the minute windows whose counts add up to
   every event. This process reads them back to count them; how late its own reader thread gets
   to them is printed, not counted.
@@ -158,7 +159,7 @@ def run_worker(
         time.sleep(1)  # windows beyond the count would be duplicates
         print(
             f"    worker: first record {started - spawned:.1f} s after spawn (not counted); partitions "
-            f"{sorted(owned)} taken up (checkpoint looked up) over {max(owned.values()) - started:.2f} s "
+            f"{sorted(owned)} taken up (state restored) over {max(owned.values()) - started:.2f} s "
             f"(counted); last minute window closed {done - emitted:.2f} s before the worker wrote it "
             f"(counted), read here {tally.last_minute_at - done:.2f} s after that (not counted)"
         )

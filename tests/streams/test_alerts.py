@@ -5,6 +5,7 @@ filters, percentiles, baselines, group caps, impact, and restart without a repea
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,43 @@ def test_a_ratio_needs_its_minimum_sample_and_counts_both_sides() -> None:
     assert engine.value(key, engine.clock(NOW)) == (None, 5)  # 100 % errors, but 5 requests is no data
     [firing] = fold(engine, envelope(*(perf(2, "api", status="200") for _ in range(15))), NOW)
     assert firing["value"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("aggregate", ["count", "sum", "avg", "min", "max", "ratio"])
+def test_window_values_slide_with_the_clock_and_equal_a_recount(aggregate: str) -> None:
+    """A group keeps the totals of its window's older panes and slides them along as the clock
+    moves: at every record they equal a recount of the window's events, also when events land
+    in older panes and when old panes are forgotten."""
+    errors = {"type": "performance", "metric": "api", "tags": {"status": "500"}}
+    everything = {"type": "performance", "metric": "api"}
+    ratio = aggregate == "ratio"
+    engine = AlertEngine(
+        rules(rule(match=errors if ratio else everything, of=everything if ratio else None,
+                   aggregate=aggregate, window="1m", threshold=1e12)),
+        idle_s=5,
+    )  # fmt: skip
+    rng = random.Random(aggregate)
+    seen: list[tuple[float, float, str]] = []  # (pane start, value, status)
+    for n in range(400):
+        seconds = n * 1.3 - rng.choice([0, 0, 0, 4, 12, 35])  # some land in older panes
+        value, status = float(rng.randint(1, 9000)) / 10, rng.choice(["200", "500"])
+        fold(engine, envelope(perf(seconds, "api", value, status=status)), NOW)
+        seen.append((T0.timestamp() + seconds // 10 * 10, value, status))
+        if n % 25 == 0:
+            engine.tick(NOW)  # forgets panes no window reaches any more
+        end = engine.clock(NOW) // 10 * 10
+        window = [(value, status) for start, value, status in seen if end - 60 <= start <= end]
+        values = [value for value, status in window if status == "500" or not ratio]
+        expected = {
+            "count": float(len(values)),
+            "sum": sum(values),
+            "avg": sum(values) / len(values) if values else None,
+            "min": min(values, default=None),
+            "max": max(values, default=None),
+            "ratio": len(values) / len(window) if window else None,
+        }[aggregate]
+        value_now, _ = engine.value(("r", "cosnap", ()), engine.clock(NOW))
+        assert value_now == pytest.approx(expected), (n, aggregate)
 
 
 def test_value_filters_and_percentiles() -> None:
