@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean alertmanager browser prometheus
+.PHONY: setup native run test lint bench clean alertmanager browser prometheus
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -16,7 +16,22 @@ $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 
 setup: $(STAMP)
 
-run: setup
+# The streams worker's per-event modules, compiled with mypyc (with the C compiler `cc`): each
+# extension sits beside its source and Python imports it first. Rebuilt whenever a source
+# changes; without them the same modules run as plain Python (BENCHMARKS.md: ~20 % slower).
+NATIVE_SOURCES := streams/sketch.py streams/watermark.py streams/series.py streams/windows.py streams/alerts.py
+NATIVE := build/native.stamp
+
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	@command -v cc >/dev/null || { echo "make: a C compiler (cc) is needed to compile the streams modules"; exit 1; }
+	$(BIN)/python -c 'import sys; from mypyc.build import mypycify; from setuptools import setup; \
+	  setup(name="cosnap-streams-native", script_args=["-q", "build_ext", "--inplace", "--force"], \
+	        ext_modules=mypycify(sys.argv[1:], group_name="streams.native"))' $(NATIVE_SOURCES)
+	@touch $@
+
+native: $(NATIVE)
+
+run: setup native
 	$(BIN)/cosnap-metrics run
 
 lint: setup
@@ -41,14 +56,14 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
-test: lint alertmanager browser prometheus
+test: lint native alertmanager browser prometheus
 	$(BIN)/pytest
 
-bench: setup
+bench: setup native
 	$(BIN)/python -m bench.ingest
 	-$(BIN)/python -m bench.streams
 	-$(BIN)/python -m bench.streams.memory
 	$(BIN)/python -m bench.alerts
 
 clean:
-	rm -rf $(VENV) .cosnap-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,7 @@ import msgspec
 import orjson
 from aiokafka.errors import KafkaError
 
+import streams.windows
 from cosnap_metrics.status import serve_status
 from ingest.errors import KafkaUnavailable
 from ingest.producer import EnvelopeProducer
@@ -103,6 +104,8 @@ def create_app(settings: StreamsSettings) -> faust.App:
         settings.kafka_bootstrap, timeout_s=30.0, client_id="cosnap-streams", queue_max_messages=1_000_000
     )
     rules = load_rules(settings.rules_file)
+    compiled = not str(streams.windows.__file__).endswith(".py")
+    log.info("windows and alerts run %s", "compiled (mypyc)" if compiled else "as Python (see `make native`)")
     states: dict[int, PartitionState] = {}
     emitting = asyncio.Lock()  # held while closed windows are out and unacknowledged
     windows_due = asyncio.Event()  # a record moved a watermark past a window

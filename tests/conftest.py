@@ -30,6 +30,15 @@ from schemas.settings import RunnerSettings
 from schemas.topics import Topics
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The streams modules compiled by `make native` shadow their sources: refuse to test an
+    extension built before its source last changed."""
+    for library in (Path(__file__).resolve().parents[1] / "streams").glob("*.so"):
+        source = library.with_name(library.name.split(".")[0] + ".py")
+        if source.exists() and source.stat().st_mtime > library.stat().st_mtime:
+            pytest.exit(f"streams/{library.name} is older than its source: run `make native`", returncode=2)
+
+
 def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
     """Call `check` until it returns something truthy or `timeout` seconds pass; return its last result."""
     deadline = time.monotonic() + timeout
