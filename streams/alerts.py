@@ -360,7 +360,7 @@ class AlertEngine:
         if not touched:
             return []
         clock = self.clock(now)
-        changes = (self._evaluate(key, clock, now) for key in sorted(touched))
+        changes = [self._evaluate(key, clock, now) for key in sorted(touched)]
         return [change for change in changes if change is not None]
 
     def _plan(self, series: Series) -> tuple[_Plan, ...]:

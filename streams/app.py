@@ -270,6 +270,10 @@ def create_app(settings: StreamsSettings) -> faust.App:
                     extra=_record_context(message.topic, message.partition, message.offset)
                     | {"request_ids": distinct_request_ids(event["request_id"] for event in late)},
                 )
+            # Faust hands over buffered records without yielding to the event loop: during a
+            # replay or a backlog the emission task and the timer would wait until the buffer
+            # runs dry (windows, alert ticks and checkpoints held back for as long).
+            await asyncio.sleep(0)
 
     async def checkpoint(partition: int, state: PartitionState) -> None:
         if states.get(partition) is not state:  # revoked meanwhile: the new owner checkpoints it

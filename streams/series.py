@@ -31,7 +31,7 @@ _MAX_VALUE_COMBINATIONS = 10_000  # per name: raw tag values remembered; a runaw
 def series_id(key: SeriesKey) -> str:
     """A stable id of a series, the same in every process and release."""
     project, kind, name, currency, dims = key
-    text = "\x1f".join([project, kind, name, currency, *(f"{k}={v}" for k, v in dims)])
+    text = "\x1f".join([project, kind, name, currency, *[f"{k}={v}" for k, v in dims]])
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 

@@ -204,7 +204,7 @@ class Accumulator:
         if self.sketch is not None:
             return self.sketch
         values = () if self.count == 0 else (self.low,) if self.count == 1 else (self.low, self.high)
-        return DDSketch.of(*(float(v) for v in values))
+        return DDSketch.of(*[float(v) for v in values])
 
     def copy(self) -> Accumulator:
         sketch = None
