@@ -31,7 +31,7 @@ import math
 from copy import copy
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -43,7 +43,6 @@ from streams.windows import Accumulator, Batch, Folded, epoch, iso
 
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
-_MAX_PLANS = 250_000  # series whose rule plans are remembered; a runaway series count refills it
 _REVENUE_BUCKET_S = 60
 
 GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
@@ -312,7 +311,6 @@ class AlertEngine:
         self._by_type: dict[str, list[_Compiled]] = {}
         for compiled in self._compiled.values():
             self._by_type.setdefault(compiled.rule.match.type, []).append(compiled)
-        self._plans: dict[Series, tuple[_Plan, ...]] = {}
         impacts = [r.impact.revenue_window for r in rules.rules if r.impact is not None]
         self._revenue_window = max(impacts, default=0)
         # project -> minute -> currency -> revenue: for the business impact of an alert.
@@ -338,7 +336,7 @@ class AlertEngine:
             series = batch.series
             if series.kind == "revenue" and self._revenue_window:
                 self._add_revenue(project, series.key[3], batch.start, Decimal(batch.nanos).scaleb(-9))
-            plans = self._plans.get(series)
+            plans = cast("tuple[_Plan, ...] | None", series.rule_plans)
             if plans is None:
                 plans = self._plan(series)
             for plan in plans:
@@ -364,12 +362,12 @@ class AlertEngine:
         return [change for change in changes if change is not None]
 
     def _plan(self, series: Series) -> tuple[_Plan, ...]:
-        if len(self._plans) >= _MAX_PLANS:
-            self._plans.clear()
+        """The rules' plans for a series, kept on it: the series' resolver is this partition's,
+        like the engine, and a series the resolver forgets takes its plans along."""
         # A tuple: most series match no rule, and they all share the empty one.
-        plans = self._plans[series] = tuple(
-            plan for compiled in self._by_type.get(series.kind, ()) if (plan := compiled.plan(series))
-        )
+        rules = self._by_type.get(series.kind, ())
+        plans = tuple(plan for compiled in rules if (plan := compiled.plan(series)))
+        series.rule_plans = plans
         return plans
 
     def _fold_split(self, plan: _Plan, project: str, batch: Batch, touched: set[GroupKey]) -> None:

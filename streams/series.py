@@ -46,6 +46,9 @@ class Series:
     kind: str = field(init=False)
     step: tuple[str, str] | None = field(init=False)  # conversion: its key in `step_index`
     head: bytes = field(init=False)  # its final records' unchanging fields, as JSON (see `_head`)
+    # The alert rules' plans for its events (streams/alerts.py), set by the engine of the
+    # partition whose resolver made it; None until its first batch.
+    rule_plans: tuple[object, ...] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.kind = self.key[1]
