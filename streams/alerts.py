@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from copy import copy
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
@@ -226,6 +225,12 @@ class _Totals:
                 self.high = numerator.high
         if denominator is not None:
             self.samples += denominator.count
+
+    def plus(self, pane: list[Accumulator | None]) -> _Totals:
+        """These totals and a pane's, as new totals."""
+        totals = _Totals(self.count, self.nanos, self.low, self.high, self.samples)
+        totals.add(pane)
+        return totals
 
     def remove(self, pane: list[Accumulator | None]) -> None:
         """Take a pane out of the counts and sums (min and max cannot be taken out: see
@@ -499,11 +504,7 @@ class AlertEngine:
         ):
             settled = group.settled = _Settled.of(group.panes, first, last)
         newest = group.panes.get(last)
-        if newest is None:
-            return settled.totals
-        totals = copy(settled.totals)
-        totals.add(newest)
-        return totals
+        return settled.totals if newest is None else settled.totals.plus(newest)
 
     def _percentile(self, rule: Rule, group: AlertGroup, end: int) -> tuple[float | None, int]:
         """A percentile rule's value: the sketches of the window's panes merged into a copy."""

@@ -233,6 +233,27 @@ def test_window_values_slide_with_the_clock_and_equal_a_recount(aggregate: str) 
         assert value_now == pytest.approx(expected), (n, aggregate)
 
 
+@pytest.mark.parametrize(
+    ("values", "inside"),
+    [
+        ([150.0, 199.9], 2),
+        ([10.0, 99.9], 0),
+        ([200.0, 900.0], 0),
+        ([150.0, 250.0], 1),
+        ([50.0, 150.0], 1),
+        ([99.9, 100.0, 150.0, 200.0], 2),
+    ],
+)
+def test_value_bounds_take_exactly_the_events_inside_them(values: list[float], inside: int) -> None:
+    """A batch wholly inside or outside a rule's value bounds is decided from its min and max;
+    one across a bound is checked event by event: either way the same events count."""
+    bounded = rule(match={"type": "performance", "metric": "api", "value": {"gte": 100, "lt": 200}})
+    engine = AlertEngine(rules(bounded | {"threshold": 1e9}), idle_s=5)
+    fold(engine, envelope(*(perf(1, "api", v) for v in values)), NOW)
+    fold(engine, envelope(perf(2, "api", 120.0)), NOW)  # one more inside, so the group exists
+    assert engine.value(("r", "cosnap", ()), engine.clock(NOW)) == (float(inside + 1), inside + 1)
+
+
 def test_value_filters_and_percentiles() -> None:
     slow = rule(
         name="slow",
