@@ -1,8 +1,9 @@
 """What the services would send to Sentry, recorded by a transport of the test's own (nothing
 leaves the process): unhandled failures of the real ingest app with their request scrubbed and
 the release, environment and request id set; failures logged with a record's context, as the
-streams worker, the sink and the notifier log them, as tagged events; and `before_send` on
-realistic events."""
+streams worker, the sink and the notifier log them, as tagged events; no identity of the app's
+users in anything sent (a transport that fails on any of them); and `before_send` on realistic
+events."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 import sentry_sdk
 from cosnap_metrics_sdk.webhooks import signing_key
+from pydantic import ValidationError
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
@@ -25,24 +27,30 @@ from cosnap_metrics.broker import KafkaBroker
 from cosnap_metrics.sentry import FILTERED, Scrubber, secret_forms, sentry_options
 from ingest.app import create_app
 from ingest.keys import KeyStore
+from schemas.records import Envelope as RecordEnvelope
 from schemas.settings import CommonSettings, IngestSettings, NotifierSettings
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - a test secret
 
 
 class RecordingTransport(Transport):
-    """Keeps every envelope the SDK would send."""
+    """Keeps every envelope the SDK would send; `leaks` are the `forbidden` strings found in the
+    bytes of any of them, as they would go over the wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, forbidden: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.envelopes: list[Envelope] = []
+        self.forbidden = forbidden
+        self.leaks: list[str] = []
 
     def capture_envelope(self, envelope: Envelope) -> None:
         self.envelopes.append(envelope)
+        sent = envelope.serialize().decode()
+        self.leaks += [value for value in self.forbidden if value in sent]
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        return [event for envelope in self.envelopes if (event := envelope.get_event()) is not None]
+        return [dict(event) for envelope in self.envelopes if (event := envelope.get_event()) is not None]
 
 
 Start = Callable[..., RecordingTransport]
@@ -52,8 +60,10 @@ Start = Callable[..., RecordingTransport]
 def sentry() -> Iterator[Start]:
     """Starts Sentry as a service would (sentry_options), with a recording transport."""
 
-    def start(service: str, settings: CommonSettings, secrets: tuple[str, ...] = ()) -> RecordingTransport:
-        transport = RecordingTransport()
+    def start(
+        service: str, settings: CommonSettings, secrets: tuple[str, ...] = (), forbidden: tuple[str, ...] = ()
+    ) -> RecordingTransport:
+        transport = RecordingTransport(forbidden)
         sentry_sdk.init(**sentry_options(service, settings, secrets), transport=transport)
         return transport
 
@@ -120,6 +130,175 @@ def test_a_failure_in_the_ingest_api_is_sent_with_its_request_scrubbed(
     sent = json.dumps(event)
     assert key not in sent  # not in the request, the exception, nor any frame's variables
     assert "s3cr3t-cookie" not in sent
+
+
+# The identities of one of the app's users, as the events of the ingest carry them.
+USER_EMAIL = "alice.liddell@example.com"
+ANONYMOUS_ID = "anon-7f3c2e91b4"
+SESSION_ID = "sess-5d8a1b0c6e"
+TAG_VALUES = ("cohort-winter-4471", "bob.referrer@example.org")
+CLIENT_ADDRESS = "203.0.113.77"
+IDENTITIES = (USER_EMAIL, ANONYMOUS_ID, SESSION_ID, *TAG_VALUES, CLIENT_ADDRESS)
+
+
+def users_event(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "feature",
+        "feature": "share",
+        "action": "clicked",
+        "user_id": USER_EMAIL,
+        "anonymous_id": ANONYMOUS_ID,
+        "session_id": SESSION_ID,
+        "tags": {"cohort": TAG_VALUES[0], "referrer": TAG_VALUES[1]},
+    } | fields
+
+
+@pytest.mark.kafka
+@pytest.mark.usefixtures("observed_env")
+def test_a_failure_after_the_ingest_read_a_body_sends_no_identity(
+    sentry: Start, kafka: KafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COSNAP_KAFKA_BOOTSTRAP", kafka.bootstrap)
+    settings = IngestSettings()
+    key = KeyStore(settings.keys_file).create("cosnap")
+    # The key travels in the body (as navigator.sendBeacon sends it), so the request fails on the
+    # cut-short keys file after the body was read and parsed: the handler's frame holds it all.
+    settings.keys_file.write_text('{"keys": [{"project": "cos')
+    transport = sentry("ingest", settings, forbidden=IDENTITIES)
+
+    async def post() -> httpx.Response:
+        app = create_app(settings)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app, raise_app_exceptions=False), base_url="http://127.0.0.1"
+            ) as client,
+        ):
+            return await client.post(
+                f"/v1/events?ref={USER_EMAIL}",
+                headers={"X-Forwarded-For": CLIENT_ADDRESS, "X-Real-IP": CLIENT_ADDRESS},
+                json={"api_key": key, "events": [users_event(), users_event(feature="export")]},
+            )
+
+    response = asyncio.run(post())
+
+    assert response.status_code == 500
+    [event] = transport.events
+    assert event["exception"]["values"][-1]["type"] == "JSONDecodeError"
+    assert event["request"]["url"].endswith("/v1/events")
+    assert transport.leaks == []
+    frames = [frame for value in event["exception"]["values"] for frame in value["stacktrace"]["frames"]]
+    assert any(frame["function"] == "post_events" for frame in frames)
+    assert all("vars" not in frame for frame in frames)
+    assert event["request"].get("data", "") == ""  # the body: left out (Sentry marks it removed by config)
+    assert key not in json.dumps(event)
+
+
+def test_an_error_log_carrying_an_event_sends_no_identity(sentry: Start, observed_env: None) -> None:
+    transport = sentry("sink", CommonSettings(), forbidden=IDENTITIES)
+    log = logging.getLogger("cosnap.sink")
+    # A record another producer wrote to the events topic: its event has a type no model takes.
+    record = json.dumps({"v": 1, "project": "cosnap", "events": [users_event(type="purchase")]}).encode()
+    log.warning("retrying %s", record.decode())  # below ERROR: a breadcrumb of the error below
+
+    def decode(value: bytes) -> RecordEnvelope:
+        event = json.loads(value)["events"][0]  # a local variable holding the event
+        assert event["user_id"]
+        return RecordEnvelope.model_validate_json(value)
+
+    try:
+        decode(record)
+    except ValidationError as exc:
+        # As the sink logs a record it cannot decode, here also with the record and its event.
+        log.error(
+            "undecodable record %s[%d]@%d: %s",
+            "metrics.events.v1",
+            0,
+            7,
+            exc,
+            exc_info=exc,
+            extra={
+                "topic": "metrics.events.v1",
+                "record": record.decode(),
+                "event": users_event(type="purchase"),
+                "request_ids": ["req-9"],
+            },
+        )
+
+    [event] = transport.events
+    assert transport.leaks == []
+    assert event["tags"]["topic"] == "metrics.events.v1"
+    assert event["tags"]["request_id"] == "req-9"
+    assert event["exception"]["values"][-1]["type"] == "ValidationError"
+    crumbs = [crumb.get("message", "") for crumb in event["breadcrumbs"]["values"]]
+    assert any(message.startswith("retrying ") and "share" in message for message in crumbs)
+    # What is not an identity is still there to debug with.
+    assert event["extra"]["event"]["feature"] == "share"
+    assert event["extra"]["event"]["tags"] == {"cohort": FILTERED, "referrer": FILTERED}
+    assert "purchase" in event["extra"]["record"]
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        (
+            '{"user_id": "u-1", "tags": {"plan": "pro}"}, "feature": "share"}',
+            '{"user_id": "[Filtered]", "tags": {[Filtered]}, "feature": "share"}',
+        ),
+        (
+            "FeatureEvent(user_id='u-1', anonymous_id=None, sessionId='s-1', tags={'a': 'b'}, "
+            "feature='share')",
+            "FeatureEvent(user_id='[Filtered]', anonymous_id=[Filtered], sessionId='[Filtered]', "
+            "tags={[Filtered]}, feature='share')",
+        ),
+        (
+            "/v1/pixel?user_id=u-1&session-id=s-1&feature=share",
+            "/v1/pixel?user_id=[Filtered]&session-id=[Filtered]&feature=share",
+        ),
+        (
+            '{"record": "{\\"anonymous_id\\": \\"a-1\\", \\"tags\\": {\\"a\\": \\"b\\"}}"}',
+            '{"record": "{\\"anonymous_id\\": \\"[Filtered]\\", \\"tags\\": {[Filtered]}}"}',
+        ),
+        (
+            "user_id\n  String too long [type=string_too_long, input_value='u-1', input_type=str]",
+            "user_id\n  String too long [type=string_too_long, input_value=[Filtered], input_type=str]",
+        ),
+        ("mail bob+x@mail.example.co.uk or see user_id", "mail [Filtered] or see user_id"),
+        (
+            "connect http://cosnap:hunter2@clickhouse:8123 failed",
+            "connect http://[Filtered]@clickhouse:8123 failed",
+        ),
+    ],
+)
+def test_identities_written_inside_text_are_removed(text: str, scrubbed: str) -> None:
+    event = Scrubber("sink")({"message": text}, {})
+    assert event["message"] == scrubbed
+
+
+def test_identity_fields_and_tag_maps_are_removed_at_any_depth() -> None:
+    event = {
+        "release": "app@1.0.0-rc.ab",  # shaped like an e-mail address, and left as it is
+        "user": {"id": "u-1", "ip_address": CLIENT_ADDRESS},
+        "tags": {"request_id": "req-1"},
+        "extra": {"envelope": {"events": [users_event()]}, "userId": "u-2", "by": {USER_EMAIL: 3}},
+        "request": {"headers": {"X-Forwarded-For": CLIENT_ADDRESS, "User-Agent": "curl/8"}},
+    }
+    scrubbed = Scrubber("ingest")(event, {})
+    assert scrubbed["release"] == "app@1.0.0-rc.ab"
+    assert "user" not in scrubbed
+    assert scrubbed["tags"] == {"request_id": "req-1", "service": "ingest"}
+    [stored] = scrubbed["extra"]["envelope"]["events"]
+    assert stored == users_event(
+        user_id=FILTERED,
+        anonymous_id=FILTERED,
+        session_id=FILTERED,
+        tags={"cohort": FILTERED, "referrer": FILTERED},
+    )
+    assert scrubbed["extra"]["userId"] == FILTERED
+    assert scrubbed["extra"]["by"] == {FILTERED: 3}
+    assert scrubbed["request"]["headers"] == {"X-Forwarded-For": FILTERED, "User-Agent": "curl/8"}
+    breadcrumb = Scrubber("ingest").breadcrumb({"message": f"accepted {json.dumps(users_event())}"}, {})
+    assert not [value for value in IDENTITIES if value in json.dumps(breadcrumb)]
 
 
 def test_failures_logged_with_a_records_context_are_tagged_events(
