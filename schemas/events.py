@@ -1,7 +1,9 @@
 """The event object of DESIGN §3.2: four types mirroring the app's BusinessMetricsService.
 
 Models are strict at the edge: unknown fields are rejected, names follow a pattern, amounts are
-exact decimals, floats are finite, strings and tag maps are bounded, text is NFC-normalised.
+exact decimals the store holds (schemas/numbers.py), written normalised, floats are finite,
+numbers sent as strings are plain ASCII decimals, strings and tag maps are bounded, text is
+NFC-normalised.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pydantic import (
 )
 
 from schemas.currencies import ISO_4217
+from schemas.numbers import decimal_problem, exceeds, normalised, number_text_problem
 
 MAX_TAGS = 32
 MAX_BATCH_EVENTS = 1000
 MAX_AMOUNT = Decimal("1000000000")  # a single payment above 1e9 in any currency is an input error
+MAX_VALUE = 1e15  # a performance value beyond it is an input error
 
 
 def _nfc(value: str) -> str:
@@ -81,20 +85,26 @@ class RevenueEvent(EventBase):
 
     @field_validator("amount", mode="before")
     @classmethod
-    def _no_binary_floats(cls, value: Any) -> Any:
-        # A JSON number arrives as float; its shortest repr is the decimal the client wrote.
-        return repr(value) if isinstance(value, float) else value
+    def _plain_number(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            # A JSON number arrives as float; its shortest repr is the decimal the client wrote.
+            return repr(value)
+        if isinstance(value, str):
+            problem = number_text_problem(value)
+            if problem:
+                raise ValueError(f"amount {problem}")
+        return value
 
     @field_validator("amount")
     @classmethod
-    def _bounded_amount(cls, value: Decimal) -> Decimal:
-        if not value.is_finite():
-            raise ValueError("amount must be a finite decimal")
-        if abs(value) > MAX_AMOUNT:
+    def _storable_amount(cls, value: Decimal) -> Decimal:
+        # Digits and exponent are checked before any arithmetic: 1e999999999 costs nothing.
+        problem = decimal_problem(value)
+        if problem:
+            raise ValueError(f"amount {problem}")
+        if exceeds(value, MAX_AMOUNT):
             raise ValueError(f"amount must be within ±{MAX_AMOUNT}")
-        if value.as_tuple().exponent < -9:  # type: ignore[operator]
-            raise ValueError("amount has more than 9 decimal places")
-        return value
+        return normalised(value)
 
     @field_validator("currency")
     @classmethod
@@ -126,8 +136,19 @@ class FeatureEvent(EventBase):
 class PerformanceEvent(EventBase):
     type: Literal["performance"]
     metric: Name
-    value: float = Field(allow_inf_nan=False, ge=-1e15, le=1e15)
+    value: float = Field(allow_inf_nan=False, ge=-MAX_VALUE, le=MAX_VALUE)
     unit: Unit
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("value must be a number, not a boolean")
+        if isinstance(value, str):
+            problem = number_text_problem(value)
+            if problem:
+                raise ValueError(f"value {problem}")
+        return value
 
 
 Event = Annotated[

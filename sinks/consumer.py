@@ -1,7 +1,9 @@
 """The sink loop: consume topics, batch rows per table, insert, then commit offsets.
 
-Offsets are committed only after every row consumed so far has been inserted, so a crash at
-any point replays (never loses) records; the tables' replacing keys make a replay harmless.
+Offsets are committed only after every row consumed so far has been inserted or, when
+ClickHouse refused it for its content, written to the dead-letter topic; so a crash at any point
+replays (never loses) records, and the tables' replacing keys make a replay harmless. One bad
+row never holds back the others (sinks/writer.py); only a transient failure is retried.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +24,7 @@ from kafka.errors import KafkaError
 from schemas.health import ServiceHealth
 from schemas.records import (
     MAX_HEADER_REQUEST_IDS,
+    DeadLetter,
     dead_letter_raw_bytes,
     distinct_request_ids,
     request_ids_header,
@@ -28,11 +32,22 @@ from schemas.records import (
 )
 from sinks.errors import SinkError
 from sinks.metrics import DEAD_LETTERS
-from sinks.writer import BatchWriter
+from sinks.writer import BatchWriter, RefusedRow
 
 log = logging.getLogger("cosnap.sink")
 
 RowBuilder = Callable[[bytes, int, int], list[bytes]]
+
+
+def _row_fields(row: bytes) -> dict[str, str]:
+    """The `project` and `request_id` of a row (built by sinks/rows.py), when it names them."""
+    try:
+        parsed = orjson.loads(row)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    return {k: v for k in ("project", "request_id") if isinstance(v := parsed.get(k), str)}
 
 
 @dataclass(slots=True)
@@ -133,15 +148,15 @@ class TopicSink:
         return any(route.writer.due(self._max_rows, self._max_wait_s) for route in self._routes.values())
 
     def flush_and_commit(self) -> None:
-        """Insert every pending row, then commit what was consumed. Retries failed inserts with
-        backoff until they succeed or the sink is stopped (then nothing is committed)."""
+        """Insert every pending row, dead-letter the rows ClickHouse refused for their content,
+        then commit what was consumed. Retries failed inserts and dead-letter writes with backoff
+        until they succeed or the sink is stopped (then nothing is committed)."""
         delay = 0.2
         failures = 0
         for route in self._routes.values():
             while True:
                 try:
-                    route.writer.flush()
-                    route.origin.clear()
+                    refused = route.writer.flush()
                     break
                 except SinkError as exc:
                     self._insert_error = str(exc)
@@ -163,6 +178,9 @@ class TopicSink:
                     )
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
+            if refused and not self._dead_letter_refused(route, refused):
+                return  # stopped before Kafka took them: nothing committed, the records replay
+            route.origin.clear()
         self._insert_error, self._flushed_at = None, time.time()
         try:
             self._consumer.commit()
@@ -171,6 +189,60 @@ class TopicSink:
             # and inserted again (collapsed by the replacing keys). Broker outages and a group
             # that rebalanced meanwhile (CommitFailedError) both land here; the loop goes on.
             log.warning("offset commit failed, rows will be replayed: %r", exc)
+
+    def _send_dead_letters(self, letters: list[tuple[DeadLetter, list[str]]]) -> None:
+        """Write dead letters and wait until Kafka took every one (raises KafkaError if not)."""
+        sent = [
+            self._dead_letters.send(
+                self._dead_letter_topic,
+                key=letter.project.encode() if letter.project is not None else None,
+                value=letter.model_dump_json().encode(),
+                headers=[request_ids_header(request_ids)],
+            )
+            for letter, request_ids in letters
+        ]
+        for future in sent:
+            future.get(timeout=30)
+
+    def _dead_letter_refused(self, route: Route, refused: list[RefusedRow]) -> bool:
+        """Dead-letter the rows ClickHouse refused; retried until Kafka takes them. False when
+        the sink was stopped first."""
+        table = route.writer.table
+        log.error(
+            "ClickHouse refused %d rows for %s, dead-lettered: %s",
+            len(refused),
+            table,
+            refused[0].reason,
+            extra=route.origin.context(route.topic, route.writer)
+            | {"refused": [f"{route.topic}[{r.partition}]@{r.offset}#{r.index}" for r in refused[:10]]},
+        )
+        received_at = datetime.now(UTC)
+        letters = []
+        for row in refused:
+            fields = _row_fields(row.row)
+            letter = DeadLetter(
+                project=fields.get("project"),
+                request_id=f"{route.topic}:{row.partition}:{row.offset}",
+                received_at=received_at,
+                index=row.index,
+                reason=f"ClickHouse refused the row for {table}: {row.reason}",
+                raw=dead_letter_raw_bytes(row.row),
+            )
+            letters.append((letter, [fields["request_id"]] if "request_id" in fields else []))
+        delay = 0.2
+        while True:
+            try:
+                self._send_dead_letters(letters)
+                break
+            except KafkaError as exc:
+                if self._stopping.is_set():
+                    log.error("stopping with %d refused rows not dead-lettered: %r", len(refused), exc)
+                    return False
+                log.warning("dead-letter write failed, retrying in %.1fs: %r", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        DEAD_LETTERS.labels(route.topic, "refused").inc(len(refused))
+        return True
 
     def _dead_letter(self, record: ConsumerRecord, exc: Exception) -> None:
         topic, partition, offset, value = record.topic, record.partition, record.offset, record.value
@@ -184,19 +256,16 @@ class TopicSink:
             exc_info=exc,
             extra={"topic": topic, "partition": partition, "offset": offset, "request_ids": request_ids},
         )
-        DEAD_LETTERS.labels(topic).inc()
-        dead_letter = {
-            "v": 1,
-            "project": None,
-            "request_id": f"{topic}:{partition}:{offset}",
-            "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "index": None,
-            "reason": f"sink could not decode the record: {exc}",
-            "raw": dead_letter_raw_bytes(value),
-        }
-        self._dead_letters.send(
-            self._dead_letter_topic, orjson.dumps(dead_letter), headers=[request_ids_header(request_ids)]
-        ).get(timeout=30)
+        DEAD_LETTERS.labels(topic, "undecodable").inc()
+        dead_letter = DeadLetter(
+            project=None,
+            request_id=f"{topic}:{partition}:{offset}",
+            received_at=datetime.now(UTC),
+            index=None,
+            reason=f"sink could not decode the record: {exc}",
+            raw=dead_letter_raw_bytes(value),
+        )
+        self._send_dead_letters([(dead_letter, request_ids)])
 
     def run(self) -> None:
         try:
@@ -216,7 +285,7 @@ class TopicSink:
                         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                             self._dead_letter(record, exc)
                             continue
-                        route.writer.add(rows)
+                        route.writer.add(rows, record.partition, record.offset)
                         route.origin.add(record)
                 if self._due():
                     self.flush_and_commit()

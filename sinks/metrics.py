@@ -27,6 +27,7 @@ INSERT_ERRORS = Counter(
 )
 DEAD_LETTERS = Counter(
     "cosnap_sink_dead_letters_total",
-    "Records the sink could not decode, sent to the dead-letter topic, by the topic they came from",
-    ["topic"],
+    "Records the sink could not decode (reason undecodable) and rows ClickHouse refused for their"
+    " content (reason refused), sent to the dead-letter topic, by the topic they came from",
+    ["topic", "reason"],
 )
