@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
@@ -118,6 +119,38 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from cosnap_metrics.errors import QueryError
+    from cosnap_metrics.reconcile import check, print_report
+
+    try:
+        result = check(
+            StreamsSettings(),
+            start=args.start,
+            end=args.end,
+            project=args.project,
+            granularity=args.granularity,
+            settle_s=args.settle,
+        )
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_report(result, sys.stdout)
+    return 0 if result.clean else 1
+
+
+def _time(text: str) -> datetime:
+    """An argparse type: a time for `reconcile` (ISO 8601, `now`, or an age such as `2h`)."""
+    from cosnap_metrics.reconcile import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give ISO 8601 (2026-11-27T10:00Z), now, or an age (90s, 30m, 2h, 7d)"
+        ) from None
+
+
 def _demo(args: argparse.Namespace) -> int:
     from cosnap_metrics.demo import run_demo
     from ingest.keys import DEV_KEY_FILE
@@ -221,6 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql")
     query.add_argument("--format", choices=["tsv", "json"], default="tsv")
     query.set_defaults(func=_query)
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare every final window of metrics.windows with a recount of metrics.events",
+        description="Recount count, sum, min and max of every window from metrics.events FINAL (per "
+        "project, type, series name, currency, granularity and window start) and print the windows "
+        "of metrics.windows that differ. Windows the worker may not have written yet are skipped "
+        "and counted. Exit status: 0 all equal, 1 mismatches, 2 the query failed.",
+    )
+    reconcile.add_argument(
+        "--from", dest="start", type=_time, metavar="T", help="windows starting at or after T (default: all)"
+    )
+    reconcile.add_argument(
+        "--to", dest="end", type=_time, metavar="T", help="windows ending at or before T (default: all final)"
+    )
+    reconcile.add_argument("--project", metavar="P", help="one project (default: all)")
+    reconcile.add_argument(
+        "--granularity", choices=["10s", "1m", "1h"], help="one granularity (default: all)"
+    )
+    reconcile.add_argument(
+        "--settle",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="seconds an event may take from its 202 to its window in the store (default 15)",
+    )
+    reconcile.set_defaults(func=_reconcile)
 
     demo = commands.add_parser("demo", help="post realistic Cosnap traffic to the ingest API")
     demo.add_argument("--minutes", type=float, default=5.0)
