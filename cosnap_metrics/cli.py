@@ -172,6 +172,20 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compose_env(args: argparse.Namespace) -> int:
+    from cosnap_metrics.compose_env import COMPOSE_PASSWORDS, write_compose_env
+
+    try:
+        write_compose_env(args.file)
+    except FileExistsError:
+        print(
+            f"error: {args.file} exists; it is never overwritten (its passwords are in use)", file=sys.stderr
+        )
+        return 1
+    print(f"wrote {args.file} (mode 0600): {', '.join(COMPOSE_PASSWORDS)}", file=sys.stderr)
+    return 0
+
+
 def _schemas_export(args: argparse.Namespace) -> int:
     from schemas.export import export
 
@@ -309,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards.add_parser(
         "export", help="write sinks/grafana/dashboards/executive.json from sinks/panels.py"
     ).set_defaults(func=_dashboards_export)
+
+    compose_env = commands.add_parser(
+        "compose-env",
+        help="write the .env of docker-compose.yml: new passwords, mode 0600, never overwritten",
+    )
+    compose_env.add_argument("--file", type=Path, default=Path(".env"), help="where to write (default: .env)")
+    compose_env.set_defaults(func=_compose_env)
 
     keys = commands.add_parser("keys", help="manage project write keys").add_subparsers(
         dest="keys", required=True

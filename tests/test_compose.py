@@ -1,20 +1,32 @@
 """docker-compose.yml cannot start here (no Docker engine), so its consistency with the
 embedded path is checked: pinned images, the same Kafka version, known settings only, real
-CLI commands, and every pipeline service built from this repository's image."""
+CLI commands, and every pipeline service built from this repository's image. And that the
+stack is closed by default: ports on loopback, no password in any file (each from the
+operator's .env, which `cosnap-metrics compose-env` writes), ClickHouse users limited to the
+stack's network, Grafana's user read-only (checked on ClickHouse's engine) on `metrics` only."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
+import stat
 import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from cosnap_metrics.cli import build_parser
+from cosnap_metrics.compose_env import COMPOSE_PASSWORDS
 from schemas.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+GRAFANA_DATASOURCE = ROOT / "sinks" / "grafana" / "provisioning" / "datasources" / "clickhouse.yaml"
 
 
 def _compose() -> dict[str, Any]:
@@ -56,3 +68,230 @@ def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config()
         ["amtool", "check-config", str(config)], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- Closed by default: loopback ports, no password in the files, users limited by network ---
+
+_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+USERS_DIR = "/etc/clickhouse-server/users.d/"
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """`text` with docker compose's `${NAME}`, `${NAME:-default}` and `${NAME:?error}` resolved
+    from `env`; ValueError for a required variable `env` lacks, as `docker compose` refuses it."""
+
+    def resolve(match: re.Match[str]) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        value = env.get(name, "")
+        if op in (":?", "?") and not value:
+            raise ValueError(f"{name}: {arg}")
+        if op in (":-", "-") and not value:
+            return arg
+        return value
+
+    return _REFERENCE.sub(resolve, text)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return [str(value)]
+
+
+def _clickhouse_users() -> dict[str, ET.Element]:
+    """Every users file the compose mounts into the ClickHouse server, parsed."""
+    mounts = _compose()["services"]["clickhouse"]["volumes"]
+    files = [m.split(":")[0] for m in mounts if m.split(":")[1].startswith(USERS_DIR)]
+    assert files, "the ClickHouse server gets its users from this repository"
+    return {path: ET.parse(ROOT / path).getroot() for path in files}  # noqa: S314 - our own files
+
+
+def _compose_subnet() -> ipaddress.IPv4Network:
+    [pool] = _compose()["networks"]["default"]["ipam"]["config"]
+    return ipaddress.IPv4Network(pool["subnet"])
+
+
+def test_every_port_is_published_on_loopback_unless_the_operator_says_otherwise() -> None:
+    published = []
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                host = str(port.get("host_ip", ""))
+            else:
+                # host:published:target, the host part maybe `${VARIABLE:-default}`
+                match = re.fullmatch(r"(?P<host>\$\{[^}]+\}|[^:]+):\d+:\d+(/\w+)?", str(port))
+                assert match is not None, f"{name}: {port} is published on every address"
+                host = match["host"]
+            assert interpolate(host, {}) in _LOOPBACK, f"{name}: {port} is published beyond this machine"
+            published.append(name)
+    assert {"clickhouse", "ingest", "grafana", "alertmanager"} <= set(published)
+    # The operator opens one by saying so in .env.
+    port = _compose()["services"]["clickhouse"]["ports"][0]
+    assert interpolate(port, {"COSNAP_BIND": "10.1.2.3"}).startswith("10.1.2.3:")
+
+
+def test_no_password_is_written_in_the_compose_files() -> None:
+    compose = _compose()
+    text = (ROOT / "docker-compose.yml").read_text()
+    for match in _REFERENCE.finditer(text):
+        if _SECRET_NAME.search(match["name"]):
+            assert match["op"] == ":?", f"{match[0]}: a password must come from .env, with no default"
+    for name, service in compose["services"].items():
+        environment = service.get("environment", {})
+        for key, value in environment.items():
+            if _SECRET_NAME.search(key):
+                assert _REFERENCE.fullmatch(str(value)), f"{name}: {key} is written in the file"
+        for value in _strings(environment):
+            userinfo = urlsplit(value).password if "://" in value else None
+            if userinfo is not None:
+                assert _REFERENCE.fullmatch(userinfo), f"{name}: a password in {value}"
+    for path, users in _clickhouse_users().items():
+        for user in users.findall("users/*"):
+            for element in user.iter():
+                if element.tag.startswith("password"):
+                    assert not (element.text or "").strip(), f"{path}: {user.tag} has a password written"
+    datasource = yaml.safe_load(GRAFANA_DATASOURCE.read_text())["datasources"][0]
+    assert _REFERENCE.fullmatch(datasource["secureJsonData"]["password"])
+
+
+def test_clickhouse_users_log_in_from_the_stack_only_with_the_operators_passwords() -> None:
+    subnet = _compose_subnet()
+    clickhouse = _compose()["services"]["clickhouse"]
+    assert clickhouse["environment"]["CLICKHOUSE_SKIP_USER_SETUP"] == 1  # no user of the image's own
+    users = {user.tag: user for root in _clickhouse_users().values() for user in root.findall("users/*")}
+    assert users.pop("default").get("remove") == "remove"  # the image's: no password, any network
+    assert set(users) == {"cosnap", "grafana"}
+    for name, user in users.items():
+        password = user.find("password")
+        assert password is not None and password.get("from_env"), name
+        assert _REFERENCE.fullmatch(clickhouse["environment"][password.get("from_env")]), name
+        assert user.findtext("access_management", "0") == "0", f"{name} may manage users"
+        networks = user.find("networks")
+        assert networks is not None and len(networks), f"{name}: any network"
+        for allowed in networks:
+            assert allowed.tag == "ip", f"{name}: {allowed.tag} (a DNS name) is no limit"
+            network = ipaddress.ip_network(allowed.text or "", strict=False)
+            local = network.is_loopback and network.num_addresses == 1
+            inside = isinstance(network, ipaddress.IPv4Network) and network.subnet_of(subnet)
+            assert local or inside, f"{name}: {allowed.text} is beyond the stack"
+    # The pipeline's connection string names the user whose password it carries.
+    url = urlsplit(interpolate(clickhouse_url(), {"CLICKHOUSE_PASSWORD": "p"}))
+    assert (url.username, url.password) == ("cosnap", "p")
+
+
+def clickhouse_url() -> str:
+    url: str = _compose()["services"]["sink"]["environment"]["COSNAP_CLICKHOUSE_URL"]
+    return url
+
+
+def test_the_grafana_user_reads_the_metrics_database_and_nothing_else() -> None:
+    users = _clickhouse_users()["./sinks/grafana/clickhouse-users.xml"]
+    user = users.find("users/grafana")
+    assert user is not None
+    assert [q.text for q in user.findall("grants/query")] == ["GRANT SELECT ON metrics.*"]
+    profile = users.find(f"profiles/{user.findtext('profile')}")
+    assert profile is not None and profile.findtext("readonly") == "1"
+    # Settings a query may still set under readonly=1: bounded, and never readonly or allow_ddl.
+    changeable = {
+        c.tag for c in profile.findall("constraints/*") if c.find("changeable_in_readonly") is not None
+    }
+    assert changeable <= {"max_execution_time", "enable_http_compression"}
+    # Grafana logs in as that user, from the one address the user accepts.
+    datasource = yaml.safe_load(GRAFANA_DATASOURCE.read_text())["datasources"][0]
+    assert datasource["jsonData"]["username"] == "grafana"
+    password = user.find("password")
+    assert password is not None
+    assert datasource["secureJsonData"]["password"] == f"${{{password.get('from_env')}}}"
+    grafana = _compose()["services"]["grafana"]
+    assert _REFERENCE.fullmatch(grafana["environment"][password.get("from_env")])
+    assert [ip.text for ip in user.findall("networks/ip")] == [grafana["networks"]["default"]["ipv4_address"]]
+
+
+_READONLY_PROBE = """
+import json, sys
+from chdb import session
+settings = json.loads(sys.argv[1])
+s = session.Session()
+# Not the profile's: so that a probe the profile would let through fails at once instead of
+# retrying a closed port.
+for knob in ("http_max_tries", "connections_with_failover_max_tries", "connect_timeout_with_failover_ms"):
+    s.query(f"SET {knob} = 1")
+for name, value in sorted(settings.items(), key=lambda item: item[0] == "readonly"):
+    s.query(f"SET {name} = {value}")
+answers = {}
+for sql in json.loads(sys.argv[2]):
+    try:
+        answers[sql] = "ok: " + str(s.query(sql)).strip()
+    except Exception as exc:
+        answers[sql] = "refused: " + str(exc)
+print(json.dumps(answers))
+"""
+
+
+def test_the_grafana_profile_refuses_files_urls_remote_servers_and_writes_in_clickhouse(
+    tmp_path: Path,
+) -> None:
+    """The profile's settings, set on a session of ClickHouse's own engine (chDB), as the server
+    sets them on the grafana user's sessions."""
+    profile = _clickhouse_users()["./sinks/grafana/clickhouse-users.xml"].find("profiles/grafana_readonly")
+    assert profile is not None
+    settings = {item.tag: item.text for item in profile if item.tag != "constraints"}
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for dashboards\n")
+    refused = [
+        f"SELECT * FROM file('{secret}', 'LineAsString')",  # noqa: S608 - a path of the test's own
+        "SELECT * FROM url('http://127.0.0.1:9/metadata', 'LineAsString')",
+        "SELECT * FROM remote('127.0.0.1:9', system.one)",
+        "SET readonly = 0",
+        "SELECT 1 SETTINGS readonly = 0",
+        "CREATE TABLE t (a UInt8) ENGINE = Memory",
+        "CREATE TEMPORARY TABLE t (a UInt8)",
+    ]
+    allowed = ["SELECT count() FROM numbers(3)"]
+    probe = subprocess.run(
+        [sys.executable, "-c", _READONLY_PROBE, json.dumps(settings), json.dumps(refused + allowed)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    answers = json.loads(probe.stdout)
+    for sql in refused:
+        assert answers[sql].startswith("refused: ") and "READONLY" in answers[sql], (sql, answers[sql])
+        assert "not for dashboards" not in answers[sql]
+    assert answers[allowed[0]] == "ok: 3"
+
+
+def test_compose_env_writes_every_password_the_compose_requires_privately_and_once(tmp_path: Path) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    required = {m["name"] for m in _REFERENCE.finditer(text) if m["op"] == ":?"}
+    with pytest.raises(ValueError, match="CLICKHOUSE"):
+        interpolate(text, {})  # without .env, docker compose refuses to start
+    env_file = tmp_path / ".env"
+
+    def compose_env() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cosnap_metrics.cli", "compose-env", "--file", str(env_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    assert compose_env().returncode == 0
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    written = env_file.read_text()
+    env = dict(line.split("=", 1) for line in written.splitlines() if line and not line.startswith("#"))
+    assert set(env) == required == set(COMPOSE_PASSWORDS)
+    assert len(set(env.values())) == len(env) and all(len(value) >= 43 for value in env.values())
+    resolved = yaml.safe_load(interpolate(text, env))
+    url = urlsplit(resolved["services"]["sink"]["environment"]["COSNAP_CLICKHOUSE_URL"])
+    assert url.password == env["CLICKHOUSE_PASSWORD"]
+    # Never overwritten: the passwords are in use in ClickHouse's and Grafana's volumes.
+    again = compose_env()
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert env_file.read_text() == written

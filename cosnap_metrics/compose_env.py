@@ -1,0 +1,57 @@
+"""`cosnap-metrics compose-env`: the `.env` file docker-compose.yml reads its passwords from.
+
+docker-compose.yml holds no password: each one is `${NAME:?...}`, so `docker compose` refuses to
+start until the operator's `.env` (next to the compose file) sets it. This writes that file with
+a new random password for each, only if no `.env` exists (it is never overwritten: the
+passwords are already in ClickHouse's and Grafana's volumes), readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+# The variables docker-compose.yml requires, and what each is the password of.
+COMPOSE_PASSWORDS: dict[str, str] = {
+    "CLICKHOUSE_PASSWORD": "ClickHouse user `cosnap`: the pipeline's writer (sink) and the query CLI",
+    "CLICKHOUSE_GRAFANA_PASSWORD": "ClickHouse user `grafana`: read-only, the dashboards' datasource",
+    "GRAFANA_ADMIN_PASSWORD": "Grafana's `admin` on http://127.0.0.1:3000",
+}
+# Optional: where the ports are published (127.0.0.1 when unset).
+_BINDS = {
+    "COSNAP_BIND": "ClickHouse, Grafana and Alertmanager",
+    "COSNAP_INGEST_BIND": "the ingest API (0.0.0.0 takes events from other machines: put TLS in front)",
+}
+
+
+def new_password() -> str:
+    """256 random bits in URL-safe base64: no character that needs quoting in `.env` or escaping
+    in the userinfo of COSNAP_CLICKHOUSE_URL."""
+    return secrets.token_urlsafe(32)
+
+
+def compose_env(passwords: Mapping[str, str]) -> str:
+    """The text of `.env` with `passwords` (one for each of COMPOSE_PASSWORDS)."""
+    lines = ["# docker-compose.yml reads these; written by `cosnap-metrics compose-env`. Keep it private."]
+    for name, purpose in COMPOSE_PASSWORDS.items():
+        lines += [f"# {purpose}", f"{name}={passwords[name]}"]
+    lines.append("# Published on 127.0.0.1 unless set (an address of this machine, or 0.0.0.0 for all):")
+    lines += [f"#   {name}=127.0.0.1   # {what}" for name, what in _BINDS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_compose_env(path: Path) -> None:
+    """Write `path` with new passwords, mode 0600; FileExistsError if it exists (nothing is
+    changed then)."""
+    text = compose_env({name: new_password() for name in COMPOSE_PASSWORDS})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
