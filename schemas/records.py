@@ -114,6 +114,49 @@ class WindowAggregate(BaseModel):
     emitted_at: datetime
 
 
+class LateSeries(BaseModel):
+    """A series of late events, as the worker resolved it (the same dims and caps as its windows)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: EventType
+    name: str
+    currency: str = ""
+    dims: dict[str, str] = Field(default_factory=dict)
+    step_index: int | None = None
+
+
+class LateEvent(BaseModel):
+    """One event whose 10-second window had closed when the worker read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: EventId
+    series_id: str
+    timestamp: datetime
+    received_at: datetime | None = None
+    value: Decimal = Field(description="What it adds to the window's sum: the amount, the value, or 1")
+    bin: tuple[int, int] | None = Field(
+        default=None, description="Performance: its DDSketch bin as (sign -1/0/1, index)"
+    )
+
+
+class LateEvents(BaseModel):
+    """The late events of one events record, on `metrics.internal.late` (key = project); the sink
+    turns them into correction rows of the windows they belong to (docs/reference.md, "Late
+    events"). The same record always yields the same value, so a replay replaces, never adds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    project: str
+    partition: int = Field(description="The events partition of the record that carried them")
+    offset: int = Field(description="Its offset")
+    folded_at: datetime = Field(description="When the worker read the record")
+    series: dict[str, LateSeries] = Field(description="series_id -> series")
+    events: list[LateEvent] = Field(min_length=1)
+
+
 DEAD_LETTER_RAW_BYTES = 16 * 1024  # of the rejected item or record a dead letter keeps in `raw`
 
 

@@ -48,6 +48,12 @@ class Topics:
         return f"{self.internal}checkpoints"
 
     @property
+    def late(self) -> str:
+        """Events read after their window closed, per events record (schemas.records.LateEvents):
+        the worker writes them, the sink turns them into correction rows."""
+        return f"{self.internal}late"
+
+    @property
     def internal(self) -> str:
         """Prefix of internal topics (Faust changelogs, repartition, leader election)."""
         return f"{self.prefix}internal."
@@ -63,6 +69,11 @@ class Topics:
             TopicSpec(self.dead_letter, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
             TopicSpec(self.aggregates, 6, {"retention.ms": week}),
             TopicSpec(self.alerts, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+            TopicSpec(
+                self.late,
+                EVENT_PARTITIONS,
+                {"retention.ms": week, "max.message.bytes": str(MAX_RECORD_BYTES)},
+            ),
             TopicSpec(
                 self.checkpoints,
                 EVENT_PARTITIONS,

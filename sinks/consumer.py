@@ -20,6 +20,8 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from pydantic import ValidationError
 
 from schemas.health import ServiceHealth
 from schemas.records import (
@@ -30,6 +32,7 @@ from schemas.records import (
     request_ids_header,
     request_ids_in,
 )
+from sinks.corrections import LateCorrections
 from sinks.errors import SinkError
 from sinks.metrics import DEAD_LETTERS
 from sinks.writer import BatchWriter, RefusedRow
@@ -98,8 +101,10 @@ class TopicSink:
         dead_letter_topic: str,
         max_rows: int,
         max_wait_s: float,
+        corrections: LateCorrections | None = None,
     ) -> None:
         self._routes = {route.topic: route for route in routes}
+        self._corrections = corrections
         self._dead_letter_topic = dead_letter_topic
         self._max_rows = max_rows
         self._max_wait_s = max_wait_s
@@ -122,7 +127,7 @@ class TopicSink:
         # No rebalance listener: rows of a revoked partition stay buffered and are inserted with
         # the next batch, while its new owner replays them from the last commit; the replacing
         # keys of the tables collapse the two copies. A commit covers owned partitions only.
-        self._consumer.subscribe(list(self._routes))
+        self._consumer.subscribe([*self._routes, *([corrections.topic] if corrections else [])])
         self._dead_letters = KafkaProducer(
             bootstrap_servers=bootstrap, acks="all", client_id=f"{group_id}-dlq"
         )
@@ -145,6 +150,8 @@ class TopicSink:
         )
 
     def _due(self) -> bool:
+        if self._corrections is not None and self._corrections.due(self._max_wait_s):
+            return True
         return any(route.writer.due(self._max_rows, self._max_wait_s) for route in self._routes.values())
 
     def flush_and_commit(self) -> None:
@@ -181,14 +188,75 @@ class TopicSink:
             if refused and not self._dead_letter_refused(route, refused):
                 return  # stopped before Kafka took them: nothing committed, the records replay
             route.origin.clear()
+        if self._corrections is not None and not self._flush_corrections(self._corrections):
+            return
         self._insert_error, self._flushed_at = None, time.time()
         try:
-            self._consumer.commit()
+            self._consumer.commit(self._offsets_to_commit())
         except KafkaError as exc:
             # The rows are in ClickHouse; an offset not committed only means they are consumed
             # and inserted again (collapsed by the replacing keys). Broker outages and a group
             # that rebalanced meanwhile (CommitFailedError) both land here; the loop goes on.
             log.warning("offset commit failed, rows will be replayed: %r", exc)
+
+    def _flush_corrections(self, corrections: LateCorrections) -> bool:
+        """Write the corrections of the late records whose events are stored (retried like an
+        insert); False when the sink was stopped first."""
+        delay = 0.2
+        while True:
+            try:
+                refused = corrections.flush(self._stored_through(corrections.events_topic))
+                break
+            except SinkError as exc:
+                self._insert_error = str(exc)
+                if self._stopping.is_set():
+                    log.error("stopping with %d late records not written: %s", corrections.pending, exc)
+                    return False
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        if refused:  # rows built here from checked values: a refusal is a bug, set aside and logged
+            received_at = datetime.now(UTC)
+            letters: list[tuple[DeadLetter, list[str]]] = [
+                (
+                    DeadLetter(
+                        project=_row_fields(row.row).get("project"),
+                        request_id=f"{corrections.topic}:{row.partition}:{row.offset}",
+                        received_at=received_at,
+                        index=row.index,
+                        reason=f"ClickHouse refused a correction row: {row.reason}",
+                        raw=dead_letter_raw_bytes(row.row),
+                    ),
+                    [],
+                )
+                for row in refused
+            ]
+            log.error("ClickHouse refused %d correction rows: %s", len(refused), refused[0].reason)
+            self._send_dead_letters(letters)
+            DEAD_LETTERS.labels(corrections.topic, "refused").inc(len(refused))
+        return True
+
+    def _stored_through(self, events_topic: str) -> Callable[[int], int | None]:
+        """The sink group's committed offset of an events partition (None: none yet)."""
+
+        def committed(partition: int) -> int | None:
+            offset = self._consumer.committed(TopicPartition(events_topic, partition))
+            return None if offset is None else int(offset)
+
+        return committed
+
+    def _offsets_to_commit(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The position of every assigned partition, except that a late partition is committed
+        only up to its oldest record whose corrections are not written yet."""
+        offsets = {}
+        for tp in self._consumer.assignment():
+            offset = self._consumer.position(tp)
+            if self._corrections is not None and tp.topic == self._corrections.topic:
+                pending = self._corrections.first_pending(tp.partition)
+                if pending is not None:
+                    offset = min(offset, pending)
+            offsets[tp] = OffsetAndMetadata(offset, "", -1)
+        return offsets
 
     def _send_dead_letters(self, letters: list[tuple[DeadLetter, list[str]]]) -> None:
         """Write dead letters and wait until Kafka took every one (raises KafkaError if not)."""
@@ -278,6 +346,13 @@ class TopicSink:
                     continue
                 self._partitions = sorted(f"{tp.topic}[{tp.partition}]" for tp in self._consumer.assignment())
                 for tp, records in polled.items():
+                    if self._corrections is not None and tp.topic == self._corrections.topic:
+                        for record in records:
+                            try:
+                                self._corrections.add(record.partition, record.offset, record.value)
+                            except ValidationError as exc:
+                                self._dead_letter(record, exc)
+                        continue
                     route = self._routes[tp.topic]
                     for record in records:
                         try:

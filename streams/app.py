@@ -34,7 +34,6 @@ from ingest.producer import EnvelopeProducer
 from schemas.records import (
     DeadLetter,
     dead_letter_raw_bytes,
-    distinct_request_ids,
     request_ids_header,
     request_ids_in,
 )
@@ -43,11 +42,21 @@ from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
 from schemas.topics import MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
-from streams.checkpoint import PARTITION_HEADER, Checkpoint, encode, load_latest, read_published_alerts
+from streams.checkpoint import (
+    PARTITION_HEADER,
+    Checkpoint,
+    encode,
+    load_latest,
+    read_published_alerts,
+    read_records,
+)
 from streams.envelope import Envelope, Event, decode, raw_events
+from streams.late import late_record
 from streams.metrics import (
     CHECKPOINT_SECONDS,
+    DUPLICATE_EVENTS,
     LATE_EVENTS,
+    REFUSED_EVENTS,
     WorkerStatus,
     count_transitions,
     count_windows,
@@ -70,6 +79,9 @@ class PartitionState:
     alerts: AlertEngine
     next_offset: int = 0  # the first offset not folded into `windows`
     unacked: list[Any] = field(default_factory=list)  # Faust messages to ack after the next checkpoint
+    # Late records (streams/late.py) of the records folded so far: they go out after the next
+    # checkpoint, which holds them until Kafka has them.
+    late_outbox: list[bytes] = field(default_factory=list)
     checkpointed_at: float = 0.0
     # Held while a record is folded in and the alert changes it caused are published, and while
     # a snapshot is taken: a checkpoint never holds half a record, nor an alert state whose
@@ -142,6 +154,8 @@ def create_app(settings: StreamsSettings) -> faust.App:
                         if "alerts" in checkpoint.state:  # absent from checkpoints of 0.1
                             state.alerts.restore(checkpoint.state["alerts"], time.time())
                         state.next_offset = checkpoint.next_offset
+                        state.late_outbox = [v.encode() for v in checkpoint.state.get("late_outbox", [])]
+                        await remember_held(p, state, checkpoint.state.get("held_from"))
                 # Alert changes published after a checkpoint was taken are in the alerts topic
                 # only: read them back, so that replaying records neither repeats nor loses one.
                 taken = [found[p].state.get("taken_at") if p in found else None for p in wanted]
@@ -160,6 +174,21 @@ def create_app(settings: StreamsSettings) -> faust.App:
                     else:
                         log.info("owns events partition %d, which has no checkpoint yet", p)
         return states[partition]
+
+    async def remember_held(partition: int, state: PartitionState, held_from: int | None) -> None:
+        """Read again the records whose event ids the checkpoint's worker held (from `held_from`
+        up to the checkpoint), so that retries of their events are still recognised."""
+        if held_from is None or held_from >= state.next_offset:
+            return
+        records = await asyncio.to_thread(
+            read_records, settings.kafka_bootstrap, topics.events, partition, held_from, state.next_offset
+        )
+        for offset, value in records:
+            try:
+                state.windows.remember(decode(value), offset)
+            except msgspec.DecodeError:
+                continue  # dead-lettered when it was first read
+        log.info("read %d records of events partition %d again for their event ids", len(records), partition)
 
     async def send(
         topic: str, key: bytes, value: bytes, partition: int | None = None, headers: Any = None
@@ -217,6 +246,44 @@ def create_app(settings: StreamsSettings) -> faust.App:
         headers = [request_ids_header(request_ids)]
         await (await send(topics.dead_letter, message.key or b"", record, headers=headers))
 
+    async def dead_letter_refused(
+        message: Any, value: bytes, envelope: Envelope, refused: list[tuple[Event, str]]
+    ) -> None:
+        """Dead-letter the events of a record that no window can hold (a record written past the
+        ingest: a timestamp that is no time, an amount Decimal(38, 9) cannot hold), one each
+        with its reason; the record's other events were folded."""
+        positions = {id(event): i for i, event in enumerate(envelope.events)}
+        raws = raw_events(value)
+        now = datetime.now(UTC)
+        request_ids = request_ids_in(message.headers)
+        acks = []
+        for event, reason in refused:
+            index = positions[id(event)]
+            dead_letter = DeadLetter(
+                project=envelope.project,
+                request_id=str(
+                    raws[index].get("request_id") or f"{message.topic}:{message.partition}:{message.offset}"
+                ),
+                received_at=now,
+                index=index,
+                reason=reason,
+                raw=dead_letter_raw_bytes(orjson.dumps(raws[index])),
+            )
+            record = dead_letter.model_dump_json().encode()
+            headers = [request_ids_header(request_ids)]
+            acks.append(await send(topics.dead_letter, envelope.project.encode(), record, headers=headers))
+        await asyncio.gather(*acks)
+        REFUSED_EVENTS.inc(len(refused))
+        log.warning(
+            "%d events of %s[%d]@%d cannot be held by any window: dead-lettered",
+            len(refused),
+            message.topic,
+            message.partition,
+            message.offset,
+            extra=_record_context(message.topic, message.partition, message.offset)
+            | {"request_ids": request_ids, "reasons": sorted({reason for _, reason in refused})[:5]},
+        )
+
     @app.agent(events)
     @_logs_the_failed_record
     async def fold_envelopes(stream: Any) -> None:
@@ -237,39 +304,40 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 continue
             now = time.time()
             async with state.lock:
-                folded = state.windows.add_envelope(message.partition, envelope, now)
-                changes = state.alerts.add(envelope.project, folded, now)
+                failure: Exception | None = None
+                try:
+                    folded = state.windows.add_envelope(message.partition, envelope, now, message.offset)
+                    changes = state.alerts.add(envelope.project, folded, now)
+                    if folded.late:
+                        step_index = state.windows.step_index
+                        late = late_record(
+                            envelope.project, message.partition, message.offset, now, folded.late, step_index
+                        )
+                        state.late_outbox.append(late)
+                except Exception as exc:  # a record no ingest writes (or a bug): set it aside, go on
+                    folded, changes, failure = None, [], exc
                 if state.windows.due(now):
                     windows_due.set()
                 state.next_offset = message.offset + 1
-                raw = record.value  # kept for dead-letter records of late events
+                raw = record.value  # kept for dead-letter records of refused events
                 message.value = None  # the message waits for its ack; its bytes need not
                 state.unacked.append(message)
                 if changes:
                     await publish_alerts(message.partition, changes)
-            late = _late_events(raw, envelope, folded.late) if folded.late else []
-            acks = [
-                await send(
-                    topics.dead_letter,
-                    envelope.project.encode(),
-                    _late_record(envelope.project, event),
-                    headers=[request_ids_header([event["request_id"]])],
-                )
-                for event in late
-            ]
-            await asyncio.gather(*acks)
-            events_folded(message.partition).inc(len(envelope.events) - len(late))
-            if late:
-                LATE_EVENTS.inc(len(late))
-                log.info(
-                    "%d events of %s[%d]@%d came after their window closed: dead-lettered as late",
-                    len(late),
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    extra=_record_context(message.topic, message.partition, message.offset)
-                    | {"request_ids": distinct_request_ids(event["request_id"] for event in late)},
-                )
+            if failure is not None or folded is None:
+                await dead_letter_unreadable(message, raw, failure or RuntimeError("nothing folded"))
+                continue
+            if folded.refused:
+                await dead_letter_refused(message, raw, envelope, folded.refused)
+            project = envelope.project
+            late_count, duplicates = len(folded.late), folded.duplicates
+            events_folded(message.partition).inc(
+                len(envelope.events) - late_count - len(folded.refused) - duplicates
+            )
+            if duplicates:
+                DUPLICATE_EVENTS.labels(project).inc(duplicates)
+            if late_count:
+                LATE_EVENTS.labels(project).inc(late_count)
             # Faust hands over buffered records without yielding to the event loop: during a
             # replay or a backlog the emission task and the timer would wait until the buffer
             # runs dry (windows, alert ticks and checkpoints held back for as long).
@@ -281,7 +349,12 @@ def create_app(settings: StreamsSettings) -> faust.App:
         # Snapshot and the messages it covers are taken together, before any await lets the
         # agent fold in more records (those wait for the next checkpoint).
         async with state.lock:
-            snapshot = state.windows.to_state() | {"alerts": state.alerts.to_state(), "taken_at": time.time()}
+            outbox = list(state.late_outbox)
+            snapshot = state.windows.to_state() | {
+                "alerts": state.alerts.to_state(),
+                "taken_at": time.time(),
+                "late_outbox": [late.decode() for late in outbox],
+            }
             value = encode(Checkpoint(state.next_offset, snapshot))
         covered, state.unacked = state.unacked, []
         try:
@@ -297,6 +370,20 @@ def create_app(settings: StreamsSettings) -> faust.App:
         for message in covered:
             app.consumer.ack(message)
         state.checkpointed_at = time.monotonic()
+        if outbox:
+            await publish_late(state, outbox)
+
+    async def publish_late(state: PartitionState, outbox: list[bytes]) -> None:
+        """Send the late records a checkpoint holds, then drop them from the outbox (a failure
+        leaves them there: they go with the next checkpoint, and a resumed worker sends them)."""
+        try:
+            acks = [await send(topics.late, orjson.loads(late)["project"].encode(), late) for late in outbox]
+            await asyncio.gather(*acks)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("%d late records not sent; they go with the next checkpoint: %r", len(outbox), exc)
+            return
+        sent = set(map(id, outbox))
+        state.late_outbox = [late for late in state.late_outbox if id(late) not in sent]
 
     async def acknowledged(sent: list[tuple[asyncio.Future[None], ClosedWindows]]) -> None:
         """Wait until Kafka has the windows sent, and count them. Closed windows have left the
@@ -353,7 +440,8 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 # A checkpoint no longer holds the windows emitted before it, so it follows their
                 # acks. Windows emitted since the last checkpoint would be emitted again, with the
                 # same numbers, by a worker resuming from it: checkpoints need not follow every tick.
-                if state.unacked and time.monotonic() - state.checkpointed_at >= settings.checkpoint_s:
+                pending = state.unacked or state.late_outbox
+                if pending and time.monotonic() - state.checkpointed_at >= settings.checkpoint_s:
                     with CHECKPOINT_SECONDS.time():
                         await checkpoint(partition, state)
         status.ticked(app.consumer, topics.events, {p: state.next_offset for p, state in states.items()})
@@ -424,24 +512,3 @@ def _logs_the_failed_record(agent: Callable[[Any], Awaitable[None]]) -> Callable
 def _record_context(topic: str, partition: int, offset: int) -> dict[str, Any]:
     """The log (and Sentry) context of a record."""
     return {"topic": topic, "partition": partition, "offset": offset}
-
-
-def _late_events(value: bytes, envelope: Envelope, late: list[Event]) -> list[dict[str, Any]]:
-    """The events of a record, as the ingest wrote them, that the windows found late."""
-    ids = {id(event) for event in late}
-    return [raw for raw, event in zip(raw_events(value), envelope.events, strict=True) if id(event) in ids]
-
-
-def _late_record(project: str, event: dict[str, Any]) -> bytes:
-    """A dead-letter record (schemas.records.DeadLetter) for an event its window closed without."""
-    return orjson.dumps(
-        {
-            "v": 1,
-            "project": project,
-            "request_id": event["request_id"],
-            "received_at": event["received_at"],
-            "index": None,
-            "reason": "late",
-            "raw": orjson.dumps(event).decode(),
-        }
-    )

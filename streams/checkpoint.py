@@ -90,6 +90,31 @@ def load_latest(
         consumer.close()
 
 
+def read_records(
+    bootstrap: str, topic: str, partition: int, start: int, end: int, timeout_s: float = 60.0
+) -> list[tuple[int, bytes]]:
+    """(offset, value) of the records of `topic`[`partition`] from offset `start` up to `end`
+    (excluded), or from the oldest one kept when retention removed `start`. Blocks (run it in a
+    thread); raises TimeoutError when they cannot be read in time."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024
+    )
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, max(start, consumer.beginning_offsets([tp])[tp]))
+        out: list[tuple[int, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic}[{partition}] up to {end} within {timeout_s}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend((r.offset, r.value) for r in records if r.offset < end)
+        return out
+    finally:
+        consumer.close()
+
+
 def read_published_alerts(
     bootstrap: str, topic: str, partitions: set[int], since: float | None, timeout_s: float = 30.0
 ) -> dict[int, list[dict[str, Any]]]:

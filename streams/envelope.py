@@ -19,10 +19,15 @@ import orjson
 
 
 class WireEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
-    """Fields every event type has. `kind` is the event's `type` (the struct's tag)."""
+    """Fields every event type has. `kind` is the event's `type` (the struct's tag).
+
+    `event_id` is the idempotency key (the ingest always sets it; an event without one is
+    refused by the windows); `received_at` is read for the late-events table."""
 
     kind: ClassVar[str]
     timestamp: str
+    event_id: str = ""
+    received_at: str = ""
     tags: dict[str, str] = {}
     source: str | None = None
 

@@ -2,7 +2,8 @@
 (cosnap_metrics/status.py; Faust's own web server stays off).
 
 `partition` is an events partition (6 by default), `granularity` one of 10s/1m/1h, `rule` a
-rule of the rules file: every label is bounded by configuration, never by traffic.
+rule of the rules file, `type` an event type: every label is bounded by configuration, never by
+traffic.
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ EVENTS_FOLDED = Counter(
     "cosnap_streams_events_folded_total", "Events folded into windows, by events partition", ["partition"]
 )
 LATE_EVENTS = Counter(
-    "cosnap_streams_late_events_total", "Events whose window had closed, sent to the dead-letter topic"
+    "cosnap_streams_late_events_total",
+    "Events whose 10 s window had closed, by project: counted by correction rows, in no alert rule",
+    ["project"],
+)
+DUPLICATE_EVENTS = Counter(
+    "cosnap_streams_duplicate_events_total",
+    "Copies of an event already counted (same project and event_id): skipped, by project",
+    ["project"],
+)
+REFUSED_EVENTS = Counter(
+    "cosnap_streams_refused_events_total",
+    "Events of records written past the ingest that no window could hold: dead-lettered",
 )
 WINDOWS_EMITTED = Counter(
     "cosnap_streams_windows_emitted_total",
@@ -33,6 +45,14 @@ ALERT_TRANSITIONS = Counter(
     "Alert state changes acknowledged on the alerts topic, by rule and state",
     ["rule", "state"],
 )
+OVERFLOW_EVENTS = Counter(
+    "cosnap_streams_overflow_events_total",
+    "Events of names beyond their project's cap per type (COSNAP_MAX_NAMES_PER_TYPE), counted under "
+    "__overflow__, by event type",
+    ["type"],
+)
+for _kind in ("revenue", "conversion", "feature", "performance"):
+    OVERFLOW_EVENTS.labels(_kind)  # present at 0 before the first overflow
 CHECKPOINT_SECONDS = Histogram(
     "cosnap_streams_checkpoint_duration_seconds",
     "Time to snapshot a partition's windows and have Kafka acknowledge the checkpoint",
@@ -53,6 +73,12 @@ def events_folded(partition: int) -> Counter:
 
 def count_windows(granularity: str, count: int) -> None:
     WINDOWS_EMITTED.labels(granularity).inc(count)
+
+
+def count_overflow(counts: Mapping[str, int]) -> None:
+    """Count the events a resolver put under `__overflow__` (SeriesResolver.take_overflow)."""
+    for kind, count in counts.items():
+        OVERFLOW_EVENTS.labels(kind).inc(count)
 
 
 def count_transitions(changes: list[dict[str, Any]]) -> None:

@@ -29,6 +29,15 @@ def _bin(value: float) -> int:
     return _BINS.setdefault(computed, computed)
 
 
+def bin_of(value: float) -> tuple[int, int]:
+    """The bin `add` puts `value` in, as (sign, index): (1, i) positive, (-1, i) negative, (0, 0) zero."""
+    if value > _MIN_POSITIVE:
+        return (1, _bin(value))
+    if value < -_MIN_POSITIVE:
+        return (-1, _bin(-value))
+    return (0, 0)
+
+
 def _value(index: int) -> float:
     return 2 * _GAMMA**index / (_GAMMA + 1)
 

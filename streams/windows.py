@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import orjson
 
+from schemas.numbers import STORE_INTEGER_DIGITS, STORE_SCALE
 from schemas.records import GRANULARITY_SECONDS, Granularity
 from streams.envelope import Envelope, Event, Performance, Revenue
 from streams.series import Series, SeriesKey, SeriesResolver
@@ -46,6 +47,12 @@ NANOS = 1_000_000_000  # a sum is kept in billionths of its unit
 # to it: if `round(v * 1e9) / 1e9 == v`, that decimal is the one its repr (its JSON) shows.
 _EXACT_BELOW = 2.0**22
 _MIN_SERIES_KEPT = 100_000  # series objects held before forgetting those without open windows
+# The ids of counted events are held this long (in event time) after their pane closed, so a
+# retry stamped up to this much later than the first copy is still found by the worker; a
+# retry that lands in a closed pane is a late event, which the sink checks against every event
+# stored (streams/late.py).
+DEDUP_HOLD_S = 60
+MAX_VALUE = 1e15  # |performance value|: the ingest's bound, which keeps window sums storable
 
 Point = float | Decimal | int  # a value as min/max keep it: performance float, revenue Decimal, else 1
 Nanos = int | Decimal  # an exact sum in billionths: an int, a Decimal only past nine decimals
@@ -75,6 +82,22 @@ def decimal_nanos(amount: Decimal) -> Nanos:
     """An exact decimal in billionths (an int for at most nine decimals, as revenue has)."""
     scaled = amount.scaleb(9)
     return int(scaled) if scaled == scaled.to_integral_value() else scaled
+
+
+def amount_problem(amount: Decimal) -> str | None:
+    """Why Decimal(38, 9) cannot hold `amount` as written (None: it can). Stricter than
+    schemas.numbers.decimal_problem, which judges the normalised value the ingest writes: a
+    record written past the ingest keeps its text ("0E+30"), which the store refuses. Reads the
+    digits and the exponent only, so no exponent however large can overflow."""
+    if not amount.is_finite():
+        return f"amount {amount} is not a finite number"
+    _, digits, exponent = amount.as_tuple()
+    trailing = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    significant = len(digits) - trailing
+    exponent = cast(int, exponent) + trailing
+    if exponent < -STORE_SCALE or significant + exponent > STORE_INTEGER_DIGITS:
+        return f"amount {amount} does not fit Decimal(38, 9)"
+    return None
 
 
 def decimal_text(total: Nanos) -> str:
@@ -124,11 +147,16 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Folded:
-    """What `add_envelope` did with a record: its events in batches, the events too late for
-    their pane (folded nowhere), and the newest event time folded (None: every event was late)."""
+    """What `add_envelope` did with a record: its events in batches; the events too late for
+    their pane, with their series (folded nowhere here: they become corrections, see
+    streams/late.py); the events refused with the reason (an event no store column could hold,
+    or no ingest would write); how many were copies of an event counted before; and the newest
+    event time folded (None: no event was folded)."""
 
     batches: list[Batch]
-    late: list[Event]
+    late: list[tuple[Event, Series]]
+    refused: list[tuple[Event, str]]
+    duplicates: int
     newest: float | None
 
 
@@ -291,34 +319,60 @@ class EventTimeWindows:
         self.late_events = 0
         self._pane_starts: dict[str, int] = {}  # timestamp prefix -> pane start; bounded below
         self._series_kept = _MIN_SERIES_KEPT
+        # Retries: the ids of the events counted (on time or late) in recent panes, so that a
+        # second copy of an event is not counted again. `_held` lists the ids per pane start
+        # (late events under the oldest open pane) to forget them DEDUP_HOLD_S after the pane
+        # closed; `_held_from` is the lowest record offset whose ids are held, per pane, which
+        # a checkpoint records so that a restart reads those records again (`remember`).
+        self._seen: set[str] = set()
+        self._held: dict[int, list[str]] = {}
+        self._held_from: dict[int, int] = {}
 
     def _closed_before(self) -> float:
         """Windows whose end + grace is at or before the watermark are closed."""
         return self._watermark.current - self._grace
 
-    def add_envelope(self, partition: int, envelope: Envelope, now: float) -> Folded:
-        """Fold a record's events into their panes: first grouped by pane and series, then each
-        group at once (its sums, min and max are computed in C over its values)."""
+    def add_envelope(self, partition: int, envelope: Envelope, now: float, offset: int = 0) -> Folded:
+        """Fold a record's events (at `offset` of events partition `partition`) into their panes:
+        first grouped by pane and series, then each group at once (its sums, min and max are
+        computed in C over its values). Copies of events counted before are skipped; events
+        whose pane has closed are returned as late with their series; events no store column
+        could hold are returned as refused. Never raises for an event's content."""
         project = envelope.project
         closed_before = self._closed_before()
-        late: list[Event] = []
+        late: list[tuple[Event, Series]] = []
+        refused: list[tuple[Event, str]] = []
+        duplicates = 0
         newest = ""  # the greatest timestamp: same-format ISO strings order like the times they name
         size = self._pane
         pane_starts = self._pane_starts
         resolve = self._series.resolve
+        seen = self._seen
         grouped: dict[int, dict[Series, list[Event]]] = {}
         group: dict[Series, list[Event]] = {}  # the events of an envelope mostly share a pane
         group_start = -1
         for event in envelope.events:
+            event_id = event.event_id
+            if event_id in seen:
+                duplicates += 1
+                continue
             timestamp = event.timestamp
             # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
             start = pane_starts.get(timestamp[:18]) if len(timestamp) == 24 else None
             if start is None:
-                start = int(epoch(timestamp) // size) * size
+                try:
+                    start = int(epoch(timestamp) // size) * size
+                except (ValueError, OverflowError):
+                    refused.append((event, f"timestamp {timestamp[:64]!r} is not an RFC 3339 time"))
+                    continue
                 if len(timestamp) == 24:
                     pane_starts[timestamp[:18]] = start
+            if not event_id:
+                refused.append((event, "event_id is missing"))
+                continue
+            seen.add(event_id)
             if start + size <= closed_before:
-                late.append(event)
+                late.append((event, resolve(project, event)))
                 continue
             if timestamp > newest:
                 newest = timestamp
@@ -340,8 +394,12 @@ class EventTimeWindows:
             if pane is None:
                 pane = panes[start] = {}
                 heapq.heappush(self._closing[PANE], start)
+            held = self._hold(start, offset)
             for series, events in group.items():
-                batch = Batch.of(series, start, events)
+                batch = self._storable(series, start, events, refused)
+                if batch is None:
+                    continue
+                held.extend([event.event_id for event in batch.events])
                 acc = pane.get(series)
                 if acc is None:
                     pane[series] = Accumulator.of_batch(batch, series.kind == "performance")
@@ -350,12 +408,99 @@ class EventTimeWindows:
                 if series.step is not None:
                     self._series.note_step(series, events)
                 batches.append(batch)
+        if late:
+            self._hold(self._oldest_open_pane(), offset).extend([event.event_id for event, _ in late])
         newest_s = None
         if newest:
             newest_s = epoch(newest)
             self._watermark.observe(partition, newest_s, now)
         self.late_events += len(late)
-        return Folded(batches, late, newest_s)
+        return Folded(batches, late, refused, duplicates, newest_s)
+
+    def _storable(
+        self, series: Series, start: int, events: list[Event], refused: list[tuple[Event, str]]
+    ) -> Batch | None:
+        """The batch of `events` without those whose value no window column could hold (added
+        to `refused`, and forgotten as seen): None when none is left. Performance values are
+        judged from the batch's bounds; revenue amounts one by one (a rarer type)."""
+        kind = series.kind
+        try:
+            batch = Batch.of(series, start, events)
+        except ArithmeticError:  # an infinite value, or an exponent no sum can take
+            batch = None
+        if kind == "feature" or kind == "conversion":
+            return batch
+        if (
+            batch is not None
+            and kind == "performance"
+            and cast(float, batch.low) >= -MAX_VALUE
+            and cast(float, batch.high) <= MAX_VALUE
+        ):
+            return batch
+        kept: list[Event] = []
+        for event in events:
+            if isinstance(event, Performance):
+                problem = (
+                    None
+                    if -MAX_VALUE <= event.value <= MAX_VALUE
+                    else f"value {event.value!r} is beyond ±1e15"
+                )
+            else:
+                problem = amount_problem(cast(Revenue, event).amount)
+            if problem is None:
+                kept.append(event)
+            else:
+                refused.append((event, problem))
+        if len(kept) == len(events) and batch is not None:
+            return batch
+        kept_ids = {id(event) for event in kept}
+        self._seen.difference_update([event.event_id for event in events if id(event) not in kept_ids])
+        return Batch.of(series, start, kept) if kept else None
+
+    def _oldest_open_pane(self) -> int:
+        size = self._pane
+        return int(self._closed_before() // size) * size
+
+    def _hold(self, start: int, offset: int) -> list[str]:
+        """The list of held ids of pane `start`, noting that record `offset` added to it."""
+        held = self._held.get(start)
+        if held is None:
+            held = self._held[start] = []
+            self._held_from[start] = offset
+        elif offset < self._held_from[start]:
+            self._held_from[start] = offset
+        return held
+
+    def remember(self, envelope: Envelope, offset: int) -> None:
+        """Hold the ids of a record folded before the checkpoint this worker resumed from (the
+        records from `held_from` on, read again after a restart), without folding it again."""
+        oldest = self._oldest_open_pane()
+        size = self._pane
+        for event in envelope.events:
+            try:
+                start = max(int(epoch(event.timestamp) // size) * size, oldest)
+            except (ValueError, OverflowError):
+                continue
+            if event.event_id and event.event_id not in self._seen:
+                self._seen.add(event.event_id)
+                self._hold(start, offset).append(event.event_id)
+
+    @property
+    def step_index(self) -> dict[tuple[str, str], int]:
+        """(project, "funnel:step") -> the step's position in its funnel, as events report it."""
+        return self._series.step_index
+
+    @property
+    def held_from(self) -> int | None:
+        """The lowest offset of a record whose event ids are held (None: none is)."""
+        return min(self._held_from.values(), default=None)
+
+    def _forget_held(self, closed_before: float) -> None:
+        """Forget the ids of panes closed DEDUP_HOLD_S ago."""
+        size = self._pane
+        for start in [start for start in self._held if start + size + DEDUP_HOLD_S <= closed_before]:
+            self._seen.difference_update(self._held.pop(start))
+            del self._held_from[start]
 
     def due(self, now: float) -> bool:
         """Whether the watermark at wall time `now` has closed a pane `close_ready` would emit."""
@@ -399,6 +544,7 @@ class EventTimeWindows:
         emitted_at = iso(now)
         if len(self._pane_starts) > 10_000:  # one entry per pane seen: drop them now and then
             self._pane_starts.clear()
+        self._forget_held(closed_before)
         for granularity in (PANE, *ROLLUPS):
             closed = self._pop_closed(granularity, closed_before)
             steps = self._funnel_steps(closed)
@@ -493,6 +639,7 @@ class EventTimeWindows:
             "watermark": self._watermark.to_state(),
             "series": self._series.to_state(),
             "late_events": self.late_events,
+            "held_from": self.held_from,
         }
 
     def restore(self, state: dict[str, Any], now: float) -> None:

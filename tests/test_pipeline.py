@@ -104,7 +104,7 @@ def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None
     def aggregates() -> dict[WindowKey, tuple[int, Decimal]]:
         rows = pipeline.query(
             "SELECT type, name, currency, dims, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'),"
-            " count, toString(sum) FROM metrics.aggregates FINAL WHERE granularity = '1m'"
+            " count, toString(sum) FROM metrics.windows WHERE granularity = '1m'"
         )
         found = {}
         for kind, name, currency, dims, start, count, total in rows:
@@ -128,7 +128,7 @@ def test_thousand_events_reach_events_and_aggregates(pipeline: Pipeline) -> None
     )
     rows = pipeline.query(
         "SELECT name, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count, p50, p99,"
-        " arraySum(mapValues(sketch_positive)) FROM metrics.aggregates FINAL"
+        " arraySum(mapValues(sketch_positive)) FROM metrics.windows"
         " WHERE type = 'performance' AND granularity = '1m'"
     )
     assert rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ def payment_failure(seconds: float) -> dict[str, Any]:
 
 
 def envelope(*events: dict[str, Any], project: str = "cosnap") -> Envelope:
+    """An envelope of `events`, each with an event_id of its own unless it names one."""
+    events = tuple({"event_id": uuid.uuid4().hex} | event for event in events)
     return decode(orjson.dumps({"project": project, "events": list(events)}))
 
 

@@ -42,7 +42,7 @@ WINDOWS = """
 SELECT type, name, currency,
        multiIf(type = 'performance', dims['unit'], type = 'feature', dims['action'], ''),
        formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count, toString(sum)
-FROM metrics.aggregates FINAL
+FROM metrics.windows
 WHERE granularity = '1m'
 """
 
@@ -140,7 +140,7 @@ def test_kill_9_of_the_worker_mid_stream_changes_no_window(pipeline: Pipeline) -
     # checkpoint) must carry exactly the same numbers: no row without FINAL may disagree.
     disagreeing = pipeline.query(
         "SELECT count() FROM (SELECT uniqExact(count, sum) AS versions FROM metrics.aggregates"
-        " GROUP BY series_id, granularity, window_start HAVING versions > 1)"
+        " GROUP BY series_id, granularity, window_start, part HAVING versions > 1)"
     )
     assert disagreeing == [[0]]
 
@@ -151,7 +151,7 @@ def test_kill_9_of_the_worker_mid_stream_changes_no_window(pipeline: Pipeline) -
             exact[(e["metric"], e["timestamp"][:16])].append(e["value"])
     rows = pipeline.query(
         "SELECT name, formatDateTime(window_start, '%Y-%m-%dT%H:%i'), p50, p95, p99"
-        " FROM metrics.aggregates FINAL WHERE type = 'performance' AND granularity = '1m'"
+        " FROM metrics.windows WHERE type = 'performance' AND granularity = '1m'"
     )
     assert len(rows) == len(exact)
     for name, minute, *estimates in rows:
@@ -192,7 +192,7 @@ def test_two_workers_split_the_partitions_and_agree_with_the_recomputation(pipel
     windows = """
         SELECT project, type, name, currency, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count,
                toString(sum)
-        FROM metrics.aggregates FINAL WHERE granularity = '1m'"""
+        FROM metrics.windows WHERE granularity = '1m'"""
     recomputed = """
         SELECT project, type,
                multiIf(type = 'revenue', name, type = 'performance', metric, type = 'feature', feature,
