@@ -46,8 +46,10 @@ def _statements(sql: str) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
-def apply_migrations(client: Client, database: str) -> list[str]:
-    """Create `database` and apply the migrations it lacks; return the names applied."""
+def apply_migrations(client: Client, database: str, until: int | None = None) -> list[str]:
+    """Create `database` and apply the migrations it lacks (up to version `until`, all when
+    None); return the names applied. Each statement of a migration may run again after a crash
+    part-way through it: the migration is recorded only once all of them ran."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     client.command(
         f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
@@ -58,7 +60,7 @@ def apply_migrations(client: Client, database: str) -> list[str]:
     done = {row[0] for row in versions.result_rows}
     applied = []
     for version, name, sql in migrations():
-        if version in done:
+        if version in done or (until is not None and version > until):
             continue
         for statement in _statements(sql):
             client.command(statement.replace("{database}", database))

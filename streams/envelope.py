@@ -12,10 +12,16 @@ the record again for those (late events are rare).
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import orjson
+
+# The ingest's bounds (schemas/events.py): a record written past it with longer strings is not an
+# envelope the worker folds (a 2 MB feature name would become a series and a window row).
+Name = Annotated[str, msgspec.Meta(max_length=128)]
+TagKey = Annotated[str, msgspec.Meta(max_length=64)]
+TagValue = Annotated[str, msgspec.Meta(max_length=200)]
 
 
 class WireEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
@@ -25,38 +31,38 @@ class WireEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     refused by the windows); `received_at` is read for the late-events table."""
 
     kind: ClassVar[str]
-    timestamp: str
-    event_id: str = ""
-    received_at: str = ""
-    tags: dict[str, str] = {}
+    timestamp: Annotated[str, msgspec.Meta(max_length=64)]
+    event_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    received_at: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    tags: Annotated[dict[TagKey, TagValue], msgspec.Meta(max_length=32)] = {}
     source: str | None = None
 
 
 class Performance(WireEvent, tag="performance", kw_only=True, gc=False):
     kind: ClassVar[str] = "performance"
-    metric: str
+    metric: Name
     value: float
-    unit: str
+    unit: Name
 
 
 class Feature(WireEvent, tag="feature", kw_only=True, gc=False):
     kind: ClassVar[str] = "feature"
-    feature: str
-    action: str
+    feature: Name
+    action: Name
 
 
 class Conversion(WireEvent, tag="conversion", kw_only=True, gc=False):
     kind: ClassVar[str] = "conversion"
-    funnel: str
-    step: str
+    funnel: Name
+    step: Name
     step_index: int | None = None
 
 
 class Revenue(WireEvent, tag="revenue", kw_only=True, gc=False):
     kind: ClassVar[str] = "revenue"
-    name: str
+    name: Name
     amount: Decimal
-    currency: str
+    currency: Name
 
 
 Event = Performance | Feature | Conversion | Revenue
