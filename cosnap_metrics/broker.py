@@ -1,11 +1,15 @@
 """A single-node Apache Kafka broker (KRaft) from the official Maven Central artifacts.
 
 The jars are fetched once with `mvn dependency:copy-dependencies` into a cache outside the
-repository; storage is formatted on first start; the broker listens on loopback only.
+repository; storage is formatted on first start; the broker listens on loopback only. Its data
+directory is 0700 and everything the broker writes in it (segments hold the stored events, as
+well as its logs) is 0600 and 0700: the broker runs with the umask `PRIVATE_UMASK`, whatever the
+umask of the process that starts it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +24,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from cosnap_metrics.errors import RunnerError
+from cosnap_metrics.private_files import PRIVATE_UMASK, private_dir, replace_private
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.progress import ProgressLine
 
@@ -144,8 +149,7 @@ class KafkaBroker:
 
     def _write_properties(self) -> Path:
         cfg = self.config
-        props = cfg.data_dir / "server.properties"
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        props = private_dir(cfg.data_dir) / "server.properties"
         lines = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -164,7 +168,7 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
         }
-        props.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
+        replace_private(props, "".join(f"{k}={v}\n" for k, v in lines.items()))
         return props
 
     def _format_storage(self, props: Path) -> None:
@@ -176,6 +180,7 @@ class KafkaBroker:
             capture_output=True,
             text=True,
             check=False,
+            umask=PRIVATE_UMASK,
         )
         if result.returncode != 0:
             raise RunnerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
@@ -183,10 +188,15 @@ class KafkaBroker:
     def start(self, timeout: float = 90.0) -> None:
         props = self._write_properties()
         self._format_storage(props)
-        log_dir = self.config.data_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with (log_dir / "stdout.log").open("ab") as out:
-            self._process = spawn(self._java("kafka.Kafka", str(props)), stdout=out)
+        log_dir = private_dir(self.config.data_dir / "logs")
+        # The child takes the umask it is forked with; ours is PRIVATE_UMASK for that instant only
+        # (the CLI sets it for good; a test or a benchmark may start the broker with another).
+        previous = os.umask(PRIVATE_UMASK)
+        try:
+            with (log_dir / "stdout.log").open("ab") as out:
+                self._process = spawn(self._java("kafka.Kafka", str(props)), stdout=out)
+        finally:
+            os.umask(previous)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:

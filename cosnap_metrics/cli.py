@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -315,14 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = schemas.add_parser("export", help="write schemas/json/*.schema.json from the models")
     export.add_argument("--dir", type=Path, help="another directory to write to")
-    export.set_defaults(func=_schemas_export)
+    export.set_defaults(func=_schemas_export, private=False)
 
     dashboards = commands.add_parser(
         "dashboards", help="the Grafana dashboard of docker-compose"
     ).add_subparsers(dest="dashboards", required=True)
     dashboards.add_parser(
         "export", help="write sinks/grafana/dashboards/executive.json from sinks/panels.py"
-    ).set_defaults(func=_dashboards_export)
+    ).set_defaults(func=_dashboards_export, private=False)
 
     compose_env = commands.add_parser(
         "compose-env",
@@ -347,15 +348,29 @@ def build_parser() -> argparse.ArgumentParser:
     rules = commands.add_parser("rules", help="alert rules files").add_subparsers(dest="rules", required=True)
     check = rules.add_parser("check", help="validate a rules file and its annotation templates")
     check.add_argument("file", type=Path)
-    check.set_defaults(func=_rules_check)
+    check.set_defaults(func=_rules_check, private=False)
     test = rules.add_parser("test", help="run rule tests: values in, expected state changes out")
     test.add_argument("file", type=Path)
-    test.set_defaults(func=_rules_test)
+    test.set_defaults(func=_rules_test, private=False)
     return parser
 
 
+# Commands that keep state in the data directory: it is made 0700 (also one an older release made).
+_KEEP_STATE = frozenset({"run", "ingest", "streams", "sink", "notify", "keys"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from cosnap_metrics.private_files import PRIVATE_UMASK, private_dir
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "private", True):
+        # Before anything is created: every file 0600 and directory 0700, here and in the
+        # processes started from here (Kafka's segments, chDB's parts, the worker's state).
+        # Only the commands that write files of this repository (exports) or none (rules) keep
+        # the caller's umask.
+        os.umask(PRIVATE_UMASK)
+    if args.command in _KEEP_STATE:
+        private_dir(CommonSettings().data_dir)
     code: int = args.func(args)
     return code
 

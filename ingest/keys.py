@@ -3,10 +3,14 @@ constant time; each project lists the browser origins allowed to post its events
 
 The store is a JSON file in the data directory; the API re-reads it when it changes, so a key
 created with `cosnap-metrics keys create` works at once. A write key can only write events.
+Writers take an exclusive lock (`<store>.lock`, flock) around read-modify-write, so concurrent
+`keys create` never lose a key; the new store replaces the old in one step (a reader sees one
+or the other), mode 0600.
 """
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import hmac
@@ -14,10 +18,14 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cosnap_metrics.private_files import private_dir, replace_private
 
 KEY_PREFIX = "cmk_"
 # A write key (or anything presented as one) in text: what logs and error reports must not hold.
@@ -58,7 +66,7 @@ class KeyStore:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._mtime_ns = -1
+        self._version: tuple[int, int] = (-1, -1)  # the file's inode and mtime when last read
         self._by_lookup: dict[str, list[_StoredKey]] = {}
         self._origins: dict[str, tuple[str, ...]] = {}
 
@@ -71,11 +79,12 @@ class KeyStore:
 
     def _reload(self) -> None:
         try:
-            mtime = self._path.stat().st_mtime_ns
+            stat = self._path.stat()
         except FileNotFoundError:
-            self._by_lookup, self._origins, self._mtime_ns = {}, {}, -1
+            self._by_lookup, self._origins, self._version = {}, {}, (-1, -1)
             return
-        if mtime == self._mtime_ns:
+        version = (stat.st_ino, stat.st_mtime_ns)  # a write replaces the file: a new inode
+        if version == self._version:
             return
         data = self._read()
         by_lookup: dict[str, list[_StoredKey]] = {}
@@ -84,7 +93,7 @@ class KeyStore:
                 _StoredKey(entry["project"], entry["lookup"], entry["digest"])
             )
         self._origins = {name: tuple(p.get("origins", ())) for name, p in data["projects"].items()}
-        self._by_lookup, self._mtime_ns = by_lookup, mtime
+        self._by_lookup, self._version = by_lookup, version
 
     def authenticate(self, key: str) -> WriteKey | None:
         """The project and id of `key`, or None for an unknown key."""
@@ -105,38 +114,47 @@ class KeyStore:
         projects = self._origins.values() if project is None else [self._origins.get(project, ())]
         return any(fnmatch.fnmatchcase(origin, pattern) for patterns in projects for pattern in patterns)
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive against every other writer of this store, in any process, until exit."""
+        private_dir(self._path.parent)
+        lock = self._path.with_name(self._path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+            yield
+        finally:
+            os.close(fd)
+
     def create(self, project: str, origins: tuple[str, ...] = ()) -> str:
         """Issue a new write key for `project` (adding `origins` to the project's allowed origins);
         the plaintext is returned once and never stored."""
         key = KEY_PREFIX + secrets.token_urlsafe(24)
-        data = self._read()
-        data["keys"].append(
-            {
-                "project": project,
-                "lookup": _lookup(key),
-                "digest": _digest(key),
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-        )
-        entry = data["projects"].setdefault(project, {"origins": []})
-        entry["origins"] = sorted(set(entry.get("origins", [])) | set(origins))
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self._path)
+        with self._locked():
+            data = self._read()
+            data["keys"].append(
+                {
+                    "project": project,
+                    "lookup": _lookup(key),
+                    "digest": _digest(key),
+                    "created_at": datetime.now(UTC).isoformat(),
+                }
+            )
+            entry = data["projects"].setdefault(project, {"origins": []})
+            entry["origins"] = sorted(set(entry.get("origins", [])) | set(origins))
+            replace_private(self._path, json.dumps(data, indent=2))
         return key
 
 
 def ensure_dev_key(store: KeyStore, data_dir: Path) -> str:
     """The development write key of the embedded default (project `default`, pages on this
-    machine allowed), created on first run and kept in `<data_dir>/dev-write-key`."""
+    machine allowed), created on first run and kept in `<data_dir>/dev-write-key` (0600, written
+    whole before it takes its name)."""
     path = data_dir / DEV_KEY_FILE
     if path.exists():
         key = path.read_text().strip()
         if store.authenticate(key) is not None:
             return key
     key = store.create(DEFAULT_PROJECT, DEV_ORIGINS)
-    path.write_text(key + "\n")
-    os.chmod(path, 0o600)
+    replace_private(private_dir(data_dir) / DEV_KEY_FILE, key + "\n")
     return key

@@ -12,12 +12,14 @@ from urllib.parse import urlparse
 import uvicorn
 from clickhouse_connect.driver.client import Client
 
+from cosnap_metrics.private_files import create_private, private_dir, replace_private
 from cosnap_metrics.status import add_metrics_route, serve_status
 from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
 from sinks.clickhouse import apply_migrations, connect
 from sinks.consumer import Route, TopicSink
 from sinks.dashboard import create_dashboard_router
+from sinks.host_check import LOOPBACK_HOSTS, HostCheck
 from sinks.query import create_query_app
 from sinks.rows import (
     AGGREGATE_COLUMNS,
@@ -30,18 +32,25 @@ from sinks.rows import (
 from sinks.writer import BatchWriter
 
 log = logging.getLogger("cosnap.sink")
+MIN_TOKEN_CHARS = 32  # secrets.token_urlsafe(32) gives 43
 
 
 def query_token(settings: SinkSettings) -> str:
-    """The token of the query service, created on first start (mode 0600) and then kept."""
+    """The token of the query service: created on first start and then kept, in a file only
+    this user can read, written whole before it takes its name. A file without a token of at
+    least `MIN_TOKEN_CHARS` (empty: cut short before a release that wrote it in one step) is
+    replaced by a new token, so the token is never empty and an empty Bearer never matches."""
     path = settings.query_token_file
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(token + "\n")
-    return token
+    private_dir(path.parent)
+    new = secrets.token_urlsafe(32)
+    if create_private(path, new + "\n"):
+        return new
+    token = path.read_text().strip()
+    if len(token) >= MIN_TOKEN_CHARS:
+        return token
+    log.warning("query token file %s holds no usable token; writing a new one", path)
+    replace_private(path, new + "\n")
+    return new
 
 
 def sink_health(client: Client, sink: TopicSink) -> ServiceHealth:
@@ -82,6 +91,9 @@ def run_sink(settings: SinkSettings) -> None:
         app = create_query_app(client, query_token(settings), lambda: sink_health(client, sink))
         where = urlparse(settings.query_url)
         app.include_router(create_dashboard_router(client, where.hostname))
+        app.add_middleware(
+            HostCheck, allowed_hosts={*LOOPBACK_HOSTS, where.hostname or ""}, paths=["/v1/query"]
+        )
         add_metrics_route(app)
         config = uvicorn.Config(
             app,
