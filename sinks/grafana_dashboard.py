@@ -43,6 +43,22 @@ _FIELD_CONFIG: dict[str, dict[str, Any]] = {
             for name in ("conversion", "step_conversion")
         ],
     },
+    "late_events": {
+        "defaults": {},
+        "overrides": [
+            {
+                "matcher": {"id": "byName", "options": "counted_share"},
+                "properties": [{"id": key, "value": value} for key, value in _PERCENT.items()],
+            },
+            *(
+                {
+                    "matcher": {"id": "byName", "options": name},
+                    "properties": [{"id": "unit", "value": "s"}, {"id": "decimals", "value": 1}],
+                }
+                for name in ("p50_delay_s", "max_delay_s")
+            ),
+        ],
+    },
 }
 _OPTIONS: dict[str, dict[str, Any]] = {
     "stat": {
@@ -97,7 +113,7 @@ def grafana_dashboard() -> dict[str, Any]:
     return {
         "uid": DASHBOARD_UID,
         "title": "Cosnap executive",
-        "description": "Revenue, funnels, features, latency and live alerts (sinks/panels.py)",
+        "description": "Revenue, funnels, features, latency, live alerts and late events (sinks/panels.py)",
         "tags": ["cosnap", "business"],
         "editable": False,
         "timezone": "browser",

@@ -8,8 +8,9 @@ time range, and `expand_macros` replaces it the way the plugin does, for the emb
 for the tests that run every Grafana panel against chDB.
 
 Panels read `metrics.events` (fresh within a second of the 202, exact decimals, one row per
-`event_id` with FINAL) rather than the final windows, which appear only after a window's grace;
-and `metrics.alerts`, whose newest state per fingerprint says whether an alert fires now.
+`event_id` with FINAL) rather than the final windows of `metrics.windows`, which appear only
+after a window's grace; `metrics.alerts`, whose newest state per fingerprint says whether an alert
+fires now; and `metrics.late_events`, one row per event that arrived after its window had closed.
 """
 
 from __future__ import annotations
@@ -147,6 +148,27 @@ FROM
 )
 WHERE state = 'firing'
 ORDER BY severity = 'critical' DESC, starts_at DESC, rule, fingerprint""",
+        grafana="table",
+        width=12,
+        height=8,
+    ),
+    Panel(
+        key="late_events",
+        title="Late events per project",
+        description=(
+            "Events the streams worker read after their 10-second window had closed, in the time range "
+            "of when it read them: how many, how many corrections added to the windows (the others "
+            "were copies of events counted before), and how late (delay = read time - event time; "
+            "p50 is the value at rank floor(0.5 n) of the sorted delays)."
+        ),
+        sql="""
+SELECT project, count() AS late_events, countIf(counted = 1) AS counted_events,
+       round(counted_events / late_events, 4) AS counted_share,
+       quantileExact(0.5)(delay_s) AS p50_delay_s, max(delay_s) AS max_delay_s
+FROM metrics.late_events FINAL
+WHERE $__timeFilter(folded_at)
+GROUP BY project
+ORDER BY late_events DESC, project""",
         grafana="table",
         width=12,
         height=8,

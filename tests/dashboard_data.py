@@ -1,13 +1,14 @@
-"""Known events and alerts for the dashboard tests, and the numbers each panel must show,
-recomputed here in plain Python from what is posted (not from ClickHouse)."""
+"""Known events, late events and alerts for the dashboard tests, and the numbers each panel must
+show, recomputed here in plain Python from what is posted (not from ClickHouse)."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from kafka import KafkaProducer
@@ -46,6 +47,11 @@ LATENCIES = {  # (metric, unit) -> values
     ("ai.provider.latency", "ms"): [2450.5, 1200.25, 3100.0, 980.75],
     ("page.load", "s"): [1.25],
 }
+LATE = [  # (seconds old when posted, body): events posted after their windows closed
+    (5 * 60, {"type": "feature", "feature": "share", "action": "clicked"}),
+    (40 * 60, {"type": "performance", "metric": "page.load", "value": 3.5, "unit": "s"}),
+    (26 * 3600, {"type": "revenue", "name": "subscription.started", "amount": "4.99", "currency": "EUR"}),
+]
 
 
 def minute(now: datetime, minutes_ago: int) -> datetime:
@@ -81,6 +87,83 @@ def known_events(now: datetime) -> list[dict[str, Any]]:
             body = {"type": "performance", "metric": metric, "value": value, "unit": unit}
             add(minute(now, 1) + timedelta(seconds=n % 60), "u1", body)
     return events
+
+
+def late_events(now: datetime) -> list[dict[str, Any]]:
+    """The events of LATE, stamped that long before `now`."""
+    return [
+        {
+            "event_id": f"dash-late-{n}",
+            "timestamp": (now - timedelta(seconds=age)).isoformat(),
+            "user_id": "u7",
+        }
+        | body
+        for n, (age, body) in enumerate(LATE)
+    ]
+
+
+@dataclass(frozen=True, eq=False)
+class Within:
+    """Equal to any number from `low` to `high`: a cell known only within bounds."""
+
+    low: float
+    high: float
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int | float) and self.low <= other <= self.high
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What `post_traffic` sent: every event, the time known_events were stamped from, and when
+    the late events were posted."""
+
+    now: datetime
+    events: list[dict[str, Any]]
+    late: list[dict[str, Any]]
+    late_posted: datetime
+
+
+def post_traffic(pipeline: Pipeline) -> Traffic:
+    """known_events through the ingest (in event-time order, so the worker takes every one on
+    time, and one retried), then, once the worker has emitted windows, the LATE events, which it
+    finds too late for their windows. Returns when every event and late event is stored."""
+    now = datetime.now(UTC)
+    events = known_events(now)
+    pipeline.post(sorted(events, key=lambda e: datetime.fromisoformat(e["timestamp"])))
+    pipeline.post(events[:1])  # a client retry: the same event_id counts once
+    wait_rows(pipeline, "events", len(events))
+    emitted = wait_for(lambda: pipeline.query("SELECT count() FROM metrics.aggregates")[0][0], timeout=60)
+    assert emitted, pipeline.log("streams")
+    late_posted = datetime.now(UTC)
+    late = late_events(late_posted)
+    pipeline.post(late)
+    wait_rows(pipeline, "events", len(events) + len(late))
+    wait_rows(pipeline, "late_events", len(late), timeout=60)
+    return Traffic(now, events + late, late, late_posted)
+
+
+def late_rows(traffic: Traffic, checked: datetime, project: str) -> list[list[Any]]:
+    """The late-events panel: every late event counted; its delay is the time the worker read it
+    (after the post, before `checked`) minus its event time, so known within bounds."""
+    ages = sorted(age for age, _ in LATE)
+    slack = (checked - traffic.late_posted).total_seconds()
+
+    def delay(age: float) -> Within:
+        return Within(age - 0.01, age + slack + 0.01)
+
+    p50 = ages[math.floor(0.5 * len(ages))]
+    return [[project, len(ages), len(ages), 1.0, delay(p50), delay(ages[-1])]]
+
+
+def format_delay(seconds: float) -> str:
+    """A delay as the embedded page prints it (dashboard.js formatDelay, toFixed's rounding)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{Decimal(seconds / size).quantize(Decimal('0.1'), ROUND_HALF_UP)} {unit}"
+    return f"{Decimal(seconds).quantize(Decimal('0.1'), ROUND_HALF_UP)} s"
 
 
 def alert_records(now: datetime, project: str) -> list[AlertRecord]:
@@ -145,16 +228,22 @@ def produce_alerts(bootstrap: str, topic: str, alerts: list[AlertRecord]) -> Non
         producer.close()
 
 
-def wait_rows(pipeline: Pipeline, table: str, count: int) -> None:
+def wait_rows(pipeline: Pipeline, table: str, count: int, timeout: float = 30) -> None:
     def landed() -> bool:
         return pipeline.query(f"SELECT count() FROM metrics.{table} FINAL")[0][0] == count  # noqa: S608
 
-    assert wait_for(landed, timeout=30), pipeline.log("sink")
+    assert wait_for(landed, timeout=timeout), pipeline.log("sink")
 
 
-def expected_panels(now: datetime, events: list[dict[str, Any]], alerts: list[AlertRecord]) -> dict[str, Any]:
+def expected_panels(
+    now: datetime,
+    events: list[dict[str, Any]],
+    alerts: list[AlertRecord],
+    late: list[list[Any]] | None = None,
+) -> dict[str, Any]:
     """Panel key -> the rows its query must return (decimals as Decimal, times as naive UTC
-    datetimes); compare with `normalize`d rows of the query service."""
+    datetimes, delays `Within` bounds); compare with `normalize`d rows of the query service.
+    `late` is the late-events panel (`late_rows`)."""
     start = now - timedelta(hours=1)
     unique = {e["event_id"]: e for e in events}.values()
     recent = [e for e in unique if datetime.fromisoformat(e["timestamp"]) >= start]
@@ -209,6 +298,7 @@ def expected_panels(now: datetime, events: list[dict[str, Any]], alerts: list[Al
         "top_features": features,
         "latency_p95": latency,
         "alerts_firing": firing_rows(alerts),
+        "late_events": late or [],
     }
 
 

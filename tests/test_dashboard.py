@@ -1,6 +1,6 @@
-"""The embedded dashboard in headless Chromium: known events posted through the pipeline, the
-numbers read off the page, alerts appearing without a reload, and a screenshot kept as an
-artifact (test-artifacts/dashboard.png)."""
+"""The embedded dashboard in headless Chromium: known events and late events posted through the
+pipeline, the numbers read off the page, alerts appearing without a reload, and a screenshot kept
+as an artifact (test-artifacts/dashboard.png)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from tests.dashboard_data import (
     alert_records,
     expected_panels,
     firing_rows,
-    known_events,
+    format_delay,
+    late_rows,
+    post_traffic,
     produce_alerts,
-    wait_rows,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,15 +92,15 @@ def test_dashboard_shows_the_posted_numbers(
     rules.write_text("rules: []\n")  # the only alerts on the page are the ones this test sends
     pipeline.env["COSNAP_RULES_FILE"] = str(rules)
     pipeline.start("sink", "streams", "ingest")
-    now = datetime.now(UTC)
-    events = known_events(now)
-    pipeline.post(events)
-    pipeline.post(events[:1])  # a client retry: the same event_id counts once
-    wait_rows(pipeline, "events", len(events))
-    expected = expected_panels(now, events, [])
+    traffic = post_traffic(pipeline)
 
     # The page needs no token, and answers only host names of this machine.
-    assert httpx.get(f"{pipeline.query_url}/dashboard/data").status_code == 200
+    data = httpx.get(f"{pipeline.query_url}/dashboard/data")
+    assert data.status_code == 200
+    late = late_rows(traffic, datetime.now(UTC), "cosnap-test")
+    expected = expected_panels(traffic.now, traffic.events, [], late)
+    late_panel = data.json()["panels"]["late_events"]
+    assert late_panel["rows"] == late, late_panel  # the delays within their bounds
     assert (
         httpx.get(f"{pipeline.query_url}/dashboard", headers={"Host": "attacker.example"}).status_code == 403
     )
@@ -129,7 +130,18 @@ def test_dashboard_shows_the_posted_numbers(
             f"latency-{metric}-{unit}-p95": number(p95),
             f"latency-{metric}-{unit}-max": number(top),
         }
+    delays = {row[0]: row[4:] for row in late_panel["rows"]}  # as the page got them
+    for project, events, counted, share, _, _ in expected["late_events"]:
+        p50, top = delays[project]
+        want |= {
+            f"late-{project}-events": str(events),
+            f"late-{project}-counted": str(counted),
+            f"late-{project}-share": percent(share),
+            f"late-{project}-p50": format_delay(p50),
+            f"late-{project}-max": format_delay(top),
+        }
     wait_texts(browser, want)
+    assert want["late-cosnap-test-max"] == "26.0 h"  # the revenue event sent a day and two hours late
     # Spot checks of the formatting; the two-hour-old USD event is out of the range.
     assert (want["revenue-total-USD"], want["revenue-total-EUR"]) == ("79.97", "1,239.49")
     assert want["latency-api.latency-ms-p95"] == "195"

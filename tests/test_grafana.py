@@ -1,6 +1,7 @@
 """The Grafana provisioning of docker-compose: generated from sinks/panels.py, wired into the
 compose file, and every panel query of the dashboard file run — macros expanded — against chDB
-holding known events and alerts posted through the pipeline."""
+holding known events, late events and alerts posted through the pipeline. The late-events panel
+also against rows of known delays."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from cosnap_metrics.broker import KafkaBroker
+from sinks.clickhouse import apply_migrations, connect
 from sinks.errors import UnknownMacro
 from sinks.grafana_dashboard import DASHBOARD_FILE, DATASOURCE, dashboard_json
 from sinks.panels import PANELS, expand_macros
@@ -23,8 +25,9 @@ from tests.dashboard_data import (
     alert_records,
     dump,
     expected_panels,
-    known_events,
+    late_rows,
     normalize,
+    post_traffic,
     produce_alerts,
     wait_rows,
 )
@@ -93,20 +96,22 @@ def test_macros_expand_as_the_plugin_does() -> None:
 
 
 @pytest.mark.kafka
-def test_every_panel_query_returns_the_posted_numbers(pipeline: Pipeline, kafka: KafkaBroker) -> None:
-    pipeline.start("sink", "ingest")
-    now = datetime.now(UTC)
-    events = known_events(now)
-    pipeline.post(events)
-    pipeline.post(events[:1])  # a client retry: the same event_id counts once
-    alerts = alert_records(now, "cosnap-test")
+def test_every_panel_query_returns_the_posted_numbers(
+    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    rules = tmp_path / "no-rules.yaml"
+    rules.write_text("rules: []\n")  # the only alerts are the ones this test sends
+    pipeline.env["COSNAP_RULES_FILE"] = str(rules)
+    pipeline.start("sink", "streams", "ingest")
+    traffic = post_traffic(pipeline)
+    alerts = alert_records(traffic.now, "cosnap-test")
     produce_alerts(kafka.bootstrap, pipeline.topics.alerts, alerts)
-    wait_rows(pipeline, "events", len(events))
     wait_rows(pipeline, "alerts", len(alerts))
 
-    expected = expected_panels(now, events, alerts)
-    by_title = {p.title: p.key for p in PANELS}
     end = datetime.now(UTC)
+    late = late_rows(traffic, end, "cosnap-test")
+    expected = expected_panels(traffic.now, traffic.events, alerts, late)
+    by_title = {p.title: p.key for p in PANELS}
     for panel in _dashboard()["panels"]:
         (target,) = panel["targets"]
         sql = expand_macros(target["rawSql"], end - timedelta(hours=1), end)
@@ -115,3 +120,40 @@ def test_every_panel_query_returns_the_posted_numbers(pipeline: Pipeline, kafka:
         assert want, panel["title"]
         rows = normalize(pipeline.query(sql), want)
         assert rows == want, f"{panel['title']}\n{dump(rows)}\n!=\n{dump(want)}"
+
+
+def test_late_events_panel_counts_and_delays(tmp_path: Path) -> None:
+    """The late-events panel's SQL on chDB rows of known delays: per project, the events read in
+    the time range (by when the worker read them, whatever their event time), those counted, and
+    the p50 (rank floor(0.5 n)) and maximum delay."""
+    client = connect(f"chdb://{tmp_path / 'clickhouse'}")
+    try:
+        apply_migrations(client, "metrics")
+        now = datetime.now(UTC).replace(microsecond=0)
+        delays = {  # project -> (delay s, counted, read minutes ago)
+            "app": [(12.5, 1, 1), (300.0, 1, 2), (2400.0, 0, 3), (93600.0, 1, 4), (5.0, 1, 90)],
+            "web": [(61.0, 1, 10)],
+        }
+        rows = [
+            {
+                "project": project, "event_id": f"{project}-{n}", "type": "feature", "name": "share",
+                "series_id": "s", "timestamp": (read - timedelta(seconds=delay)).isoformat(),
+                "received_at": read.isoformat(), "folded_at": read.isoformat(), "delay_s": delay,
+                "counted": counted, "kafka_partition": 0, "kafka_offset": n,
+            }
+            for project, events in delays.items()
+            for n, (delay, counted, ago) in enumerate(events)
+            for read in [now - timedelta(minutes=ago)]
+        ]  # fmt: skip
+        lines = "\n".join(json.dumps(row) for row in rows)
+        client.command(f"INSERT INTO metrics.late_events FORMAT JSONEachRow {lines}")
+        client.command(f"INSERT INTO metrics.late_events FORMAT JSONEachRow {lines}")  # a replay
+        (panel,) = [p for p in PANELS if p.key == "late_events"]
+        result = client.query(expand_macros(panel.sql, now - timedelta(hours=1), now))
+        assert list(result.column_names) == [
+            "project", "late_events", "counted_events", "counted_share", "p50_delay_s", "max_delay_s"
+        ]  # fmt: skip
+        # "app": four read within the hour (the fifth 90 minutes ago), three of them counted.
+        assert result.result_rows == [("app", 4, 3, 0.75, 2400.0, 93600.0), ("web", 1, 1, 1.0, 61.0, 61.0)]
+    finally:
+        client.close()

@@ -75,6 +75,15 @@ function formatPercent(ratio) {
   return ratio === null ? "–" : (ratio * 100).toFixed(1) + "%";
 }
 
+// How late, in the largest unit that makes it at least 2: "90.0 s", "40.0 min", "26.0 h", "29.0 d".
+function formatDelay(seconds) {
+  if (seconds === null) return "–";
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
+    if (seconds >= 2 * size) return `${(seconds / size).toFixed(1)} ${unit}`;
+  }
+  return `${seconds.toFixed(1)} s`;
+}
+
 // ClickHouse sends UTC times without an offset.
 function parseUtc(text) {
   return new Date(/(Z|[+-]\d\d:\d\d)$/.test(text) ? text : text + "Z");
@@ -292,6 +301,34 @@ function renderAlerts(data) {
   }
 }
 
+function renderLateEvents(data) {
+  const container = document.querySelector('[data-testid="late-events"]');
+  const panel = data.panels.late_events;
+  if (!prepare(container, panel, "late_events", "No late events in the last hour", "late-none")) return;
+  const body = records(panel).map((r) => {
+    const id = `late-${r.project}`;
+    return el(
+      "tr",
+      {},
+      cell(r.project),
+      num(formatCount(r.late_events), `${id}-events`),
+      num(formatCount(r.counted_events), `${id}-counted`),
+      num(formatPercent(r.counted_share), `${id}-share`),
+      num(formatDelay(r.p50_delay_s), `${id}-p50`),
+      num(formatDelay(r.max_delay_s), `${id}-max`),
+    );
+  });
+  const headers = [
+    ["Project"],
+    ["Late", "num"],
+    ["Counted", "num"],
+    ["Share", "num"],
+    ["p50 delay", "num"],
+    ["Max delay", "num"],
+  ];
+  container.append(table(headers, body));
+}
+
 function setStatus(state, text) {
   const status = document.querySelector('[data-testid="status"]');
   status.setAttribute("data-state", state);
@@ -306,6 +343,7 @@ function render(data) {
     renderFeatures,
     renderLatency,
     renderAlerts,
+    renderLateEvents,
   ]) {
     draw(data);
   }

@@ -28,7 +28,6 @@ from cosnap_metrics.reconcile import ALL, Reconciliation, check, parse_time
 from schemas.records import GRANULARITY_SECONDS, WindowAggregate
 from schemas.settings import StreamsSettings
 from sinks.clickhouse import apply_migrations, connect
-from sinks.query import run_read_only
 from tests.conftest import Pipeline, free_port, wait_for
 
 HOUR = 3600
@@ -44,12 +43,13 @@ class Store:
 
     @property
     def settings(self) -> StreamsSettings:
-        return StreamsSettings(
-            clickhouse_url=f"chdb://{self.path}", window_grace_s=25, window_lateness_s=5, watermark_idle_s=5
+        return StreamsSettings.model_validate(
+            {k.removeprefix("COSNAP_").lower(): v for k, v in self.env.items() if k.startswith("COSNAP_")}
         )
 
     def check(self, **options: Any) -> Reconciliation:
-        return check(self.settings, run=lambda sql: run_read_only(self.client, sql), **options)
+        """Through the query path of the CLI (`cosnap_metrics.query.run_query`), in this process."""
+        return check(self.settings, **options)
 
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         lines = "\n".join(orjson.dumps(row).decode() for row in rows)
@@ -76,7 +76,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
     path = tmp_path / "clickhouse"
     client = connect(f"chdb://{path}")
     apply_migrations(client, "metrics")
-    env = os.environ | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSNAP_")} | {
         "COSNAP_DATA_DIR": str(tmp_path / "data"),
         "COSNAP_CLICKHOUSE_URL": f"chdb://{path}",
         "COSNAP_QUERY_URL": f"http://127.0.0.1:{free_port()}",  # no sink: the CLI opens chDB
