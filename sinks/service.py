@@ -18,6 +18,7 @@ from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
 from sinks.clickhouse import apply_migrations, connect
 from sinks.consumer import Route, TopicSink
+from sinks.corrections import LateCorrections
 from sinks.dashboard import create_dashboard_router
 from sinks.host_check import LOOPBACK_HOSTS, HostCheck
 from sinks.query import create_query_app
@@ -84,6 +85,7 @@ def run_sink(settings: SinkSettings) -> None:
         dead_letter_topic=topics.dead_letter,
         max_rows=settings.sink_batch_rows,
         max_wait_s=settings.sink_flush_ms / 1000,
+        corrections=LateCorrections(client, db, topics.late, topics.events),
     )
 
     server = None
