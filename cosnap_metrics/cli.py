@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -162,6 +162,42 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(url, key, args.minutes, args.rate, speed=args.speed, seed=args.seed)
 
 
+def _import(args: argparse.Namespace) -> int:
+    from cosnap_metrics.backfill import ImportOptions, Target, run_import
+    from ingest.keys import DEV_KEY_FILE
+
+    settings = IngestSettings()
+    missing = [str(path) for path in args.files if not path.is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.rejected is not None and len(args.files) > 1:
+        print("error: --rejected names the file of one import; give one FILE", file=sys.stderr)
+        return 2
+    key = args.key
+    if key is None:
+        key_file = args.key_file or settings.data_dir / DEV_KEY_FILE
+        try:
+            key = key_file.read_text().strip()
+        except OSError as exc:
+            print(
+                f"error: no write key: {key_file}: {exc.strerror} (give --key-file or --key)", file=sys.stderr
+            )
+            return 2
+    url = (args.url or f"http://{settings.ingest_host}:{settings.ingest_port}").rstrip("/")
+    options = ImportOptions(
+        state_dir=args.state_dir or settings.data_dir / "imports",
+        batch=args.batch,
+        concurrency=args.concurrency,
+        max_rate=args.max_rate,
+        restart=args.restart,
+        rejected=args.rejected,
+        fmt=None if args.format == "auto" else args.format,
+        retry_for=args.retry_for,
+    )
+    return run_import(args.files, Target(url, key), options, sys.stdout, as_json=args.json)
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     from ingest.keys import KeyStore
 
@@ -240,6 +276,18 @@ def _dashboards_export(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not within {low}-{high}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosnap-metrics", description="Cosnap Metrics event pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -310,6 +358,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", help="ingest API base URL (default: this machine's)")
     demo.add_argument("--key", help="write key (default: the development key in the data directory)")
     demo.set_defaults(func=_demo)
+
+    backfill = commands.add_parser(
+        "import",
+        help="backfill events from NDJSON (plain or gzip) or CSV files through the ingest API",
+        description="Post the events of each FILE to the ingest API (same validation and idempotency "
+        "as any client), resumably. Exit status: 0 every event accepted, 1 some rejected, 2 usage "
+        "error, 130 interrupted (run the same command to resume).",
+    )
+    backfill.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    backfill.add_argument(
+        "--format", choices=["auto", "ndjson", "csv"], default="auto", help="default: from the content"
+    )
+    backfill.add_argument("--url", help="ingest API base URL (default: this machine's, from COSNAP_INGEST_*)")
+    backfill.add_argument("--key", help="write key (prefer --key-file: a command line is visible to others)")
+    backfill.add_argument(
+        "--key-file",
+        type=Path,
+        help="file holding the write key (default: the data directory's dev-write-key)",
+    )
+    backfill.add_argument(
+        "--batch", type=_bounded(1, 1000), default=500, metavar="N", help="events per request (1-1000)"
+    )
+    backfill.add_argument(
+        "--concurrency", type=_bounded(1, 64), default=4, metavar="N", help="requests in flight"
+    )
+    backfill.add_argument(
+        "--max-rate", type=float, default=0.0, metavar="EV/S", help="at most this many events/s (0: no cap)"
+    )
+    backfill.add_argument(
+        "--rejected",
+        type=Path,
+        metavar="PATH",
+        help="where rejected lines go (default: FILE.rejected.ndjson)",
+    )
+    backfill.add_argument(
+        "--restart", action="store_true", help="ignore the saved progress and post every line again"
+    )
+    backfill.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help="resume state (default: <data dir>/imports)"
+    )
+    backfill.add_argument(
+        "--retry-for",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="stop when the ingest acknowledges nothing for this long (default 300)",
+    )
+    backfill.add_argument("--json", action="store_true", help="print each file's summary as one JSON line")
+    backfill.set_defaults(func=_import)
 
     schemas = commands.add_parser("schemas", help="the JSON Schema files of the contract").add_subparsers(
         dest="schemas", required=True

@@ -1,0 +1,1 @@
+"""`python -m bench.import`: a million events backfilled through the whole pipeline."""
