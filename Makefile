@@ -64,6 +64,7 @@ bench: setup native
 	-$(BIN)/python -m bench.streams
 	-$(BIN)/python -m bench.streams.memory
 	$(BIN)/python -m bench.alerts
+	$(BIN)/python -m bench.import
 
 clean:
 	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache
