@@ -1,8 +1,9 @@
 """`cosnap-metrics query`: read-only SQL against the pipeline's ClickHouse.
 
-With a ClickHouse server the CLI connects itself (readonly=1). With embedded chDB, whose data
-directory only one process may open, it asks the running sink's query service; when no
-pipeline is running it opens chDB directly.
+With embedded chDB, whose data directory only one process may open, it asks the running sink's
+query service; when no pipeline is running it opens chDB itself. With a ClickHouse server it
+connects itself. Either way the read goes through a `sinks.reader.Reader`: the same guard, a
+read-only session and the same limits (COSNAP_QUERY_*) as every other read.
 """
 
 from __future__ import annotations
@@ -10,25 +11,28 @@ from __future__ import annotations
 import httpx
 
 from cosnap_metrics.errors import QueryError
+from schemas.errors import CosnapError
 from schemas.settings import CommonSettings
-from sinks.clickhouse import connect
-from sinks.errors import QueryRefused
-from sinks.query import QueryResult, run_read_only
+from sinks.reader import QueryResult, Reader, read_limits
 
 
 def run_query(settings: CommonSettings, sql: str) -> QueryResult:
-    """Run one read statement; raises QueryError with ClickHouse's or the guard's reason."""
+    """Run one read statement; raises QueryError with the guard's, the limit's or ClickHouse's reason."""
     if settings.embedded_clickhouse:
         try:
             return _via_service(settings, sql)
         except httpx.ConnectError:
             pass  # no pipeline running: the data directory is free to open here
     try:
-        return run_read_only(connect(settings.resolved_clickhouse_url), sql)
-    except QueryRefused as exc:
+        reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
+    except Exception as exc:  # the store cannot be opened: the driver's reason is the answer
         raise QueryError(str(exc)) from exc
-    except Exception as exc:  # the driver's error text is the answer the analyst needs
+    try:
+        return reader.run(sql)
+    except CosnapError as exc:
         raise QueryError(str(exc)) from exc
+    finally:
+        reader.close()
 
 
 def _via_service(settings: CommonSettings, sql: str) -> QueryResult:
@@ -38,7 +42,7 @@ def _via_service(settings: CommonSettings, sql: str) -> QueryResult:
         f"{settings.query_url}/v1/query",
         json={"sql": sql},
         headers={"Authorization": f"Bearer {token}"},
-        timeout=300,
+        timeout=settings.query_timeout_s + 30,
     )
     if response.status_code != 200:
         raise QueryError(response.json().get("detail", response.text))

@@ -36,6 +36,23 @@ class CommonSettings(BaseSettings):
         default="http://127.0.0.1:8124",
         description="The sink's read-only query service (the only way into embedded chDB while it runs)",
     )
+    # Limits of every analyst's read (the query service, `cosnap-metrics query`, the dashboard),
+    # set on the read session for its whole life; 0 = no limit where ClickHouse allows it.
+    query_timeout_s: float = Field(default=30.0, gt=0, description="max_execution_time of a read")
+    query_max_memory_bytes: int = Field(default=2_000_000_000, ge=0, description="max_memory_usage of a read")
+    query_max_rows_to_read: int = Field(
+        default=1_000_000_000, ge=0, description="max_rows_to_read: rows a read may scan"
+    )
+    query_max_bytes_to_read: int = Field(
+        default=100_000_000_000, ge=0, description="max_bytes_to_read: uncompressed bytes a read may scan"
+    )
+    query_max_result_rows: int = Field(default=100_000, ge=0, description="max_result_rows of a read")
+    query_max_result_bytes: int = Field(
+        default=100_000_000, ge=0, description="max_result_bytes: uncompressed bytes a read may return"
+    )
+    query_max_concurrent: int = Field(
+        default=4, gt=0, description="Reads at once; the query service answers 429 beyond"
+    )
     log_level: LogLevel = "INFO"
     log_format: LogFormat = Field(
         default="json", description="Service logs: one JSON object per line, or text for a person to read"

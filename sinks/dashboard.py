@@ -2,8 +2,9 @@
 
 In embedded mode only the sink may open chDB, and Grafana cannot read it; so the sink serves
 `GET /dashboard` itself. The page's script polls `GET /dashboard/data`, which runs the fixed
-queries of `sinks.panels` through the read-only path (the guard and `readonly=1`): the browser
-never holds the query token and cannot send SQL, and nothing here writes. The routes answer
+queries of `sinks.panels` through the query service's reader (the guard, read-only sessions
+and the read limits, `sinks.reader`): the browser never holds the query token and cannot send
+SQL, nothing here writes, and a slow panel never holds up the sink's inserts. The routes answer
 only requests addressed to a loopback name or the configured host, so a web page the viewer
 opens elsewhere cannot read the numbers through DNS rebinding.
 """
@@ -17,13 +18,12 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from clickhouse_connect.driver.client import Client
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from sinks.panels import PANELS, Panel, expand_macros
-from sinks.query import run_read_only
+from sinks.reader import Reader
 
 log = logging.getLogger("cosnap.sink.dashboard")
 
@@ -58,9 +58,9 @@ class DashboardData(BaseModel):
     panels: dict[str, PanelData]
 
 
-def _run_panel(client: Client, panel: Panel, start: datetime, end: datetime) -> PanelData:
+def _run_panel(reader: Reader, panel: Panel, start: datetime, end: datetime) -> PanelData:
     try:
-        result = run_read_only(client, expand_macros(panel.sql, start, end))
+        result = reader.run(expand_macros(panel.sql, start, end))
     except Exception as exc:  # one failing panel must not blank the others; the page shows why
         log.warning("dashboard panel %s failed: %s", panel.key, exc)
         return PanelData(
@@ -71,11 +71,11 @@ def _run_panel(client: Client, panel: Panel, start: datetime, end: datetime) -> 
     )
 
 
-def dashboard_data(client: Client, end: datetime) -> DashboardData:
+def dashboard_data(reader: Reader, end: datetime) -> DashboardData:
     """Every panel for the hour before `end`; blocks for the queries (tens of milliseconds)."""
     start = end - TIME_RANGE
     return DashboardData(
-        start=start, end=end, panels={p.key: _run_panel(client, p, start, end) for p in PANELS}
+        start=start, end=end, panels={p.key: _run_panel(reader, p, start, end) for p in PANELS}
     )
 
 
@@ -99,7 +99,7 @@ def _asset(body: bytes, media_type: str) -> Callable[[], Response]:
     return serve
 
 
-def create_dashboard_router(client: Client, query_host: str | None) -> APIRouter:
+def create_dashboard_router(reader: Reader, query_host: str | None) -> APIRouter:
     """Routes of the page and its data; `query_host` is the host name the service was told to
     listen on, allowed besides the loopback names."""
     allowed = LOOPBACK_HOSTS | ({query_host} if query_host else set())
@@ -112,7 +112,7 @@ def create_dashboard_router(client: Client, query_host: str | None) -> APIRouter
     @router.get("/dashboard/data", response_model=DashboardData)
     def data() -> Response:
         """The rows of every panel for the last hour."""
-        body = dashboard_data(client, datetime.now(UTC)).model_dump_json()
+        body = dashboard_data(reader, datetime.now(UTC)).model_dump_json()
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     return router

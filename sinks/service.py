@@ -22,6 +22,7 @@ from sinks.corrections import LateCorrections
 from sinks.dashboard import create_dashboard_router
 from sinks.host_check import LOOPBACK_HOSTS, HostCheck
 from sinks.query import create_query_app
+from sinks.reader import Reader, read_limits
 from sinks.rows import (
     AGGREGATE_COLUMNS,
     ALERT_COLUMNS,
@@ -90,9 +91,11 @@ def run_sink(settings: SinkSettings) -> None:
 
     server = None
     if settings.embedded_clickhouse:
-        app = create_query_app(client, query_token(settings), lambda: sink_health(client, sink))
+        # Reads get sessions of their own (read-only, limited), so they never queue behind inserts.
+        reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
+        app = create_query_app(reader, query_token(settings), lambda: sink_health(client, sink))
         where = urlparse(settings.query_url)
-        app.include_router(create_dashboard_router(client, where.hostname))
+        app.include_router(create_dashboard_router(reader, where.hostname))
         app.add_middleware(
             HostCheck, allowed_hosts={*LOOPBACK_HOSTS, where.hostname or ""}, paths=["/v1/query"]
         )
