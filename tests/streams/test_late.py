@@ -17,6 +17,8 @@ import httpx
 import orjson
 import pytest
 from confluent_kafka import Producer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import AlertListener, Pipeline, wait_for
 
@@ -48,6 +50,14 @@ SELECT type, name, currency, toUnixTimestamp(window_start) AS start, sum(count),
 FROM metrics.windows
 WHERE granularity = '{granularity}' AND name != 'closer' AND start + {size} <= {cutoff}
 GROUP BY type, name, currency, start
+"""
+
+STORED_TOTALS = """
+SELECT count(), toString(sum(toDecimal128(toString(value), 9)))
+FROM metrics.events FINAL WHERE metric = '{metric}'
+"""
+WINDOW_TOTALS = """
+SELECT sum(count), toString(sum(sum)) FROM metrics.windows WHERE granularity = '10s' AND name = '{metric}'
 """
 
 
@@ -295,3 +305,58 @@ def test_an_event_posted_three_times_counts_once_in_every_window_and_fires_a_rul
         assert listener.states().count("firing") == 1, listener.records
     finally:
         listener.close()
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    pattern=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 3)), min_size=1, max_size=40),
+    late=st.sets(st.integers(0, 15)),
+)
+def test_random_retry_patterns_count_each_event_once(
+    pipeline: Pipeline, pattern: list[tuple[int, int]], late: set[int]
+) -> None:
+    """Events sent in any pattern of retries (each send of an event in one of four requests, the
+    copies half a second apart), on time or three minutes late: the 10-second windows count each
+    once, as metrics.events FINAL holds each once. (The minute and the hour are the same panes
+    merged, and checked by the tests above: waiting a minute per example would cost minutes.)"""
+    if not pipeline.processes:  # one pipeline for every example
+        pipeline.env |= {
+            "COSNAP_WATERMARK_IDLE_S": "1",
+            "COSNAP_WINDOW_GRACE_S": "1",
+            "COSNAP_CHECKPOINT_S": "1",
+        }
+        pipeline.start("sink", "streams", "ingest")
+    metric = f"retry.{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    events = {
+        number: {
+            "event_id": f"{metric}-{number}",
+            "timestamp": (
+                now - timedelta(minutes=3 if number in late else 0, milliseconds=number)
+            ).isoformat(),
+            "type": "performance",
+            "metric": metric,
+            "value": number + 0.5,
+            "unit": "ms",
+        }
+        for number, _ in pattern
+    }
+    with client_for(pipeline) as client:
+        for request in range(4):
+            sent = {number for number, chosen in pattern if chosen == request}
+            if sent:
+                post(client, [events[number] for number in sorted(sent)])
+            time.sleep(0.5)
+    expected = (len(events), sum(Decimal(str(e["value"])) for e in events.values()))
+    stored, windows = STORED_TOTALS.format(metric=metric), WINDOW_TOTALS.format(metric=metric)
+
+    def totals(sql: str) -> tuple[int, Decimal]:
+        [[count, total]] = pipeline.query(sql)
+        return int(str(count)), Decimal(str(total or 0))
+
+    assert wait_for(lambda: totals(stored) == expected, timeout=30), (totals(stored), expected)
+    assert wait_for(lambda: totals(windows) == expected, timeout=30), (totals(windows), expected)
