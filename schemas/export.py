@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse
 from schemas.health import DetailedHealth, ServiceHealth
-from schemas.records import AlertRecord, DeadLetter, Envelope, WindowAggregate
+from schemas.records import AlertRecord, DeadLetter, Envelope, LateEvents, WindowAggregate
 from schemas.rules import RuleFile
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -31,6 +31,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "envelope.schema.json": ("A record of metrics.events.v1", Envelope),
         "window-aggregate.schema.json": ("A record of metrics.aggregates.v1", WindowAggregate),
         "dead-letter.schema.json": ("A record of metrics.dead-letter.v1", DeadLetter),
+        "late-events.schema.json": ("A record of metrics.internal.late (internal)", LateEvents),
         "alert.schema.json": ("A record of metrics.alerts.v1", AlertRecord),
         "rules.schema.json": ("An alert rules file (YAML), see schemas/default-rules.yaml", RuleFile),
         "health-detailed.schema.json": ("The body of the ingest API's GET /health/detailed", DetailedHealth),

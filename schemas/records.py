@@ -81,7 +81,9 @@ class Sketch(BaseModel):
 
 
 class WindowAggregate(BaseModel):
-    """A final (closed) window of one series; key = `series_id|granularity|window_start`."""
+    """The on-time part of a final (closed) window of one series; key =
+    `series_id|granularity|window_start`. Late events are added to the window as correction parts
+    by the sink: analysts read `metrics.windows`, which merges them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
