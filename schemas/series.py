@@ -4,7 +4,14 @@ A series is (project, type, name, currency, dims). Besides the built-in dimensio
 feature events, `unit` of performance events), the tags a rule names become dimensions. Each
 dimension of a (project, type, name) keeps at most `max_values` distinct values; further values
 go to the `__overflow__` bucket, so a runaway tag (a user id sent as a tag) cannot exhaust the
-worker's memory.
+worker's memory. The built-in dimensions are capped the same way (a feature's `action` per
+feature name, likewise a metric's `unit` and a revenue name's `currency`).
+
+Names are capped too: each (project, type) keeps at most `MAX_NAMES` (setting
+`COSNAP_MAX_NAMES_PER_TYPE`) distinct names (revenue name, metric, feature, `funnel:step`); the
+events of further names go to the series named `__overflow__` (`__overflow__:__overflow__` for
+conversion, so that it keeps the `funnel:step` form), so that a name built from an id (a feature
+per user, a metric per request) cannot exhaust it either.
 """
 
 from __future__ import annotations
@@ -14,6 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.events import EventType, TagKey
 
 OVERFLOW = "__overflow__"
+MAX_NAMES = 10_000  # distinct names per project and event type
+
+
+def overflow_name(kind: str) -> str:
+    """The name that the events of a type's names beyond the cap are counted under."""
+    return f"{OVERFLOW}:{OVERFLOW}" if kind == "conversion" else OVERFLOW
 
 
 class DimensionRule(BaseModel):

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.rules import DEFAULT_RULES
+from schemas.series import MAX_NAMES
 from schemas.topics import DEFAULT_PREFIX, Topics
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -127,6 +128,12 @@ class StreamsSettings(CommonSettings):
         default=5.0, gt=0, description="Longest time between window-state checkpoints"
     )
     rules_file: Path = Field(default=DEFAULT_RULES, description="Alert rules (YAML), see schemas/rules.py")
+    max_names_per_type: int = Field(
+        default=MAX_NAMES,
+        gt=0,
+        description="Distinct names (metric, feature, revenue name, funnel:step) per project and event type; "
+        "the events of further names are counted under __overflow__",
+    )
     streams_metrics_port: int = Field(
         default=8125, ge=0, le=65535, description="The worker's /metrics and /health; 0 = off"
     )

@@ -2,12 +2,19 @@
 
 A series is (project, type, name, currency, dims): `name` is the revenue name, the metric, the
 feature or `funnel:step`; `dims` holds the built-in dimensions (`action`, `unit`) and the tags
-the series config names, each dimension capped in distinct values (see schemas/series.py).
+the series config names, each dimension capped in distinct values, and each (project, type)
+capped in distinct names (see schemas/series.py).
 
 Resolving runs for every event, so it is a lookup: the resolver remembers, per (project, type,
 name and built-in dimension), which raw tag values led to which series. Only an unseen
 combination goes through the dimension rules and the caps; caching those answers changes none,
-since a value's fate under its cap never changes once decided.
+since a value's fate under its cap never changes once decided. The events of a name over the
+cap are the exception: they take the slow path every time, since remembering their names is
+what the cap prevents (each is counted there, see `take_overflow`).
+
+What the caps admitted (names, built-in and tag values) is never forgotten, and it is part of
+the checkpoint: a name's fate depends only on the names before it in its partition, so a worker
+replaying records from a checkpoint decides every event as the first run did.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from typing import Any
 
 import orjson
 
-from schemas.series import OVERFLOW, SeriesConfig
+from schemas.series import MAX_NAMES, OVERFLOW, SeriesConfig, overflow_name
 from streams.envelope import Conversion, Event, Feature, Performance, Revenue
 
 Dims = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
 _MAX_VALUE_COMBINATIONS = 10_000  # per name: raw tag values remembered; a runaway tag refills it
+# Names over the cap reported (dead-lettered) per project and type; later ones are only counted.
+REPORTED_NAMES = 100
+_CONVERSION_OVERFLOW = overflow_name("conversion")
 
 
 def series_id(key: SeriesKey) -> str:
@@ -52,7 +62,8 @@ class Series:
 
     def __post_init__(self) -> None:
         self.kind = self.key[1]
-        self.step = (self.key[0], self.key[2]) if self.kind == "conversion" else None
+        funnel_step = self.kind == "conversion" and self.key[2] != _CONVERSION_OVERFLOW
+        self.step = (self.key[0], self.key[2]) if funnel_step else None  # overflow: steps of any funnel
         self.head = _head(self.key, self.id)
 
 
@@ -96,17 +107,34 @@ class _Name:
     values_of: TagValues  # an event's values of `tags` (None where absent)
     plain: Series | None = None  # the series of events without any dimension tag
     by_values: dict[tuple[str | None, ...], Series] = field(default_factory=dict)
+    overflow: bool = False  # the type's `__overflow__` name: kept out of the index (see `resolve`)
 
 
 class SeriesResolver:
-    """Maps events to series; remembers the values each dimension has taken (bounded by the cap).
-    Called once per event from the worker's single thread."""
+    """Maps events to series; remembers the names each (project, type) and the values each
+    dimension has taken (bounded by the caps). Called once per event from the worker's single
+    thread.
 
-    def __init__(self, config: SeriesConfig) -> None:
+    The events of names over the cap go to the type's `__overflow__` name; `take_overflow` tells
+    how many since it was last called, and which names went over (each once, at most
+    REPORTED_NAMES per project and type, with the first of its events), for the caller to count
+    and dead-letter.
+    """
+
+    def __init__(self, config: SeriesConfig, max_names: int = MAX_NAMES) -> None:
         self._config = config
+        self._max_names = max_names
         self._tags_for: dict[tuple[str, str], tuple[str, ...]] = {}
         self._seen: dict[tuple[str, str, str, str], set[str]] = {}
-        self.overflowed = 0
+        # (project, type) -> the names admitted under the cap; (project, type, name) -> the
+        # values its built-in dimension took (action, unit or currency; not for conversion),
+        # one value as itself (most names have one: no set for each of 10,000 names);
+        # (project, type) -> the names over the cap reported so far.
+        self._admitted: dict[tuple[str, str], set[str]] = {}
+        self._extras: dict[tuple[str, str, str], str | set[str]] = {}
+        self._reported: dict[tuple[str, str], set[str]] = {}
+        self.overflow_events: dict[str, int] = {}  # type -> events counted under `__overflow__`
+        self.overflowed: list[tuple[Event, str]] = []  # (first event of a name over the cap, reason)
         self._names: dict[tuple[str, str, str, str], _Name] = {}  # (project, type, name, extra)
         # The same, nested project -> type -> name -> extra: an event looks its name up by the
         # strings it carries, with no key tuple to build and hash (it runs for every event).
@@ -148,27 +176,105 @@ class SeriesResolver:
                 self.step_index[series.step] = event.step_index
                 return
 
+    def take_overflow(self) -> tuple[dict[str, int], list[tuple[Event, str]]]:
+        """The events counted under `__overflow__` since the last call, by type, and the names
+        that went over the cap meanwhile: (the first of its events, a dead-letter reason)."""
+        counts, names = self.overflow_events, self.overflowed
+        if counts:
+            self.overflow_events = {}
+        if names:
+            self.overflowed = []
+        return counts, names
+
     def _name(self, project: str, event: Event) -> _Name:
-        currency = ""
-        builtin: Dims = ()
+        """The name of an event the index did not know: a name or built-in value not seen
+        before (admitted or capped now), or one over a cap."""
+        kind = event.kind
+        builtin = ""
         if isinstance(event, Performance):
-            name, extra = event.metric, event.unit
-            builtin = (("unit", extra),)
+            name, extra, builtin = event.metric, event.unit, "unit"
         elif isinstance(event, Feature):
-            name, extra = event.feature, event.action
-            builtin = (("action", extra),)
+            name, extra, builtin = event.feature, event.action, "action"
         elif isinstance(event, Revenue):
             name, extra = event.name, event.currency
-            currency = extra
         else:
             name, extra = f"{event.funnel}:{event.step}", event.step
         lookup = event.funnel if isinstance(event, Conversion) else name
-        tags = self._dimension_tags(event.kind, name)
-        found = self._names[(project, event.kind, lookup, extra)] = _Name(
-            project, event.kind, name, currency, builtin, tags, tag_values(tags)
-        )
-        self._indexed(project, event.kind, lookup)[extra] = found
+        overflow = not self._admit(project, kind, name)
+        if overflow:
+            self._count_overflow(project, kind, name, event)
+            name = lookup = overflow_name(kind)
+            if kind == "conversion":
+                extra = OVERFLOW
+        if kind != "conversion":  # a conversion's step is part of its name
+            extra = self._capped_extra(project, kind, name, extra)
+        key = (project, kind, lookup, extra)
+        found = self._names.get(key)
+        if found is None:
+            tags = self._dimension_tags(kind, name)
+            found = self._names[key] = _Name(
+                project,
+                kind,
+                name,
+                extra if kind == "revenue" else "",
+                ((builtin, extra),) if builtin else (),
+                tags,
+                tag_values(tags),
+                overflow=overflow,
+            )
+            if not overflow:
+                self._indexed(project, kind, lookup)[extra] = found
         return found
+
+    def _admit(self, project: str, kind: str, name: str) -> bool:
+        """Whether `name` is one of the project's first `max_names` names of its type."""
+        names = self._admitted.get((project, kind))
+        if names is None:
+            names = self._admitted[(project, kind)] = set()
+        elif name in names:
+            return True
+        if len(names) >= self._max_names or name == overflow_name(kind):
+            return False
+        names.add(name)
+        return True
+
+    def _count_overflow(self, project: str, kind: str, name: str, event: Event) -> None:
+        self.overflow_events[kind] = self.overflow_events.get(kind, 0) + 1
+        reported = self._reported.get((project, kind))
+        if reported is None:
+            reported = self._reported[(project, kind)] = set()
+        if len(reported) < REPORTED_NAMES and name not in reported:
+            reported.add(name)
+            self.overflowed.append((event, self._overflow_reason(kind, name, len(reported))))
+
+    def _overflow_reason(self, kind: str, name: str, reported: int) -> str:
+        last = " (the last name of this type reported; later ones are only counted)"
+        return (
+            f"overflow: the project has {self._max_names:,} {kind} names, the cap "
+            f"(COSNAP_MAX_NAMES_PER_TYPE): the events of {name!r} are counted under the name "
+            f"{overflow_name(kind)!r}, not dropped{last if reported == REPORTED_NAMES else ''}"
+        )
+
+    def _capped_extra(self, project: str, kind: str, name: str, value: str) -> str:
+        """A built-in dimension's value (action, unit, currency) under the per-name cap."""
+        key = (project, kind, name)
+        seen = self._extras.get(key)
+        if seen is None:
+            self._extras[key] = value
+            return value
+        if isinstance(seen, str):
+            if value == seen:
+                return value
+            if self._config.max_values < 2:
+                return OVERFLOW
+            self._extras[key] = {seen, value}
+            return value
+        if value in seen:
+            return value
+        if len(seen) >= self._config.max_values:
+            return OVERFLOW
+        seen.add(value)
+        return value
 
     def _indexed(self, project: str, kind: str, name: str) -> dict[str, _Name]:
         return self._index.setdefault(project, {}).setdefault(kind, {}).setdefault(name, {})
@@ -210,7 +316,6 @@ class SeriesResolver:
         elif value in seen:
             return value
         if len(seen) >= self._config.max_values:
-            self.overflowed += 1
             return OVERFLOW
         seen.add(value)
         return value
@@ -235,15 +340,42 @@ class SeriesResolver:
         self._names = {k: n for k, n in self._names.items() if n.plain is not None or n.by_values}
         self._index = {}
         for (project, kind, lookup, extra), found in self._names.items():
-            self._indexed(project, kind, lookup)[extra] = found
+            if not found.overflow:
+                self._indexed(project, kind, lookup)[extra] = found
 
     def to_state(self) -> dict[str, Any]:
-        """The dimension values seen so far and the funnel step positions (for a checkpoint)."""
+        """What the caps admitted so far (names, built-in and tag values), the names over the
+        cap already reported, and the funnel step positions (for a checkpoint)."""
         return {
             "seen": [[*key, sorted(values)] for key, values in self._seen.items()],
+            "names": [[project, kind, list(names)] for (project, kind), names in self._admitted.items()],
+            "extras": [[*key, [v] if isinstance(v, str) else list(v)] for key, v in self._extras.items()],
+            "reported": [[project, kind, list(names)] for (project, kind), names in self._reported.items()],
             "step_index": [[project, name, index] for (project, name), index in self.step_index.items()],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Resume from `to_state()`, after the series of the open windows were read back
+        (`series`). A checkpoint from before the name cap admits the names of those series."""
         self._seen = {(p, k, n, d): set(values) for p, k, n, d, values in state["seen"]}
         self.step_index = {(project, name): index for project, name, index in state["step_index"]}
+        self._reported = {(p, k): set(names) for p, k, names in state.get("reported", [])}
+        if "names" in state:
+            self._admitted = {(p, k): set(names) for p, k, names in state["names"]}
+            self._extras = {
+                (p, k, n): values[0] if len(values) == 1 else set(values)
+                for p, k, n, values in state["extras"]
+            }
+            return
+        self._admitted, self._extras = {}, {}
+        for project, kind, name, currency, dims in self._by_key:
+            if name != overflow_name(kind):
+                self._admitted.setdefault((project, kind), set()).add(name)
+            if kind != "conversion":
+                extra = (
+                    currency
+                    if kind == "revenue"
+                    else dict(dims).get("unit" if kind == "performance" else "action")
+                )
+                if extra is not None:
+                    self._capped_extra(project, kind, name, extra)

@@ -1,6 +1,7 @@
-"""Streams worker memory (RSS) with 100,000 active series.
+"""Streams worker memory (RSS) with 100,000 active series, or with 1,000,000 distinct names.
 
     python -m bench.streams.memory [--series 100000] [--minutes 3]
+    python -m bench.streams.memory --names 1000000 [--max-names 10000]
 
 Starts a real Apache Kafka broker and writes, as the ingest writes them (envelopes of 500,
 lz4, acks=all), `--minutes` minutes of performance events in which every series gets one event
@@ -16,7 +17,16 @@ To prove the series were held, it then writes one closer envelope per project tw
 which closes every window, and counts the distinct series and the events in the minute windows
 the worker emits.
 
-Bar (DESIGN §5): RSS <= 500 MB with 100k active series; exit status 1 above it.
+With `--names N` the events are instead N feature events of N distinct feature names (name i
+in project i mod 5, one action, spread over `--minutes` minutes of event time): the cap on names
+per project and type (COSNAP_MAX_NAMES_PER_TYPE, `--max-names`, default 10,000) admits the
+first 10,000 names of each project and counts the events of every later one under the series
+named `__overflow__`. After the closer it checks that the minute windows hold every event, that
+the `__overflow__` windows hold exactly the events of the names over the cap, and that the
+worker's /metrics counted as many (`cosnap_streams_overflow_events_total`).
+
+Bar (DESIGN §5, issue 19): RSS <= 500 MB with 100k active series, and with 1,000,000 distinct
+names; exit status 1 above it.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import argparse
 import math
 import os
 import random
+import re
 import statistics
 import sys
 import threading
@@ -34,10 +45,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from bench.kafka import Bench, bench_kafka
 from bench.streams import AggregateReader, Worker, committed_offsets, end_offsets
 from bench.streams.feed import choose_projects, closers, pack, produce
+from schemas.series import MAX_NAMES, OVERFLOW
 from schemas.topics import EVENT_PARTITIONS
+from tests.conftest import free_port
 
 BAR_MB = 500
 PROJECTS = 5
@@ -110,6 +127,65 @@ def series_events(
             }  # fmt: skip
 
 
+def name_events(
+    names: int, minutes: int, projects: list[str], start: datetime, seed: int = 3
+) -> Iterator[tuple[str, datetime, dict[str, Any]]]:
+    """One feature event per name, in time order over `minutes`: name i in project i mod P (a
+    feature per user or per request, as a runaway client would send)."""
+    rng = random.Random(seed)
+    step = timedelta(minutes=minutes) / names
+    for i in range(names):
+        yield projects[i % len(projects)], start + step * i, {
+            "event_id": uuid.uuid4().hex,
+            "type": "feature",
+            "feature": f"bench.feature.n{i:07d}",
+            "action": "used",
+            "user_id": f"u{rng.randint(1, 20000)}",
+        }  # fmt: skip
+
+
+def overflow_minutes(bench: Bench, ignore_from: str) -> tuple[int, int]:
+    """(events, windows) of the minute windows of series named `__overflow__` on the aggregates
+    topic, read from its beginning to its end (the closers' windows left out)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bench.bootstrap, "group.id": f"bench-overflow-{uuid.uuid4().hex[:6]}",
+         "enable.auto.commit": False}
+    )  # fmt: skip
+    ends = end_offsets(bench.bootstrap, bench.topics.aggregates, EVENT_PARTITIONS)
+    consumer.assign(
+        [TopicPartition(bench.topics.aggregates, p, OFFSET_BEGINNING) for p, end in ends.items() if end]
+    )
+    positions = dict.fromkeys(ends, 0)
+    events = windows = 0
+    deadline = time.monotonic() + 120
+    try:
+        while any(positions[p] < end for p, end in ends.items()) and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, 0.5):
+                key, value = message.key(), message.value()
+                partition, offset = message.partition(), message.offset()
+                if message.error() is not None or key is None or value is None:
+                    continue
+                if partition is not None and offset is not None:
+                    positions[partition] = offset + 1
+                _, granularity, start = key.decode().split("|")
+                if granularity != "1m" or start[:19] >= ignore_from[:19]:
+                    continue
+                window = orjson.loads(value)
+                if window["name"] == OVERFLOW:
+                    events += window["count"]
+                    windows += 1
+    finally:
+        consumer.close()
+    return events, windows
+
+
+def overflow_counted(metrics_url: str) -> float:
+    """The worker's cosnap_streams_overflow_events_total, all types (0 when absent)."""
+    text = httpx.get(f"{metrics_url}/metrics", timeout=10).text
+    found = re.findall(r"^cosnap_streams_overflow_events_total\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return sum(map(float, found))
+
+
 def wait_steady(rss: RssSampler, timeout: float) -> tuple[list[int], bool]:
     """The RSS samples of the first STEADY_S seconds within which RSS moved by at most 2 %
     (the last STEADY_S seconds and False if that did not happen within `timeout`)."""
@@ -157,23 +233,50 @@ def main() -> int:
     parser.add_argument(
         "--minutes", type=int, default=3, help="minutes of event time (one event per series each)"
     )
+    parser.add_argument(
+        "--names",
+        type=int,
+        default=0,
+        help="instead of --series: this many distinct feature names, one event each",
+    )
+    parser.add_argument(
+        "--max-names",
+        type=int,
+        default=MAX_NAMES,
+        help="the worker's COSNAP_MAX_NAMES_PER_TYPE (with --names)",
+    )
     parser.add_argument("--timeout", type=float, default=180, help="longest wait for each phase")
     args = parser.parse_args()
     metrics = math.ceil(args.series / ROUTES / PROJECTS)
     if metrics > 1000:
         raise SystemExit("at most 1,000,000 series (5 projects x 1000 metrics x 200 routes)")
+    over_cap = closers_over = 0
+    if args.names:  # per project: the first max_names names are series, the rest one __overflow__
+        per_project = [len(range(p, args.names, PROJECTS)) for p in range(PROJECTS)]
+        args.series = sum(min(n, args.max_names) + (n > args.max_names) for n in per_project)
+        over_cap = sum(max(0, n - args.max_names) for n in per_project)
+        closers_over = sum(n >= args.max_names for n in per_project)  # `bench.closer` is a name too
 
     with bench_kafka("streams-memory") as bench:
         projects = choose_projects(PROJECTS)
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = hour - timedelta(minutes=55)  # hh:05 of the previous hour: its hour window stays open
         closer_at = start + timedelta(hours=2)
-        events = args.series * args.minutes
-        envelopes = list(pack(series_events(args.series, args.minutes, projects, start)))
+        if args.names:
+            events = args.names
+            envelopes = list(pack(name_events(args.names, args.minutes, projects, start)))
+        else:
+            events = args.series * args.minutes
+            envelopes = list(pack(series_events(args.series, args.minutes, projects, start)))
 
         reader = AggregateReader(bench, closer_at.replace(second=0).isoformat().replace("+00:00", "Z"))
         bench.progress.note("starting the streams worker")
-        worker = Worker(bench)
+        metrics_port = free_port()
+        worker = Worker(
+            bench,
+            COSNAP_STREAMS_METRICS_PORT=str(metrics_port),
+            COSNAP_MAX_NAMES_PER_TYPE=str(args.max_names),
+        )
         rss = RssSampler(worker.pid)
         try:
             worker.wait_ready()
@@ -182,9 +285,14 @@ def main() -> int:
             bench.progress.note(f"writing {len(envelopes):,} envelopes to the running worker")
             written = produce(bench.bootstrap, bench.topics.events, envelopes)
             del envelopes
+            shape = (
+                f"{args.names:,} distinct feature names in {PROJECTS} projects, one event each, cap "
+                f"{args.max_names:,} names per project and type: {args.series:,} series"
+                if args.names
+                else f"{args.series:,} series ({PROJECTS} projects x {metrics} metrics x {ROUTES} routes)"
+            )
             print(
-                f"streams memory benchmark: {args.series:,} series ({PROJECTS} projects x {metrics} "
-                f"metrics x {ROUTES} routes), {events:,} events in {written.records:,} envelopes, "
+                f"streams memory benchmark: {shape}, {events:,} events in {written.records:,} envelopes, "
                 f"envelopes per partition {dict(sorted(written.partitions.items()))}, event time "
                 f"{start:%H:%M}-{start + timedelta(minutes=args.minutes):%H:%M} UTC, written in "
                 f"{time.perf_counter() - began:.0f} s to the running worker (idle RSS {mb(idle):.0f} MB)",
@@ -221,6 +329,15 @@ def main() -> int:
             time.sleep(2)  # anything beyond the expected counts would be duplicates
             closing = rss.read()
             held = len(tally.minute_series)
+            if args.names:
+                overflow_events, overflow_windows = overflow_minutes(bench, reader.tally.ignore_from)
+                counted = overflow_counted(f"http://127.0.0.1:{metrics_port}")
+                print(
+                    f"  names over the cap: {over_cap:,} events expected under {OVERFLOW}; minute windows "
+                    f"named {OVERFLOW}: {overflow_windows} holding {overflow_events:,} events; the worker's "
+                    f"cosnap_streams_overflow_events_total: {counted:,.0f} (with {closers_over} closers)",
+                    flush=True,
+                )
             print(
                 f"  after the closer: minute windows of {held:,} distinct series holding "
                 f"{tally.minute_events:,} of {events:,} events, {tally.overflow_windows} with "
@@ -235,11 +352,14 @@ def main() -> int:
 
         peak = mb(active["VmHWM"])
         verified = held == args.series and tally.minute_events == events
-        print("\n| active series | events | peak RSS | steady RSS | closing peak RSS |")
-        print("|---|---|---|---|---|")
-        print(f"| {held:,} | {events:,} | {peak:.0f} MB | {mb(statistics.median(steady)):.0f} MB | "
-              f"{mb(closing.get('VmHWM', 0)):.0f} MB |")  # fmt: skip
-        print(f"\nbar: peak RSS <= {BAR_MB} MB with {args.series:,} active series: "
+        if args.names:
+            verified = verified and overflow_events == over_cap and counted == over_cap + closers_over
+        print("\n| distinct names | active series | events | peak RSS | steady RSS | closing peak RSS |")
+        print("|---|---|---|---|---|---|")
+        print(f"| {f'{args.names:,}' if args.names else '—'} | {held:,} | {events:,} | {peak:.0f} MB | "
+              f"{mb(statistics.median(steady)):.0f} MB | {mb(closing.get('VmHWM', 0)):.0f} MB |")  # fmt: skip
+        what = f"{args.names:,} distinct names" if args.names else f"{args.series:,} active series"
+        print(f"\nbar: peak RSS <= {BAR_MB} MB with {what}: "
               f"{'met' if peak <= BAR_MB else 'NOT met'}; series verified: {verified}")  # fmt: skip
         print(f"measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores")
         return 0 if peak <= BAR_MB and verified else 1
