@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import signal
@@ -158,7 +159,7 @@ class FileSummary:
         if self.interrupted:
             lines.append("  interrupted: the same command resumes where this run stopped")
         if self.stopped:
-            lines.append(f"  stopped: {self.stopped}; the same command resumes")
+            lines.append(f"  stopped: {self.stopped}")
         return "\n".join(lines)
 
 
@@ -224,6 +225,7 @@ class FileImport:
         self.state_path = options.state_dir / f"{key[:32]}.json"
         self.rejected_path = options.rejected or path.with_name(path.name + ".rejected.ndjson")
         self.state = self._load_state()
+        self.already_imported = self.state.finished
         self.resumed_at = 0
         self.posted = 0
         self.retries = 0
@@ -279,7 +281,7 @@ class FileImport:
             seconds=time.monotonic() - self._started,
             resumed_at=self.resumed_at,
             retries=self.retries,
-            already_imported=self.state.finished and not self.posted and not self.counted,
+            already_imported=self.already_imported,
             interrupted=interrupted,
             stopped=stopped,
         )
@@ -382,13 +384,13 @@ class FileImport:
         it was refused with 429/503, or not sent)."""
         backoff = 0.5
         while not self.stopping.is_set():
-            wait = backoff
+            wait, why = backoff, ""
             try:
                 response = await client.post(
                     "/v1/events", content=_body(parts), headers={"Content-Type": "application/json"}
                 )
             except httpx.TransportError as exc:
-                self.progress.note(f"the ingest does not answer ({exc!r}); trying again in {wait:.1f} s")
+                why = f"the ingest does not answer ({exc!r})"
             else:
                 try:
                     answer = response.json()
@@ -402,6 +404,7 @@ class FileImport:
                 detail = str(answer.get("detail") if isinstance(answer, dict) else answer)
                 if status == 429 or status >= 500:
                     wait = _retry_after(response, backoff)
+                    why = "" if status == 429 else f"the ingest answered {status}: {detail}"
                 elif status in (400, 413):  # refused as a whole: halve it down to the culprit
                     if len(records) == 1:
                         rejects.append((records[0], detail, ""))
@@ -420,7 +423,10 @@ class FileImport:
             if time.monotonic() - self._last_progress > self.options.retry_for:
                 raise BackfillStopped(
                     f"nothing acknowledged by the ingest for {self.options.retry_for:.0f} s"
+                    + (f" ({why})" if why else "")
                 )
+            if why:  # a 429 is the rate limit doing its work: the progress line shows the pace
+                self.progress.note(f"{why}; sending again in {wait:.1f} s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), wait)
             backoff = min(backoff * 2, 30.0)
@@ -467,8 +473,21 @@ class FileImport:
 
     async def run(self) -> FileSummary:
         """Import the file. Raises Interrupted (Ctrl-C) or BackfillStopped, the state saved."""
-        if self.state.finished:
-            return self.summary()
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.state_path.with_suffix(".lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+            except BlockingIOError:
+                raise BackfillStopped(
+                    f"another import of {self.path} to {self.target.url} is running", usage=True
+                ) from None
+            self.state = self._load_state()  # as the last import left it
+            self.already_imported = self.state.finished
+            if self.state.finished:
+                return self.summary()
+            return await self._run()
+
+    async def _run(self) -> FileSummary:
         self._open_rejected()
         source = EventFile(self.path, self.options.fmt)
         self._size = source.size
@@ -536,7 +555,8 @@ async def _import_files(
             except (Interrupted, asyncio.CancelledError):
                 summary, stop = importer.summary(interrupted=True), EXIT_INTERRUPTED
             except BackfillStopped as exc:
-                summary, stop = importer.summary(stopped=str(exc)), 2 if exc.usage else 1
+                reason = str(exc) if exc.usage else f"{exc}; the same command resumes"
+                summary, stop = importer.summary(stopped=reason), 2 if exc.usage else 1
             progress.finish(
                 f"{path.name}: already imported"
                 if summary.already_imported

@@ -239,7 +239,7 @@ def reconcile(services: Services, days: float, timeout: float) -> None:
         if (done.returncode == 0 and settled) or time.monotonic() > deadline:
             break
         time.sleep(10)
-    lines = done.stdout.strip().splitlines()
+    lines = done.stdout.strip().splitlines() or done.stderr.strip().splitlines()[-6:]
     shown = "\n  ".join(lines[:3] + (["..."] if len(lines) > 6 else []) + lines[3:][-3:])
     waited = time.monotonic() - started
     print(
