@@ -188,9 +188,10 @@ class TopicSink:
             if refused and not self._dead_letter_refused(route, refused):
                 return  # stopped before Kafka took them: nothing committed, the records replay
             route.origin.clear()
+        self._insert_error = None
         if self._corrections is not None and not self._flush_corrections(self._corrections):
             return
-        self._insert_error, self._flushed_at = None, time.time()
+        self._flushed_at = time.time()
         try:
             self._consumer.commit(self._offsets_to_commit())
         except KafkaError as exc:
@@ -200,21 +201,15 @@ class TopicSink:
             log.warning("offset commit failed, rows will be replayed: %r", exc)
 
     def _flush_corrections(self, corrections: LateCorrections) -> bool:
-        """Write the corrections of the late records whose events are stored (retried like an
-        insert); False when the sink was stopped first."""
-        delay = 0.2
-        while True:
-            try:
-                refused = corrections.flush(self._stored_through(corrections.events_topic))
-                break
-            except SinkError as exc:
-                self._insert_error = str(exc)
-                if self._stopping.is_set():
-                    log.error("stopping with %d late records not written: %s", corrections.pending, exc)
-                    return False
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        """Write the corrections of the late records whose events are stored. A failure leaves
+        them pending (their late partitions are committed only up to them) and the other
+        tables go on; False only when dead letters could not be written before a stop."""
+        try:
+            refused = corrections.flush(self._stored_through(corrections.events_topic))
+        except SinkError as exc:
+            self._insert_error = str(exc)
+            log.warning("%s; %d late records wait for the next flush", exc, corrections.pending)
+            return True
         if refused:  # rows built here from checked values: a refusal is a bug, set aside and logged
             received_at = datetime.now(UTC)
             letters: list[tuple[DeadLetter, list[str]]] = [

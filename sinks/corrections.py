@@ -40,7 +40,10 @@ LATE_EVENT_COLUMNS = [
     "counted", "kafka_partition", "kafka_offset",
 ]  # fmt: skip
 
-PART_OFFSET_BITS = 40  # part = events partition << 40 | offset + 1; 0 is the on-time row
+PART_OFFSET_BITS = 40
+# Ids per lookup of first copies: a query's text is limited (max_query_size, 256 KiB), and a
+# backfill makes tens of thousands of late events ready at once.
+IDS_PER_LOOKUP = 2_000  # part = events partition << 40 | offset + 1; 0 is the on-time row
 
 
 def part_of(partition: int, offset: int) -> int:
@@ -234,11 +237,13 @@ class LateCorrections:
             ids.setdefault(pending.late.project, set()).update(e.event_id for e in pending.late.events)
         found: dict[tuple[str, str], tuple[int, int]] = {}
         for project, event_ids in ids.items():
-            result = self._client.query(
-                f"SELECT event_id, min((kafka_partition, kafka_offset)) FROM {self._database}.events "  # noqa: S608
-                "WHERE project = %(project)s AND event_id IN %(ids)s GROUP BY event_id",
-                parameters={"project": project, "ids": sorted(event_ids)},
-            )
-            for event_id, (partition, offset) in result.result_rows:
-                found[(project, event_id)] = (partition, offset)
+            ordered = sorted(event_ids)
+            for first in range(0, len(ordered), IDS_PER_LOOKUP):
+                result = self._client.query(
+                    f"SELECT event_id, min((kafka_partition, kafka_offset)) FROM {self._database}.events "  # noqa: S608
+                    "WHERE project = %(project)s AND event_id IN %(ids)s GROUP BY event_id",
+                    parameters={"project": project, "ids": ordered[first : first + IDS_PER_LOOKUP]},
+                )
+                for event_id, (partition, offset) in result.result_rows:
+                    found[(project, event_id)] = (partition, offset)
         return found
