@@ -15,12 +15,12 @@ them without `event_id` (the importer derives one), and then:
    (in Kafka, acks=all); the importer's own CPU time is printed beside it;
 2. waits until `SELECT count() FROM metrics.events FINAL` is `--events`, and prints when;
 3. runs the same import again, which must post nothing;
-4. when the CLI has `reconcile`, runs it until it reports no mismatch (the worker folds the late
-   events into correction rows after the import) or `--reconcile-timeout` passes, and prints its
-   last report.
+4. runs `cosnap-metrics reconcile` until it reports no mismatch and no window left to settle (the
+   worker sends the late events to the sink, which writes them as correction rows, after the
+   import) or `--reconcile-timeout` passes, and prints its last report.
 
 Exit status 1 when the table does not hold exactly `--events` events, the import rejected any,
-or the second import posted something; reconcile's verdict is printed, not counted.
+the second import posted something, or the windows do not equal the events.
 """
 
 from __future__ import annotations
@@ -220,14 +220,13 @@ def run(bench: Bench, services: Services, args: argparse.Namespace) -> int:
     )
     final = int(services.query("SELECT count() FROM metrics.events FINAL")[0][0])
 
-    if "reconcile" in services.cli("--help").stdout:
-        reconcile(services, args.days, args.reconcile_timeout)
+    reconciled = reconcile(services, args.days, args.reconcile_timeout)
     print(f"\nmeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores", flush=True)
-    ok = final == args.events and summary["rejected"] == 0 and repeat["posted"] == 0
+    ok = final == args.events and summary["rejected"] == 0 and repeat["posted"] == 0 and reconciled
     return 0 if ok else 1
 
 
-def reconcile(services: Services, days: float, timeout: float) -> None:
+def reconcile(services: Services, days: float, timeout: float) -> bool:
     """`cosnap-metrics reconcile` over the backfilled days until it compares every window (it
     skips those whose events arrived within its settle time) and finds them equal, or time is up."""
     deadline = time.monotonic() + timeout
@@ -245,6 +244,7 @@ def reconcile(services: Services, days: float, timeout: float) -> None:
     print(
         f"reconcile (exit {done.returncode}, {waited:.0f} s after the count matched):\n  {shown}", flush=True
     )
+    return done.returncode == 0 and settled
 
 
 if __name__ == "__main__":
