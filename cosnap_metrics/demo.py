@@ -133,7 +133,7 @@ class CosnapTraffic:
         }  # fmt: skip
 
 
-def run_demo(  # noqa: PLR0913  # the command's options
+def run_demo(
     url: str,
     write_key: str,
     minutes: float,

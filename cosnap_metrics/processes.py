@@ -36,7 +36,7 @@ def spawn(
         stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None,
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before any thread of ours exists
+        preexec_fn=_die_with_parent,  # runs before any thread of ours exists
     )
 
 

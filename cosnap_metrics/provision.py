@@ -1,4 +1,5 @@
-"""Create the pipeline's topics (DESIGN §3.3) on a broker; safe to run any number of times."""
+"""Create the pipeline's topics (docs/reference.md, "Kafka topics") on a broker; safe to run any
+number of times."""
 
 from __future__ import annotations
 

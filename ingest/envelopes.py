@@ -1,10 +1,10 @@
 """Packing the events of concurrent requests into shared envelopes.
 
-Faust pays ~200 µs per Kafka record whatever its size, so one-event records would cap the stream
-worker near 5k events/s. Requests of one project that arrive within `linger_s` of each other
-share an envelope; a request's 202 waits until every envelope holding its events is acknowledged.
-An envelope is one record: it is written whole or not at all, so a failed write fails exactly the
-requests that had events in it.
+Faust pays a fixed cost per Kafka record whatever its size, so one-event records would cap the
+stream worker at a small fraction of the rate it folds shared records at. Requests of one project
+that arrive within `linger_s` of each other share an envelope; a request's 202 waits until every
+envelope holding its events is acknowledged. An envelope is one record: it is written whole or not
+at all, so a failed write fails exactly the requests that had events in it.
 """
 
 from __future__ import annotations

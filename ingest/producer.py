@@ -1,8 +1,8 @@
 """The ingest API's Kafka producer: idempotent, acks=all, awaited per record.
 
-confluent-kafka (librdkafka) was chosen by measurement (DESIGN §5: 0.91x of the validate-only
-rate, against 0.29x for aiokafka and 0.09x for kafka-python). librdkafka delivers its reports
-on whichever thread calls poll(); a daemon thread polls and hands each report to the event loop.
+confluent-kafka (librdkafka) was chosen by measurement against aiokafka and kafka-python (the
+figures are in BENCHMARKS.md, "Ingest"). librdkafka delivers its reports on whichever thread
+calls poll(); a daemon thread polls and hands each report to the event loop.
 """
 
 from __future__ import annotations

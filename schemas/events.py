@@ -1,4 +1,5 @@
-"""The event object of DESIGN §3.2: four types mirroring the app's BusinessMetricsService.
+"""The event object (docs/reference.md, "Events"): four types, the business metrics an app
+reports: revenue, conversion (funnel steps), feature usage and performance.
 
 Models are strict at the edge: unknown fields are rejected, names follow a pattern, amounts are
 exact decimals the store holds (schemas/numbers.py), written normalised, floats are finite,

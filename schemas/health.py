@@ -1,6 +1,6 @@
 """Health reports: `GET /health/detailed` of the ingest API and `GET /health` of the sink, the
-streams worker and the notifier (DESIGN §3.1). The ingest API reads the sink's report, so both
-ends share these models.
+streams worker and the notifier (docs/reference.md, "Health"). The ingest API reads the sink's
+report, so both ends share these models.
 
 Every report answers 200 when `healthy` or `degraded` and 503 when `unhealthy`; `problems` says
 in words what made it less than healthy.

@@ -59,8 +59,9 @@ StoredEvent = Annotated[
 class Envelope(BaseModel):
     """One Kafka record carrying many accepted events of one project, from one or many requests.
 
-    Faust spends ~200 µs per record, so records carry events by the hundred: the ingest API packs
-    the events of concurrent requests into shared envelopes (see ingest/envelopes.py).
+    The worker pays a fixed cost per record whatever its size, so records carry events by the hundred:
+    the ingest API packs the events of concurrent requests into shared envelopes (see
+    ingest/envelopes.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

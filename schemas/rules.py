@@ -1,4 +1,5 @@
-"""Alert rules (DESIGN §3.5): a YAML file of thresholds on sliding windows of 10-second panes.
+"""Alert rules (docs/reference.md, "Alerts"): a YAML file of thresholds on sliding windows of
+10-second panes.
 
 A rule matches events (type, name fields, tag filters, a value filter), aggregates the matches of
 the last `window` per group (`group_by` tags, always within one project), compares the result

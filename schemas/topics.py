@@ -1,4 +1,4 @@
-"""Kafka topic names (DESIGN §3.3) and how they are provisioned."""
+"""Kafka topic names (docs/reference.md, "Kafka topics") and how they are provisioned."""
 
 from __future__ import annotations
 

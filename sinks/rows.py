@@ -1,4 +1,5 @@
-"""Kafka records to ClickHouse rows (JSONEachRow lines) for the tables of DESIGN §3.4."""
+"""Kafka records to ClickHouse rows (JSONEachRow lines) for the tables of docs/reference.md,
+"ClickHouse tables"."""
 
 from __future__ import annotations
 

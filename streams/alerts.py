@@ -1,4 +1,4 @@
-"""Alert rules evaluated on 10-second panes as events arrive (DESIGN §3.5).
+"""Alert rules evaluated on 10-second panes as events arrive (docs/reference.md, "Alerts").
 
 Per events partition the worker keeps, for every (rule, project, group), the panes of the rule's
 window: the matching events' count, exact sum, min, max (and a sketch for percentile rules), and
@@ -395,7 +395,7 @@ class AlertEngine:
             if key is not None:
                 touched.add(key)
 
-    def _fold(  # noqa: PLR0913  # a rule, a group, and what of the batch it takes
+    def _fold(
         self,
         compiled: _Compiled,
         project: str,
@@ -723,9 +723,6 @@ class AlertEngine:
             project: {int(m): {c: Decimal(a) for c, a in amounts.items()} for m, amounts in minutes.items()}
             for project, minutes in state["revenue"].items()
         }
-
-    def firing(self) -> list[GroupKey]:
-        return [key for key, group in self._groups.items() if group.status == "firing"]
 
 
 def step(rule: Rule, group: AlertGroup, value: float | None, clock: float) -> str | None:

@@ -7,7 +7,8 @@ and whole alert groups). Alert changes go to the alerts topic as soon as a recor
 windows go to the aggregates topic as soon as a record moves the watermark past them (and on a
 timer, for partitions whose watermark moves with the wall clock). The timer also evaluates
 alerts on quiet partitions and checkpoints each partition's state (see streams/checkpoint.py);
-events too late for their window go to the dead-letter topic.
+events too late for their pane go, one late record per events record, to `metrics.internal.late`
+once a checkpoint covers that record (streams/late.py).
 """
 
 from __future__ import annotations
@@ -457,12 +458,12 @@ def create_app(settings: StreamsSettings) -> faust.App:
 
     @app.task
     async def tune_garbage_collection() -> None:
-        """Exempt what the worker made to start (Faust, pydantic, ~140,000 objects that live as
-        long as it does) from the cyclic collector: each full collection re-scanned them, 0.1 s
-        a time, a few times per 400,000 events. And collect the young generation every
-        GC_YOUNG_THRESHOLD container allocations instead of 700: a record makes thousands of
-        short-lived lists and tuples, and most of the collector's passes found nothing to free
-        (~10 % of the fold's time, BENCHMARKS.md)."""
+        """Exempt what the worker made to start (Faust, pydantic: objects that live as long as it
+        does) from the cyclic collector, which re-scanned them at each full collection. And
+        collect the young generation every GC_YOUNG_THRESHOLD container allocations instead of
+        700: a record makes thousands of short-lived lists and tuples, and most of the
+        collector's passes found nothing to free (the cost is in BENCHMARKS.md and
+        docs/findings.md)."""
         gc.freeze()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 

@@ -2,8 +2,8 @@
 
 The ingest validated every event (schemas/events.py) before writing it, so the worker reads only
 the fields windows and alert rules use, with msgspec: it decodes straight into these structs and
-skips every other field without building a string for it (0.9 µs an event here, against 1.3 µs
-for `orjson.loads` into dicts, BENCHMARKS.md), and the hot loops read attributes instead of
+skips every other field without building a string for it (faster than `orjson.loads` into
+dicts: BENCHMARKS.md, docs/findings.md), and the hot loops read attributes instead of
 looking up dict keys. Structs are exempt from the cyclic garbage collector (they hold no
 cycles). A dead-letter record needs an event whole, with its request id: `raw_events` decodes
 the record again for those (late events are rare).

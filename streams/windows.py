@@ -2,8 +2,9 @@
 each emitted once, final, when the watermark passes its end plus the grace period.
 
 An event adds to its pane only; a closed pane is merged into its minute, and a closed minute
-into its hour. Every granularity therefore holds exactly the same events, and an event is late
-(routed to the dead-letter topic, never folded in) when its pane has closed.
+into its hour. Every granularity therefore holds exactly the same events. An event is late when
+its pane has closed: it is folded into no window here, and the sink adds it to its windows as a
+correction (streams/late.py; docs/architecture.md, "Late events and retries").
 
 Every event passes through `add_envelope` and every window through `close_ready` and the
 checkpoints, so the representation is chosen for them: a record's events are first grouped by
@@ -335,9 +336,11 @@ class EventTimeWindows:
     def add_envelope(self, partition: int, envelope: Envelope, now: float, offset: int = 0) -> Folded:
         """Fold a record's events (at `offset` of events partition `partition`) into their panes:
         first grouped by pane and series, then each group at once (its sums, min and max are
-        computed in C over its values). Copies of events counted before are skipped; events
-        whose pane has closed are returned as late with their series; events no store column
-        could hold are returned as refused. Never raises for an event's content."""
+        computed in C over its values). Returns a `Folded`: the batches folded (the alert rules
+        take the same), the events whose pane has closed with their series (folded nowhere),
+        the events no store column could hold with the reason, how many were copies of events
+        counted before (skipped), and the newest event time folded. Never raises for an event's
+        content."""
         project = envelope.project
         closed_before = self._closed_before()
         late: list[tuple[Event, Series]] = []
@@ -667,7 +670,3 @@ class EventTimeWindows:
         self._watermark.restore(state["watermark"], now)
         self._series.restore(state["series"])
         self.late_events = state["late_events"]
-
-    @property
-    def open_windows(self) -> int:
-        return sum(len(series) for windows in self._open.values() for series in windows.values())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - parses the repository's own file
+import xml.etree.ElementTree as ET  # parses the repository's own file
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any

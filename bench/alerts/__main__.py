@@ -8,7 +8,7 @@ default rules plus one probe rule (any `bench.probe` feature event fires its own
 bench/loadgen posts `--rate` events per second of normal Cosnap traffic (100-event batches of
 demo events without failures, open loop) while a probe event is posted every second; a consumer
 of the alerts topic notes when each probe's alert arrives. Prints p50/p99/max of the latency
-(DESIGN §5: p50 <= 1 s, p99 <= 2 s at 10k events/s) and the background rate achieved.
+(bar, as in BENCHMARKS.md: p50 <= 1 s, p99 <= 2 s at 10k events/s) and the background rate achieved.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> int:
                 stop(process, 30)
 
 
-def measure(  # noqa: PLR0913  # the run's parts
+def measure(
     args: argparse.Namespace,
     loadgen: Path,
     ingest: str,

@@ -21,7 +21,7 @@ that topic:
   to them is printed, not counted.
 
 The result is the median of the rounds' ratios (single runs on this shared machine differ by
-±30 %), printed with every absolute figure. Bar (DESIGN §5): worker >= 0.5 x the raw loop;
+±30 %), printed with every absolute figure. Bar (BENCHMARKS.md): worker >= 0.5 x the raw loop;
 exit status 1 below it.
 """
 

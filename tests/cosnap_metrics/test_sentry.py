@@ -363,7 +363,7 @@ def test_settings_take_sentrys_own_variables_when_ours_are_unset(monkeypatch: py
     assert sentry_options("streams", CommonSettings())["release"].startswith("cosnap-metrics@")
 
 
-WRITE_KEY = "cmk_Zq3v9Kx2LmNo4PqRsTuVwXyZ01234567"  # noqa: S105 - a test key
+WRITE_KEY = "cmk_Zq3v9Kx2LmNo4PqRsTuVwXyZ01234567"  # a test key
 
 
 def fastapi_event() -> dict[str, Any]:

@@ -138,7 +138,7 @@ def test_reads_beyond_the_sessions_are_refused_and_a_read_can_be_cancelled(store
     def runaway() -> None:
         try:
             reader.run(RUNAWAY, ticket="t-runaway")
-        except BaseException as exc:  # noqa: BLE001 - the test inspects what ended it
+        except BaseException as exc:  # the test inspects what ended it
             outcome.append(exc)
 
     try:

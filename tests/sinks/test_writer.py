@@ -168,7 +168,7 @@ def test_transient_and_content_errors_are_told_apart(client: Client) -> None:
         "absent table": "INSERT INTO metrics.nowhere (a) VALUES (1)",
         "memory": "SELECT count() FROM numbers(10000000) GROUP BY number SETTINGS max_memory_usage = 1000000",
     }.items():
-        with pytest.raises(Exception) as raised:  # noqa: B017  # whatever the driver raises
+        with pytest.raises(Exception) as raised:  # whatever the driver raises
             client.command(statement)
         errors[name] = raised.value
     assert refused_for_content(errors["content"])
