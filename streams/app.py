@@ -59,6 +59,7 @@ from streams.metrics import (
     LATE_EVENTS,
     REFUSED_EVENTS,
     WorkerStatus,
+    count_overflow,
     count_transitions,
     count_windows,
     events_folded,
@@ -129,7 +130,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
         return EventTimeWindows(
             Watermark(lateness_s=settings.window_lateness_s, idle_s=settings.watermark_idle_s),
             grace_s=settings.window_grace_s,
-            series=SeriesResolver(DEFAULT_SERIES),
+            series=SeriesResolver(DEFAULT_SERIES, settings.max_names_per_type),
         )
 
     async def state_of(partition: int) -> PartitionState:
@@ -247,12 +248,13 @@ def create_app(settings: StreamsSettings) -> faust.App:
         headers = [request_ids_header(request_ids)]
         await (await send(topics.dead_letter, message.key or b"", record, headers=headers))
 
-    async def dead_letter_refused(
-        message: Any, value: bytes, envelope: Envelope, refused: list[tuple[Event, str]]
+    async def dead_letter_events(
+        message: Any, value: bytes, envelope: Envelope, refused: list[tuple[Event, str]], what: str
     ) -> None:
-        """Dead-letter the events of a record that no window can hold (a record written past the
-        ingest: a timestamp that is no time, an amount Decimal(38, 9) cannot hold), one each
-        with its reason; the record's other events were folded."""
+        """Dead-letter events of a record one each with its reason: those no window can hold
+        (a record written past the ingest: a timestamp that is no time, an amount Decimal(38, 9)
+        cannot hold), or the first event of a name over its cap (counted under `__overflow__`,
+        the dead letter says so). `what` says which, in the log line."""
         positions = {id(event): i for i, event in enumerate(envelope.events)}
         raws = raw_events(value)
         now = datetime.now(UTC)
@@ -274,13 +276,13 @@ def create_app(settings: StreamsSettings) -> faust.App:
             headers = [request_ids_header(request_ids)]
             acks.append(await send(topics.dead_letter, envelope.project.encode(), record, headers=headers))
         await asyncio.gather(*acks)
-        REFUSED_EVENTS.inc(len(refused))
         log.warning(
-            "%d events of %s[%d]@%d cannot be held by any window: dead-lettered",
+            "%d events of %s[%d]@%d %s: dead-lettered",
             len(refused),
             message.topic,
             message.partition,
             message.offset,
+            what,
             extra=_record_context(message.topic, message.partition, message.offset)
             | {"request_ids": request_ids, "reasons": sorted({reason for _, reason in refused})[:5]},
         )
@@ -329,7 +331,15 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 await dead_letter_unreadable(message, raw, failure or RuntimeError("nothing folded"))
                 continue
             if folded.refused:
-                await dead_letter_refused(message, raw, envelope, folded.refused)
+                REFUSED_EVENTS.inc(len(folded.refused))
+                await dead_letter_events(
+                    message, raw, envelope, folded.refused, "cannot be held by any window"
+                )
+            overflowing, over_cap = state.windows.take_overflow()
+            if overflowing:
+                count_overflow(overflowing)
+            if over_cap:
+                await dead_letter_events(message, raw, envelope, over_cap, "are of names over the cap")
             project = envelope.project
             late_count, duplicates = len(folded.late), folded.duplicates
             events_folded(message.partition).inc(

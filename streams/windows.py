@@ -488,6 +488,11 @@ class EventTimeWindows:
                 self._seen.add(event.event_id)
                 self._hold(start, offset).append(event.event_id)
 
+    def take_overflow(self) -> tuple[dict[str, int], list[tuple[Event, str]]]:
+        """The events counted under `__overflow__` since the last call, by type, and the names
+        that went over their cap meanwhile (SeriesResolver.take_overflow)."""
+        return self._series.take_overflow()
+
     @property
     def step_index(self) -> dict[tuple[str, str], int]:
         """(project, "funnel:step") -> the step's position in its funnel, as events report it."""
