@@ -25,7 +25,7 @@ named `__overflow__`. After the closer it checks that the minute windows hold ev
 the `__overflow__` windows hold exactly the events of the names over the cap, and that the
 worker's /metrics counted as many (`cosnap_streams_overflow_events_total`).
 
-Bar (DESIGN §5, issue 19): RSS <= 500 MB with 100k active series, and with 1,000,000 distinct
+Bar (BENCHMARKS.md, issue 19): RSS <= 500 MB with 100k active series, and with 1,000,000 distinct
 names; exit status 1 above it.
 """
 
