@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,12 +68,33 @@ def _cors(origin: str) -> dict[str, str]:
     }
 
 
-def _openapi_body_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+_EVENT_MODELS = ("RevenueEvent", "ConversionEvent", "FeatureEvent", "PerformanceEvent")
+
+
+def _openapi_body_schemas() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The request body as OpenAPI states it, for JSON and for text/plain, and the components
+    they refer to. A body is one event or a batch, and may carry the write key as `api_key`
+    (an event's own model has no such field: `RevenueEventBody` adds it); a text/plain body
+    (navigator.sendBeacon) must carry it (`RevenueEventBeacon`, ..., `EventBatchBeacon`)."""
     template = "#/components/schemas/{model}"
     single = TypeAdapter[Event](Event).json_schema(ref_template=template)
     batch = EventBatch.model_json_schema(ref_template=template)
     components = {**single.pop("$defs", {}), **batch.pop("$defs", {}), "EventBatch": batch}
-    return {"oneOf": [single, {"$ref": "#/components/schemas/EventBatch"}]}, components
+    optional_key = batch["properties"]["api_key"]
+
+    def with_key(model: str, suffix: str, required: bool) -> dict[str, str]:
+        body = copy.deepcopy(components[model])
+        body["title"] = f"{model}{suffix}"
+        body["properties"]["api_key"] = {"type": "string", "minLength": 1} if required else optional_key
+        if required:
+            body["required"] = [*body.get("required", []), "api_key"]
+        components[body["title"]] = body
+        return {"$ref": template.format(model=body["title"])}
+
+    batch_ref = {"$ref": template.format(model="EventBatch")}  # its api_key is optional already
+    json_body = {"oneOf": [*(with_key(m, "Body", False) for m in _EVENT_MODELS), batch_ref]}
+    beacon = {"oneOf": [with_key(m, "Beacon", True) for m in (*_EVENT_MODELS, "EventBatch")]}
+    return json_body, beacon, components
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -157,7 +179,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             raise Unauthorized("unknown write key")
         return found
 
-    body_schema, body_components = _openapi_body_schema()
+    body_schema, beacon_schema, body_components = _openapi_body_schemas()
 
     @app.post(
         "/v1/events",
@@ -189,7 +211,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
                 "required": True,
                 "content": {
                     "application/json": {"schema": body_schema},
-                    "text/plain": {"schema": body_schema},
+                    "text/plain": {"schema": beacon_schema},
                 },
             }
         },

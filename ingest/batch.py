@@ -19,12 +19,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from ingest.body import Unparseable
 from ingest.errors import BadRequest, PayloadTooLarge
+from ingest.reasons import MAX_NAME_CHARS, readable, validation_reason
 from schemas.events import MAX_BATCH_EVENTS, Event, Rejection
 from schemas.records import DEAD_LETTER_RAW_BYTES
 
 _EVENT = TypeAdapter[Event](Event)
 _SENT_AT = TypeAdapter(datetime)
-_TYPE_NAMES = {"revenue", "conversion", "feature", "performance"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,8 @@ def split_body(payload: Any, scanned_items: list[Any] | None = None) -> BodyPart
         return BodyParts([{k: v for k, v in payload.items() if k != "api_key"}], None, api_key)
     unknown = set(payload) - {"events", "sent_at", "api_key"}
     if unknown:
-        raise BadRequest(f"unknown batch fields: {', '.join(sorted(unknown))}")
+        names = ", ".join(readable(name, MAX_NAME_CHARS) for name in sorted(unknown)[:5])
+        raise BadRequest(f"unknown batch fields: {names}" + (" …" if len(unknown) > 5 else ""))
     items = scanned_items if scanned_items is not None else payload["events"]
     if not isinstance(items, list) or not items:
         raise BadRequest("events must be a non-empty array")
@@ -78,14 +79,6 @@ def split_body(payload: Any, scanned_items: list[Any] | None = None) -> BodyPart
     return BodyParts(items, sent_at, api_key)
 
 
-def _reason(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False)[:3]:
-        where = ".".join(str(p) for p in error["loc"] if p not in _TYPE_NAMES)
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(parts)
-
-
 def _iso_ms(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -100,12 +93,12 @@ def parse_events(
     received = _iso_ms(received_at)
     for index, item in enumerate(items):
         if isinstance(item, Unparseable):
-            batch.rejected.append((Rejection(index=index, reason=item.reason), item))
+            batch.rejected.append((Rejection(index=index, reason=readable(item.reason)), item))
             continue
         try:
             event = _EVENT.validate_python(item)
         except ValidationError as exc:
-            batch.rejected.append((Rejection(index=index, reason=_reason(exc)), item))
+            batch.rejected.append((Rejection(index=index, reason=validation_reason(exc)), item))
             continue
         event_id = event.event_id or uuid.uuid4().hex
         if event_id in seen_ids:

@@ -49,13 +49,19 @@ def decompress(body: bytes, content_encoding: str | None, cap: int = MAX_BODY_BY
 
 
 def check_content_type(content_type: str | None) -> bool:
-    """Return True for a sendBeacon body (text/plain), False for JSON; 415 for anything else."""
-    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        return False
-    if media == "text/plain":
-        return True
-    raise UnsupportedMediaType(f"Content-Type {media!r} is not supported; send application/json")
+    """Return True for a sendBeacon body (text/plain), False for JSON; 415 for anything else,
+    and for a charset other than UTF-8 (JSON is UTF-8, RFC 8259; a UTF-16 body would otherwise
+    be refused as "not valid JSON")."""
+    media, *parameters = (content_type or "application/json").split(";")
+    media = media.strip().lower()
+    if media not in ("application/json", "text/plain"):
+        raise UnsupportedMediaType(f"Content-Type {media!r} is not supported; send application/json")
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType(f"charset {charset!r} is not supported; send UTF-8")
+    return media == "text/plain"
 
 
 @dataclass(frozen=True, slots=True)

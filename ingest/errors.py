@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ingest.reasons import readable
 from schemas.errors import CosnapError
 
 
@@ -11,6 +12,7 @@ class IngestError(CosnapError):
     status = 400
 
     def __init__(self, reason: str, *, headers: dict[str, str] | None = None) -> None:
+        reason = readable(reason)
         super().__init__(reason)
         self.reason = reason
         self.headers = headers or {}
