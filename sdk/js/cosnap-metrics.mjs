@@ -148,6 +148,22 @@ function decimalString(amount) {
   throw new TypeError("amount must be a decimal string or a finite number");
 }
 
+/**
+ * The event as plain JSON data, made at the call: a value JSON cannot carry (a BigInt, a cycle,
+ * a `toJSON` that throws) raises a TypeError here, in the caller's code, instead of failing
+ * every later batch it would be part of; and what is buffered no longer changes with the
+ * caller's objects.
+ */
+function plainJson(event) {
+  let text;
+  try {
+    text = JSON.stringify(event);
+  } catch (cause) {
+    throw new TypeError(`event cannot be sent as JSON: ${cause?.message ?? cause}`, { cause });
+  }
+  return JSON.parse(text);
+}
+
 /** Seconds (`"5"`) or an HTTP date; undefined when absent or unreadable. */
 function retryAfterMs(header, now) {
   if (!header) return undefined;
@@ -362,7 +378,7 @@ export class MetricsClient {
   // -- tracking ------------------------------------------------------------------------------
 
   #track(fields, common, urgent) {
-    const event = { ...fields, ...this.#commonFields(common) };
+    const event = plainJson({ ...fields, ...this.#commonFields(common) });
     if (this.#closed) {
       this.#drop(1, "tracked after close()", [event]);
       this.#reportDrops();

@@ -51,8 +51,9 @@ class MetricsClient:
     """Buffers events in memory and sends them to `{url}/v1/events` from a daemon thread.
 
     - `track_*` never blocks on the network and never raises for transport problems; they raise
-      TypeError/ValueError only for invalid arguments (a float amount, a naive timestamp, a
-      non-finite value, non-string tags).
+      TypeError/ValueError only for invalid arguments (a float amount, an amount the API refuses
+      (beyond ±1e9, more than 9 decimals, an exponent beyond ±64), a naive timestamp or one out
+      of range in UTC, a non-finite value, non-string tags).
     - A batch is sent every `flush_interval` seconds, as soon as `flush_at` events are waiting,
       and at once after a revenue event or a performance event with severity "critical".
     - At most `max_buffer` events wait (plus one batch in flight); when full the oldest is

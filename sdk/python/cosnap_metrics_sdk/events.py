@@ -42,10 +42,17 @@ class EncodedEvent:
 
 
 def rfc3339(ts: datetime) -> str:
-    """UTC with millisecond precision (what the API keeps); raises ValueError for a naive datetime."""
+    """UTC with millisecond precision (what the API keeps); raises TypeError for anything but a
+    datetime, ValueError for a naive one or one that leaves the calendar in UTC."""
+    if not isinstance(ts, datetime):
+        raise TypeError(f"timestamp must be a datetime, not {type(ts).__name__}")
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("timestamp must be timezone-aware, e.g. datetime.now(UTC)")
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        utc = ts.astimezone(UTC)
+    except OverflowError as exc:  # datetime.max at -14:00 is past year 9999 in UTC
+        raise ValueError(f"timestamp {ts.isoformat()} is out of range in UTC") from exc
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def exact_amount(amount: Decimal | str) -> str:
@@ -63,15 +70,46 @@ def exact_amount(amount: Decimal | str) -> str:
         raise TypeError(f"amount must be a Decimal or a str, not {type(amount).__name__}")
     if not value.is_finite():
         raise ValueError("amount must be a finite decimal")
+    _check_amount(value)
     return str(value)
+
+
+MAX_AMOUNT = Decimal(1_000_000_000)  # the API's rule (docs/reference.md, `amount`)
+MAX_EXPONENT = 64
+
+
+def _check_amount(value: Decimal) -> None:
+    """The API's rule for amounts, from the digits and the exponent before any arithmetic, so
+    that `Decimal("1e999999999")` is a ValueError here rather than an event the API refuses:
+    the exponent as written within ±64, at most 9 decimals once trailing zeros are dropped,
+    |amount| <= 1e9."""
+    sign, digits, exponent = value.as_tuple()
+    if isinstance(exponent, str):  # NaN or Infinity
+        raise ValueError("amount must be a finite decimal")
+    if not -MAX_EXPONENT <= exponent <= MAX_EXPONENT:
+        raise ValueError(f"amount {value} has an exponent out of range (at most ±{MAX_EXPONENT})")
+    significant = "".join(map(str, digits)).lstrip("0")
+    stripped = significant.rstrip("0")
+    exponent += len(significant) - len(stripped)
+    if not stripped:
+        return
+    if exponent < -9:
+        raise ValueError(f"amount {value} has more than 9 decimal places")
+    too_long = len(stripped) + exponent > 10
+    if too_long or Decimal((sign, tuple(map(int, stripped)), exponent)).copy_abs() > MAX_AMOUNT:
+        raise ValueError(f"amount {value} is beyond ±{MAX_AMOUNT}")
 
 
 def finite_number(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError as exc:  # an int beyond a double
+        raise ValueError(f"{name} is too large for a number") from exc
+    if not math.isfinite(number):
         raise ValueError(f"{name} must be finite")
-    return float(value)
+    return number
 
 
 def _checked_tags(tags: dict[str, str] | None) -> dict[str, str]:
