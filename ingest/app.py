@@ -1,4 +1,4 @@
-"""The ingest API (DESIGN §3.1): `POST /v1/events` and health endpoints."""
+"""The ingest API (docs/reference.md, "Events"): `POST /v1/events` and health endpoints."""
 
 from __future__ import annotations
 
