@@ -13,7 +13,7 @@ import orjson
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from schemas.records import dead_letter_raw_bytes
 
-MAX_BODY_BYTES = 1024 * 1024  # 1 MiB after decompression (docs/reference.md, "Events")
+MAX_BODY_BYTES = 1024 * 1024  # 1 MiB after decompression (README, "The API in one screen")
 
 
 async def read_capped(
