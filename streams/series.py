@@ -1,4 +1,4 @@
-"""From an event (a wire dict of an envelope) to its series.
+"""From an event (a msgspec struct of an envelope, streams.envelope.Event) to its series.
 
 A series is (project, type, name, currency, dims): `name` is the revenue name, the metric, the
 feature or `funnel:step`; `dims` holds the built-in dimensions (`action`, `unit`) and the tags
