@@ -35,6 +35,7 @@ from ingest.producer import EnvelopeProducer
 from schemas.records import (
     DeadLetter,
     dead_letter_raw_bytes,
+    distinct_request_ids,
     request_ids_header,
     request_ids_in,
 )
@@ -349,6 +350,15 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 DUPLICATE_EVENTS.labels(project).inc(duplicates)
             if late_count:
                 LATE_EVENTS.labels(project).inc(late_count)
+                log.info(
+                    "%d events of %s[%d]@%d came after their window closed: sent as late events",
+                    late_count,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    extra=_record_context(message.topic, message.partition, message.offset)
+                    | {"request_ids": _request_ids_of(raw, envelope, [event for event, _ in folded.late])},
+                )
             # Faust hands over buffered records without yielding to the event loop: during a
             # replay or a backlog the emission task and the timer would wait until the buffer
             # runs dry (windows, alert ticks and checkpoints held back for as long).
@@ -518,6 +528,14 @@ def _logs_the_failed_record(agent: Callable[[Any], Awaitable[None]]) -> Callable
             raise
 
     return run
+
+
+def _request_ids_of(value: bytes, envelope: Envelope, events: list[Event]) -> list[str]:
+    """The distinct requests that carried `events` of a record (read again from its bytes: the
+    structs hold no request id, and few events are late)."""
+    positions = {id(event): i for i, event in enumerate(envelope.events)}
+    raws = raw_events(value)
+    return distinct_request_ids(str(raws[positions[id(event)]].get("request_id", "")) for event in events)
 
 
 def _record_context(topic: str, partition: int, offset: int) -> dict[str, Any]:
