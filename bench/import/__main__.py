@@ -227,12 +227,15 @@ def run(bench: Bench, services: Services, args: argparse.Namespace) -> int:
 
 
 def reconcile(services: Services, days: float, timeout: float) -> bool:
-    """`cosnap-metrics reconcile` over the backfilled days until it compares every window (it
-    skips those whose events arrived within its settle time) and finds them equal, or time is up."""
+    """`cosnap-metrics reconcile` over the backfilled days, up to the hour under way, until it
+    compares every window (it skips those whose events arrived within its settle time) and finds
+    them equal, or time is up."""
     deadline = time.monotonic() + timeout
     started = time.monotonic()
+    # The hour under way is not final before it ends: every window that ended before it is.
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
     while True:
-        done = services.cli("reconcile", "--from", f"{days + 1:g}d", timeout=timeout)
+        done = services.cli("reconcile", "--from", f"{days + 1:g}d", "--to", this_hour, timeout=timeout)
         skipped = re.search(r"([\d,]+) not final yet", done.stdout)
         settled = skipped is None or skipped.group(1) == "0"
         if (done.returncode == 0 and settled) or time.monotonic() > deadline:
