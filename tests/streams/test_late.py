@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -108,6 +110,13 @@ def mismatches(pipeline: Pipeline, cutoff: int) -> dict[str, dict[tuple[str, ...
     return out
 
 
+def reconciled(pipeline: Pipeline, cutoff: int) -> subprocess.CompletedProcess[str]:
+    """`cosnap-metrics reconcile` as an operator runs it, over the windows ending by `cutoff`."""
+    to = datetime.fromtimestamp(cutoff, UTC).isoformat()
+    command = [sys.executable, "-m", "cosnap_metrics.cli", "reconcile", "--from", "31d", "--to", to]
+    return subprocess.run(command, env=pipeline.env, capture_output=True, text=True, timeout=120, check=False)
+
+
 def client_for(pipeline: Pipeline) -> httpx.Client:
     headers = {"Authorization": f"Bearer {pipeline.write_key}"}
     return httpx.Client(base_url=pipeline.ingest_url, headers=headers, timeout=60)
@@ -156,6 +165,8 @@ def test_events_3_minutes_to_29_days_late_count_exactly_in_every_granularity(pip
         mismatches(pipeline, cutoff),
         pipeline.log("streams")[-3000:],
     )
+    done = reconciled(pipeline, cutoff)
+    assert done.returncode == 0 and "windows match metrics.events" in done.stdout, (done.stdout, done.stderr)
     # Every late event the worker forwarded is in metrics.late_events: the first copies counted;
     # the retries of on-time events whose ids the worker no longer held (their panes closed over
     # a minute of event time before) not counted, because metrics.events holds an earlier copy.
@@ -211,6 +222,8 @@ def test_kill_9_of_the_worker_and_of_the_sink_while_late_batches_flow_counts_not
         mismatches(pipeline, cutoff),
         pipeline.log("streams")[-3000:],
     )
+    done = reconciled(pipeline, cutoff)
+    assert done.returncode == 0 and "windows match metrics.events" in done.stdout, (done.stdout, done.stderr)
     assert "from its checkpoint" in (pipeline.logs / "streams.log").read_text()  # resumed, not restarted
     # A correction written twice (replayed after a kill) replaced itself: one version per part.
     assert pipeline.query(
