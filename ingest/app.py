@@ -9,6 +9,7 @@ import copy
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,28 +102,56 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
+@dataclass(frozen=True, slots=True)
+class Kafka:
+    """The app's way into Kafka while it runs: the producer and the packer over it."""
+
+    producer: RecordProducer
+    packer: EnvelopePacker
+
+
+@dataclass(slots=True)
+class IngestState:
+    """What the ingest app keeps: fixed at creation, except `kafka`, set when the app starts."""
+
+    keys: KeyStore
+    limiter: RateLimiter
+    policy: TimePolicy
+    detailed_health: DetailedHealthCheck
+    kafka: Kafka | None = None
+
+    @property
+    def running(self) -> Kafka:
+        """The producer and packer; they exist once the app has started (its lifespan)."""
+        if self.kafka is None:
+            raise RuntimeError("the ingest app is not running (its lifespan has not started)")
+        return self.kafka
+
+
 def create_app(settings: IngestSettings, producer: RecordProducer | None = None) -> FastAPI:
     """The ingest app. `producer` replaces the Kafka producer (benchmarks use one that does
-    nothing, to measure validation alone)."""
-    keys = KeyStore(settings.keys_file)
+    nothing, to measure validation alone; the HTTP tests one that keeps records in memory)."""
     topics = settings.topics
-    limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst)
-    policy = TimePolicy(
-        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
-        max_event_age=timedelta(seconds=settings.max_event_age_s),
+    state = IngestState(
+        keys=KeyStore(settings.keys_file),
+        limiter=RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst),
+        policy=TimePolicy(
+            max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+            max_event_age=timedelta(seconds=settings.max_event_age_s),
+        ),
+        detailed_health=DetailedHealthCheck(settings),
     )
-    state: dict[str, Any] = {}
-    detailed_health = DetailedHealthCheck(settings)
+    keys = state.keys
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         kafka: RecordProducer = producer or EnvelopeProducer(
             settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s
         )
-        state["producer"] = kafka
-        state["packer"] = EnvelopePacker(kafka, topics.events, linger_s=settings.linger_ms / 1000)
+        packer = EnvelopePacker(kafka, topics.events, linger_s=settings.linger_ms / 1000)
+        state.kafka = Kafka(kafka, packer)
         yield
-        state["packer"].flush_open()
+        packer.flush_open()
         await asyncio.to_thread(kafka.close)
 
     app = FastAPI(
@@ -143,7 +172,9 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             headers |= _cors(origin)  # so that a page can read why it was refused
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
 
-    async def _dead_letter(project: str, request_id: str, received_at: datetime, rejected: list[Any]) -> None:
+    async def _dead_letter(
+        project: str, request_id: str, received_at: datetime, rejected: list[tuple[Rejection, Any]]
+    ) -> None:
         rows = [
             DeadLetter(
                 project=project,
@@ -157,7 +188,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         ]
         header = [request_ids_header([request_id])]
         sends = [
-            state["producer"].send(
+            state.running.producer.send(
                 topics.dead_letter, key=project.encode(), value=row.model_dump_json().encode(), headers=header
             )
             for row in rows
@@ -237,13 +268,13 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             if not keys.origin_allowed(origin, project):
                 raise Forbidden(f"origin {origin} is not allowed for project {project}")
             headers |= _cors(origin)
-        wait = limiter.take(write_key.key_id, len(body.items))
+        wait = state.limiter.take(write_key.key_id, len(body.items))
         if wait:
             raise RateLimited("rate limit of this write key reached", headers={"Retry-After": f"{wait:.0f}"})
 
-        parsed = parse_events(body.items, body.sent_at, received_at, request_id, policy)
+        parsed = parse_events(body.items, body.sent_at, received_at, request_id, state.policy)
         if parsed.accepted:
-            await state["packer"].submit(project, orjson.dumps(project), parsed.accepted, request_id)
+            await state.running.packer.submit(project, orjson.dumps(project), parsed.accepted, request_id)
             EVENTS_ACCEPTED.inc(len(parsed.accepted))
         for rejection, item in parsed.rejected:
             EVENTS_REJECTED.labels(reject_reason(item, rejection.reason)).inc()
@@ -275,7 +306,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
         """Readiness: 200 once Kafka answers, 503 before."""
-        ok = await asyncio.to_thread(state["producer"].ready, 2.0)
+        ok = await asyncio.to_thread(state.running.producer.ready, 2.0)
         return JSONResponse({"status": "ready" if ok else "unavailable"}, status_code=200 if ok else 503)
 
     @app.get(
@@ -285,7 +316,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
     )
     async def health_detailed() -> JSONResponse:
         """Kafka, topics, ClickHouse, consumer lag and memory: healthy or degraded (200), unhealthy (503)."""
-        report = await detailed_health.report()
+        report = await state.detailed_health.report()
         return JSONResponse(report.model_dump(mode="json"), status_code=http_status(report.status))
 
     add_metrics_route(app)

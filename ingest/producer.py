@@ -20,7 +20,9 @@ from schemas.topics import MAX_RECORD_BYTES
 
 
 class RecordProducer(Protocol):
-    """What the ingest app needs of a producer (benchmarks substitute one that writes nothing)."""
+    """What the ingest app needs of a producer. EnvelopeProducer is the real one; benchmarks
+    substitute one that writes nothing, the HTTP tests one that keeps records in memory and can
+    refuse them as EnvelopeProducer does when Kafka does not acknowledge (KafkaUnavailable)."""
 
     def produce(
         self,

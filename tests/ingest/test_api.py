@@ -1,4 +1,5 @@
-"""The ingest API against a real broker: what a 202 means, and what bad input gets."""
+"""The ingest API: what a 202 means on a real broker, and what bad input gets (with a fake
+producer: those answers do not depend on what Kafka holds)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,20 @@ from kafka import KafkaConsumer
 
 from cosnap_metrics.broker import KafkaBroker
 from tests.conftest import Pipeline
-
-pytestmark = [pytest.mark.kafka]
+from tests.ingest.fakes import ServedIngest
 
 
 @pytest.fixture
-def ingest(pipeline: Pipeline) -> Iterator[Pipeline]:
+def ingest_on_kafka(pipeline: Pipeline) -> Iterator[Pipeline]:
     pipeline.start("ingest")
     yield pipeline
+
+
+@pytest.fixture
+def ingest(served: ServedIngest) -> ServedIngest:
+    """The ingest app with a fake producer, started."""
+    served.start()
+    return served
 
 
 def records(kafka: KafkaBroker, topic: str, expected: int, timeout_s: float = 15) -> list[Any]:
@@ -40,7 +47,7 @@ def records(kafka: KafkaBroker, topic: str, expected: int, timeout_s: float = 15
     return found
 
 
-def post(p: Pipeline, body: Any, **headers: str) -> httpx.Response:
+def post(p: Pipeline | ServedIngest, body: Any, **headers: str) -> httpx.Response:
     headers = {"Authorization": f"Bearer {p.write_key}", "Content-Type": "application/json"} | headers
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(f"{p.ingest_url}/v1/events", content=content, headers=headers, timeout=30)
@@ -55,7 +62,8 @@ REVENUE = {
 }
 
 
-def test_accepted_events_are_one_envelope_in_kafka(ingest: Pipeline, kafka: KafkaBroker) -> None:
+@pytest.mark.kafka
+def test_accepted_events_are_one_envelope_in_kafka(ingest_on_kafka: Pipeline, kafka: KafkaBroker) -> None:
     sent_at = datetime.now(UTC) + timedelta(hours=1)  # the client's clock runs an hour ahead
     batch = {
         "events": [
@@ -64,10 +72,10 @@ def test_accepted_events_are_one_envelope_in_kafka(ingest: Pipeline, kafka: Kafk
         ],
         "sent_at": sent_at.isoformat(),
     }
-    response = post(ingest, batch)
+    response = post(ingest_on_kafka, batch)
     assert response.status_code == 202
     assert response.json() == {"accepted": 2, "rejected": []}
-    [envelope] = records(kafka, ingest.topics.events, 1)
+    [envelope] = records(kafka, ingest_on_kafka.topics.events, 1)
     assert envelope["project"] == "cosnap-test"
     assert [e["event_id"] for e in envelope["events"]] == ["a1", "a2"]
     assert {e["request_id"] for e in envelope["events"]} == {response.headers["X-Request-ID"]}
@@ -77,8 +85,9 @@ def test_accepted_events_are_one_envelope_in_kafka(ingest: Pipeline, kafka: Kafk
     assert envelope["events"][0]["amount"] == "9.99"
 
 
+@pytest.mark.kafka
 def test_bad_items_are_rejected_with_reasons_and_neighbours_kept(
-    ingest: Pipeline, kafka: KafkaBroker
+    ingest_on_kafka: Pipeline, kafka: KafkaBroker
 ) -> None:
     batch = {
         "events": [
@@ -92,7 +101,7 @@ def test_bad_items_are_rejected_with_reasons_and_neighbours_kept(
             REVENUE | {"event_id": "ok-2"},
         ]
     }
-    response = post(ingest, batch)
+    response = post(ingest_on_kafka, batch)
     assert response.status_code == 202
     body = response.json()
     assert body["accepted"] == 2
@@ -101,16 +110,25 @@ def test_bad_items_are_rejected_with_reasons_and_neighbours_kept(
     assert "ISO 4217" in reasons[1]
     assert "duplicate event_id" in reasons[4]
     assert "future" in reasons[5]
-    dead = records(kafka, ingest.topics.dead_letter, 5)
+    dead = records(kafka, ingest_on_kafka.topics.dead_letter, 5)
     assert sorted(d["index"] for d in dead) == [1, 2, 3, 4, 5]
     assert all(d["reason"] and d["raw"] for d in dead)
 
 
-def test_nothing_accepted_is_400_with_the_same_body(ingest: Pipeline) -> None:
+def test_nothing_accepted_is_400_with_the_same_body(ingest: ServedIngest) -> None:
     response = post(ingest, {"events": [{"type": "revenue"}]})
     assert response.status_code == 400
     assert response.json()["accepted"] == 0
     assert response.json()["rejected"][0]["index"] == 0
+
+
+def test_a_dead_letter_kafka_refuses_does_not_change_the_answer(ingest: ServedIngest) -> None:
+    ingest.producer.failing = True
+    response = post(ingest, {"events": [{"type": "revenue"}]})
+    assert response.status_code == 400
+    assert response.json()["accepted"] == 0
+    assert response.json()["rejected"][0]["index"] == 0
+    assert ingest.producer.records == []
 
 
 @pytest.mark.parametrize(
@@ -131,14 +149,14 @@ def test_nothing_accepted_is_400_with_the_same_body(ingest: Pipeline) -> None:
          "wrong-key", "no-key", "brotli"],
 )  # fmt: skip
 def test_bad_bodies_get_a_clear_4xx(
-    ingest: Pipeline, body: bytes, headers: dict[str, str], status: int
+    ingest: ServedIngest, body: bytes, headers: dict[str, str], status: int
 ) -> None:
     response = post(ingest, body, **headers)
     assert response.status_code == status
     assert response.json()["detail"]
 
 
-def test_gzip_and_its_bomb_guard(ingest: Pipeline) -> None:
+def test_gzip_and_its_bomb_guard(ingest: ServedIngest) -> None:
     ok = post(ingest, gzip.compress(json.dumps(REVENUE).encode()), **{"Content-Encoding": "gzip"})
     assert ok.status_code == 202
     bomb = gzip.compress(b" " * (20 * 1024 * 1024))  # 20 MiB of whitespace in ~20 KiB
@@ -146,14 +164,14 @@ def test_gzip_and_its_bomb_guard(ingest: Pipeline) -> None:
     assert refused.status_code == 413
 
 
-def test_other_ways_to_present_the_write_key(ingest: Pipeline) -> None:
+def test_other_ways_to_present_the_write_key(ingest: ServedIngest) -> None:
     basic = base64.b64encode(f"{ingest.write_key}:".encode()).decode()
     assert post(ingest, REVENUE, Authorization=f"Basic {basic}").status_code == 202
     beacon = REVENUE | {"api_key": ingest.write_key}
     assert post(ingest, beacon, Authorization="", **{"Content-Type": "text/plain"}).status_code == 202
 
 
-def test_openapi_documents_the_event_schema(ingest: Pipeline) -> None:
+def test_openapi_documents_the_event_schema(ingest: ServedIngest) -> None:
     schema = httpx.get(f"{ingest.ingest_url}/openapi.json").json()
     assert {"RevenueEvent", "ConversionEvent", "FeatureEvent", "PerformanceEvent", "EventBatch"} <= set(
         schema["components"]["schemas"]

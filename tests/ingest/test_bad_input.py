@@ -20,9 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import Pipeline
-
-pytestmark = [pytest.mark.kafka]
+from tests.ingest.fakes import ServedIngest
 
 GOOD = {"type": "feature", "feature": "ai_effect.anime", "action": "applied", "user_id": "u1"}
 REVENUE = {"type": "revenue", "name": "subscription.renewal", "amount": "9.99", "currency": "USD"}
@@ -30,17 +28,16 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
-def ingest(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    """One ingest process for the whole suite (the cases are independent requests)."""
-    from tests.conftest import make_pipeline
-
-    running = make_pipeline(kafka, tmp_path_factory.mktemp("bad-input"))
-    running.start("ingest")
+def ingest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedIngest]:
+    """One ingest app, with a fake producer, for the whole suite (the cases are independent
+    requests, and none depends on what Kafka holds)."""
+    running = ServedIngest(tmp_path_factory.mktemp("bad-input") / "data")
+    running.start()
     yield running
     running.stop()
 
 
-def send(p: Pipeline, body: bytes, **headers: str) -> httpx.Response:
+def send(p: ServedIngest, body: bytes, **headers: str) -> httpx.Response:
     base = {"Authorization": f"Bearer {p.write_key}", "Content-Type": "application/json"}
     response = httpx.post(f"{p.ingest_url}/v1/events", content=body, headers=base | headers, timeout=30)
     assert response.status_code < 500, response.text
@@ -91,7 +88,7 @@ ITEM_CASES: dict[str, tuple[bytes, str]] = {
 
 
 @pytest.mark.parametrize("case", list(ITEM_CASES))
-def test_bad_item_is_rejected_and_neighbours_accepted(ingest: Pipeline, case: str) -> None:
+def test_bad_item_is_rejected_and_neighbours_accepted(ingest: ServedIngest, case: str) -> None:
     item, reason = ITEM_CASES[case]
     response = send(ingest, between_neighbours(item))
     assert response.status_code == 202
@@ -101,7 +98,7 @@ def test_bad_item_is_rejected_and_neighbours_accepted(ingest: Pipeline, case: st
     assert reason.lower() in body["rejected"][0]["reason"].lower()
 
 
-def test_duplicate_event_id_is_rejected_once(ingest: Pipeline) -> None:
+def test_duplicate_event_id_is_rejected_once(ingest: ServedIngest) -> None:
     body = json.dumps({"events": [GOOD | {"event_id": "dup"}, GOOD | {"event_id": "dup"}, GOOD]}).encode()
     response = send(ingest, body)
     assert response.status_code == 202
@@ -122,14 +119,14 @@ BODY_CASES: dict[str, tuple[bytes, dict[str, str], int]] = {
 
 
 @pytest.mark.parametrize("case", list(BODY_CASES))
-def test_bad_body_gets_its_documented_status(ingest: Pipeline, case: str) -> None:
+def test_bad_body_gets_its_documented_status(ingest: ServedIngest, case: str) -> None:
     body, headers, status = BODY_CASES[case]
     response = send(ingest, body, **headers)
     assert response.status_code == status
     assert response.json().get("detail") or response.json().get("rejected")
 
 
-def test_chunked_body_over_the_cap_without_content_length(ingest: Pipeline) -> None:
+def test_chunked_body_over_the_cap_without_content_length(ingest: ServedIngest) -> None:
     def endless() -> Iterator[bytes]:
         yield b'{"events": ['
         for _ in range(200):
@@ -144,7 +141,7 @@ def test_chunked_body_over_the_cap_without_content_length(ingest: Pipeline) -> N
     assert response.status_code == 413
 
 
-def test_openapi_fuzz_never_5xx_and_matches_the_schema(ingest: Pipeline) -> None:
+def test_openapi_fuzz_never_5xx_and_matches_the_schema(ingest: ServedIngest) -> None:
     """Schemathesis generates bodies and headers from the OpenAPI document (the pytest plugin of
     schemathesis 4.32 does not run under pytest 9, so hypothesis drives its strategy directly)."""
     operations = schemathesis.openapi.from_url(f"{ingest.ingest_url}/openapi.json")

@@ -1,5 +1,5 @@
-"""HTTP behaviours of the ingest API on a real broker: CORS, rate limits, shared envelopes, the
-streaming body cap, and 503 while Kafka is down."""
+"""HTTP behaviours of the ingest API: CORS, rate limits, the streaming body cap and the 503 of a
+refused write with a fake producer; shared envelopes and 503 while Kafka is down on a real broker."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 from cosnap_metrics.broker import KafkaBroker
 from ingest.keys import KeyStore
 from tests.conftest import Pipeline
+from tests.ingest.fakes import ServedIngest
 from tests.ingest.test_api import REVENUE, post, records
 
-pytestmark = [pytest.mark.kafka]
 
-
-def test_cors_is_per_project_origin_and_never_a_wildcard(pipeline: Pipeline) -> None:
+def test_cors_is_per_project_origin_and_never_a_wildcard(served: ServedIngest) -> None:
+    pipeline = served
     key = KeyStore(pipeline.data_dir / "write-keys.json").create("web", ("https://*.cosnap.ai",))
-    pipeline.start("ingest")
+    pipeline.start()
     url = f"{pipeline.ingest_url}/v1/events"
     preflight = httpx.options(
         url,
@@ -51,9 +51,10 @@ def test_cors_is_per_project_origin_and_never_a_wildcard(pipeline: Pipeline) -> 
     assert "not allowed" in other.json()["detail"]
 
 
-def test_rate_limit_answers_429_with_retry_after(pipeline: Pipeline) -> None:
-    pipeline.env |= {"COSNAP_RATE_LIMIT_EVENTS_PER_S": "10", "COSNAP_RATE_LIMIT_BURST": "20"}
-    pipeline.start("ingest")
+def test_rate_limit_answers_429_with_retry_after(served: ServedIngest) -> None:
+    pipeline = served
+    pipeline.settings |= {"rate_limit_events_per_s": 10, "rate_limit_burst": 20}
+    pipeline.start()
     batch = {"events": [REVENUE] * 15}
     assert post(pipeline, batch).status_code == 202
     limited = post(pipeline, batch)
@@ -63,6 +64,7 @@ def test_rate_limit_answers_429_with_retry_after(pipeline: Pipeline) -> None:
     assert post(pipeline, batch).status_code == 202
 
 
+@pytest.mark.kafka
 def test_concurrent_single_events_share_envelopes(pipeline: Pipeline, kafka: KafkaBroker) -> None:
     pipeline.env |= {"COSNAP_LINGER_MS": "20"}
     pipeline.start("ingest")
@@ -74,9 +76,10 @@ def test_concurrent_single_events_share_envelopes(pipeline: Pipeline, kafka: Kaf
     assert len(envelopes) < 100  # single-event requests became multi-event records
 
 
-def test_body_cap_is_enforced_while_streaming(pipeline: Pipeline) -> None:
+def test_body_cap_is_enforced_while_streaming(served: ServedIngest) -> None:
     """A chunked body without Content-Length gets its 413 before the client finished sending."""
-    pipeline.start("ingest")
+    pipeline = served
+    pipeline.start()
     where = urlparse(pipeline.ingest_url)
     with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
         sock.sendall(
@@ -93,6 +96,25 @@ def test_body_cap_is_enforced_while_streaming(pipeline: Pipeline) -> None:
     assert b"body over" in answer
 
 
+def test_503_with_retry_after_while_the_producer_refuses_and_202_again_after(
+    served: ServedIngest,
+) -> None:
+    served.start()
+    assert post(served, REVENUE).status_code == 202
+    served.producer.failing = True
+    down = post(served, REVENUE)
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "5"
+    assert "Kafka did not acknowledge" in down.json()["detail"]
+    assert down.headers["x-request-id"]
+    assert httpx.get(f"{served.ingest_url}/health/ready", timeout=10).status_code == 503
+    served.producer.failing = False
+    assert post(served, REVENUE).status_code == 202
+    assert httpx.get(f"{served.ingest_url}/health/ready", timeout=10).status_code == 200
+    assert len([r for r in served.producer.records if r.topic == served.topics.events]) == 2
+
+
+@pytest.mark.kafka
 def test_503_while_kafka_is_down_and_202_again_after(
     pipeline_on_own_kafka: Pipeline, own_kafka: KafkaBroker
 ) -> None:
@@ -114,6 +136,7 @@ def test_503_while_kafka_is_down_and_202_again_after(
         time.sleep(0.5)
 
 
+@pytest.mark.kafka
 def test_a_write_key_cannot_read(pipeline: Pipeline) -> None:
     pipeline.start("sink")
     response = httpx.post(
