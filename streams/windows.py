@@ -356,9 +356,6 @@ class EventTimeWindows:
         group_start = -1
         for event in envelope.events:
             event_id = event.event_id
-            if event_id in seen:
-                duplicates += 1
-                continue
             timestamp = event.timestamp
             # The ingest writes `YYYY-MM-DDTHH:MM:SS.mmmZ`: its first 18 characters name the pane.
             start = pane_starts.get(timestamp[:18]) if len(timestamp) == 24 else None
@@ -373,9 +370,12 @@ class EventTimeWindows:
             if not event_id:
                 refused.append((event, "event_id is missing"))
                 continue
-            seen.add(event_id)
             if start + size <= closed_before:
-                late.append((event, resolve(project, event)))
+                if event_id in seen:
+                    duplicates += 1
+                else:
+                    seen.add(event_id)
+                    late.append((event, resolve(project, event)))
                 continue
             if timestamp > newest:
                 newest = timestamp
@@ -398,11 +398,26 @@ class EventTimeWindows:
                 pane = panes[start] = {}
                 heapq.heappush(self._closing[PANE], start)
             held = self._hold(start, offset)
-            for series, events in group.items():
+            for series, grouped_events in group.items():
+                # Copies of counted events are rare: a group is checked against the held ids
+                # at once (in C), and filtered event by event only when it holds one.
+                ids = [event.event_id for event in grouped_events]
+                events = grouped_events
+                if seen.isdisjoint(ids):
+                    before = len(seen)
+                    seen.update(ids)
+                    if len(seen) - before != len(ids):  # the same id twice in this group
+                        seen.difference_update(ids)
+                        events, ids = self._first_copies(grouped_events)
+                else:
+                    events, ids = self._first_copies(grouped_events)
+                duplicates += len(grouped_events) - len(events)
+                if not events:
+                    continue
+                held.extend(ids)
                 batch = self._storable(series, start, events, refused)
                 if batch is None:
                     continue
-                held.extend([event.event_id for event in batch.events])
                 acc = pane.get(series)
                 if acc is None:
                     pane[series] = Accumulator.of_batch(batch, series.kind == "performance")
@@ -459,6 +474,18 @@ class EventTimeWindows:
         kept_ids = {id(event) for event in kept}
         self._seen.difference_update([event.event_id for event in events if id(event) not in kept_ids])
         return Batch.of(series, start, kept) if kept else None
+
+    def _first_copies(self, events: list[Event]) -> tuple[list[Event], list[str]]:
+        """The events of a group whose ids are not held yet (and their ids), now held."""
+        seen = self._seen
+        kept: list[Event] = []
+        ids: list[str] = []
+        for event in events:
+            if event.event_id not in seen:
+                seen.add(event.event_id)
+                kept.append(event)
+                ids.append(event.event_id)
+        return kept, ids
 
     def _oldest_open_pane(self) -> int:
         size = self._pane
