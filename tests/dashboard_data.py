@@ -228,7 +228,7 @@ def produce_alerts(bootstrap: str, topic: str, alerts: list[AlertRecord]) -> Non
         producer.close()
 
 
-def wait_rows(pipeline: Pipeline, table: str, count: int, timeout: float = 30) -> None:
+def wait_rows(pipeline: Pipeline, table: str, count: int, timeout: float = 90) -> None:
     def landed() -> bool:
         return pipeline.query(f"SELECT count() FROM metrics.{table} FINAL")[0][0] == count  # noqa: S608
 

@@ -233,8 +233,11 @@ def test_kill_9_of_the_worker_and_of_the_sink_while_late_batches_flow_counts_not
 
 
 def checkpoints(pipeline: Pipeline) -> float:
-    """How many checkpoints the worker has written (its /metrics)."""
-    metrics = httpx.get(f"{pipeline.status_urls['streams']}/metrics").text
+    """How many checkpoints the worker has written (its /metrics; 0 before it serves them)."""
+    try:
+        metrics = httpx.get(f"{pipeline.status_urls['streams']}/metrics").text
+    except httpx.HTTPError:
+        return 0.0
     found = re.search(r"^cosnap_streams_checkpoint_duration_seconds_count (\S+)$", metrics, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
