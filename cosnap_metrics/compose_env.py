@@ -8,10 +8,11 @@ passwords are already in ClickHouse's and Grafana's volumes), readable by its ow
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+
+from cosnap_metrics.private_files import create_private
 
 # The variables docker-compose.yml requires, and what each is the password of.
 COMPOSE_PASSWORDS: dict[str, str] = {
@@ -46,12 +47,5 @@ def write_compose_env(path: Path) -> None:
     """Write `path` with new passwords, mode 0600; FileExistsError if it exists (nothing is
     changed then)."""
     text = compose_env({name: new_password() for name in COMPOSE_PASSWORDS})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    if not create_private(path, text):
+        raise FileExistsError(path)
