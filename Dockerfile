@@ -4,12 +4,12 @@ ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY schemas ./schemas
+COPY plumbing ./plumbing
 COPY ingest ./ingest
 COPY streams ./streams
 COPY sinks ./sinks
 COPY cosnap_metrics ./cosnap_metrics
-COPY sdk/python ./sdk/python
-RUN pip install --no-cache-dir -c constraints.txt ./sdk/python . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --uid 10001 --create-home cosnap \
     && mkdir /data && chown cosnap /data
 USER cosnap

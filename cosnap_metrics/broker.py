@@ -24,9 +24,9 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from cosnap_metrics.errors import RunnerError
-from cosnap_metrics.private_files import PRIVATE_UMASK, private_dir, replace_private
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.progress import ProgressLine
+from plumbing.private_files import PRIVATE_UMASK, private_dir, replace_private
 
 
 def fetch_kafka(version: str, cache_dir: Path) -> Path:

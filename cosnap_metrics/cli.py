@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from schemas.health import ServiceHealth
 from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
 
 
 def _logging(service: str, settings: CommonSettings, secrets: Iterable[str] = ()) -> None:
     """First thing of every service: its logs (JSON lines by default) and, with a DSN, Sentry."""
-    from cosnap_metrics.logs import configure_logging
-    from cosnap_metrics.sentry import init_sentry
+    from plumbing.logs import configure_logging
+    from plumbing.sentry import init_sentry
 
     configure_logging(service, settings.log_level, settings.log_format)
     init_sentry(service, settings, secrets)
@@ -63,18 +64,35 @@ def _streams(_args: argparse.Namespace) -> int:
 
 
 def _sink(_args: argparse.Namespace) -> int:
-    from sinks.service import run_sink
+    from plumbing.status import serve_status
+    from sinks.clickhouse.service import create_sink, open_store, run_until_signalled, sink_health
+    from sinks.query.service import start_query_service
 
     settings = SinkSettings()
     _logging("sink", settings)
-    run_sink(settings)
+    client = open_store(settings)
+    sink = create_sink(settings, client)
+
+    def health() -> ServiceHealth:
+        return sink_health(client, sink)
+
+    # chDB holds its data directory for one process: on the embedded store the query service
+    # runs in the sink's process, and serves the sink's health beside the reads.
+    server = start_query_service(settings, health) if settings.embedded_clickhouse else None
+    if server is None:
+        serve_status(settings.metrics_host, settings.sink_metrics_port, health)
+    try:
+        run_until_signalled(sink)
+    finally:
+        if server is not None:
+            server.should_exit = True
     return 0
 
 
 def _notify(_args: argparse.Namespace) -> int:
-    from cosnap_metrics.sentry import secret_forms
+    from plumbing.sentry import secret_forms
     from schemas.settings import NotifierSettings
-    from sinks.notifier import run_notifier
+    from sinks.notify.notifier import run_notifier
 
     settings = NotifierSettings()
     _logging("notify", settings, secret_forms(settings.webhook_secret.get_secret_value()))
@@ -270,7 +288,7 @@ def _rules_test(args: argparse.Namespace) -> int:
 
 
 def _dashboards_export(_args: argparse.Namespace) -> int:
-    from sinks.grafana_dashboard import export
+    from sinks.query.grafana_dashboard import export
 
     print(export())
     return 0
@@ -419,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboards", help="the Grafana dashboard of docker-compose"
     ).add_subparsers(dest="dashboards", required=True)
     dashboards.add_parser(
-        "export", help="write sinks/grafana/dashboards/executive.json from sinks/panels.py"
+        "export", help="write sinks/query/grafana/dashboards/executive.json from sinks/query/panels.py"
     ).set_defaults(func=_dashboards_export, private=False)
 
     compose_env = commands.add_parser(
@@ -457,7 +475,7 @@ _KEEP_STATE = frozenset({"run", "ingest", "streams", "sink", "notify", "keys"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cosnap_metrics.private_files import PRIVATE_UMASK, private_dir
+    from plumbing.private_files import PRIVATE_UMASK, private_dir
 
     args = build_parser().parse_args(argv)
     if getattr(args, "private", True):

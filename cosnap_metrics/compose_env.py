@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from cosnap_metrics.private_files import create_private
+from plumbing.private_files import create_private
 
 # The variables docker-compose.yml requires, and what each is the password of.
 COMPOSE_PASSWORDS: dict[str, str] = {

@@ -2,7 +2,7 @@
 
 With embedded chDB, whose data directory only one process may open, it asks the running sink's
 query service; when no pipeline is running it opens chDB itself. With a ClickHouse server it
-connects itself. Either way the read goes through a `sinks.reader.Reader`: the same guard, a
+connects itself. Either way the read goes through a `sinks.query.reader.Reader`: the same guard, a
 read-only session and the same limits (COSNAP_QUERY_*) as every other read.
 """
 
@@ -13,7 +13,7 @@ import httpx
 from cosnap_metrics.errors import QueryError
 from schemas.errors import CosnapError
 from schemas.settings import CommonSettings
-from sinks.reader import QueryResult, Reader, read_limits
+from sinks.query.reader import QueryResult, Reader, read_limits
 
 
 def run_query(settings: CommonSettings, sql: str) -> QueryResult:

@@ -40,7 +40,7 @@ from typing import Any, TextIO
 from schemas.records import GRANULARITY_SECONDS, Granularity
 from schemas.series import OVERFLOW, overflow_name
 from schemas.settings import StreamsSettings
-from sinks.query import QueryResult
+from sinks.query.app import QueryResult
 
 Runner = Callable[[str], QueryResult]
 

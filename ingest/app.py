@@ -19,17 +19,24 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from cosnap_metrics.status import add_metrics_route
 from ingest.batch import TimePolicy, dead_letter_raw, parse_events, split_body
 from ingest.body import check_content_type, decode_body, decompress, read_capped
 from ingest.envelopes import EnvelopePacker
-from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized, UnsupportedMediaType
+from ingest.errors import (
+    Forbidden,
+    IngestError,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from ingest.health import DetailedHealthCheck
 from ingest.keys import KeyStore, WriteKey
 from ingest.limits import RateLimiter
 from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, RequestMetrics, reject_reason
-from ingest.producer import EnvelopeProducer, RecordProducer
 from ingest.request_ids import RequestIds
+from plumbing.kafka import AckedProducer, KafkaUnavailable, RecordProducer
+from plumbing.metrics_route import add_metrics_route
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
 from schemas.health import DetailedHealth, http_status
 from schemas.records import DeadLetter, request_ids_header
@@ -145,8 +152,8 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        kafka: RecordProducer = producer or EnvelopeProducer(
-            settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s
+        kafka: RecordProducer = producer or AckedProducer(
+            settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s, client_id="cosnap-ingest"
         )
         packer = EnvelopePacker(kafka, topics.events, linger_s=settings.linger_ms / 1000)
         state.kafka = Kafka(kafka, packer)
@@ -171,6 +178,10 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         if origin and keys.origin_allowed(origin):
             headers |= _cors(origin)  # so that a page can read why it was refused
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(KafkaUnavailable)
+    async def _kafka_down(request: Request, exc: KafkaUnavailable) -> JSONResponse:
+        return await _refused(request, ServiceUnavailable(str(exc), headers={"Retry-After": "5"}))
 
     async def _dead_letter(
         project: str, request_id: str, received_at: datetime, rejected: list[tuple[Rejection, Any]]

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ingest.metrics import ENVELOPE_BYTES, ENVELOPE_EVENTS, observe_produce
-from ingest.producer import RecordProducer
+from plumbing.kafka import RecordProducer
 from schemas.records import MAX_HEADER_REQUEST_IDS, request_ids_header
 
 _HEAD = b'{"v":1,"project":'

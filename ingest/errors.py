@@ -34,7 +34,7 @@ class UnsupportedMediaType(IngestError):
     status = 415
 
 
-class KafkaUnavailable(IngestError):
+class ServiceUnavailable(IngestError):
     """Kafka did not acknowledge in time (backpressure): nothing was accepted, retry later."""
 
     status = 503

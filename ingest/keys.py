@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cosnap_metrics.private_files import private_dir, replace_private
+from plumbing.private_files import private_dir, replace_private
+from schemas.keys import KEY_PREFIX
 
-KEY_PREFIX = "cmk_"
-# A write key (or anything presented as one) in text: what logs and error reports must not hold.
-KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 DEV_KEY_FILE = "dev-write-key"
 DEFAULT_PROJECT = "default"
 # The embedded default accepts browser pages served from this machine.

@@ -29,9 +29,8 @@ import orjson
 from aiokafka.errors import KafkaError
 
 import streams.windows
-from cosnap_metrics.status import serve_status
-from ingest.errors import KafkaUnavailable
-from ingest.producer import EnvelopeProducer
+from plumbing.kafka import AckedProducer, KafkaUnavailable
+from plumbing.status import serve_status
 from schemas.records import (
     DeadLetter,
     dead_letter_raw_bytes,
@@ -115,7 +114,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
     events = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
     # Windows go out through librdkafka: one future per batch instead of an awaited Faust send
     # per window (which cost more than computing the window, see BENCHMARKS.md).
-    emitter = EnvelopeProducer(
+    emitter = AckedProducer(
         settings.kafka_bootstrap, timeout_s=30.0, client_id="cosnap-streams", queue_max_messages=1_000_000
     )
     rules = load_rules(settings.rules_file)

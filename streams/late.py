@@ -4,7 +4,7 @@ They are in no on-time window and in no alert rule. The worker writes them, per 
 with the series its resolver gave each (so the same dimensions and caps as the windows), the value
 each adds and its sketch bin, to `metrics.internal.late` (schemas.records.LateEvents). The sink
 turns them into correction rows of the windows they belong to, keyed by the record they came in
-(sinks/corrections.py): a replay of the record writes the same rows again, which replace.
+(sinks/clickhouse/corrections.py): a replay of the record writes the same rows again, which replace.
 
 Late records leave the worker only after a checkpoint that covers their events record (they are
 part of the checkpoint until Kafka has them): a worker that resumes from an older checkpoint reads

@@ -1,5 +1,5 @@
 """Prometheus metrics and `/health` of the streams worker, served on its status endpoint
-(cosnap_metrics/status.py; Faust's own web server stays off).
+(plumbing/status.py; Faust's own web server stays off).
 
 `partition` is an events partition (6 by default), `granularity` one of 10s/1m/1h, `rule` a
 rule of the rules file, `type` an event type: every label is bounded by configuration, never by

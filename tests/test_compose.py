@@ -26,7 +26,7 @@ from cosnap_metrics.compose_env import COMPOSE_PASSWORDS
 from schemas.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-GRAFANA_DATASOURCE = ROOT / "sinks" / "grafana" / "provisioning" / "datasources" / "clickhouse.yaml"
+GRAFANA_DATASOURCE = ROOT / "sinks" / "query" / "grafana" / "provisioning" / "datasources" / "clickhouse.yaml"
 
 
 def _compose() -> dict[str, Any]:
@@ -63,7 +63,7 @@ def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config()
     assert tested is not None
     assert services["alertmanager"]["image"] == f"prom/alertmanager:v{tested[1]}"
     assert services["notify"]["environment"]["COSNAP_ALERTMANAGER_URL"] == "http://alertmanager:9093"
-    config = ROOT / "sinks" / "alertmanager" / "alertmanager.yml"
+    config = ROOT / "sinks" / "notify" / "alertmanager" / "alertmanager.yml"
     check = subprocess.run(
         ["amtool", "check-config", str(config)], capture_output=True, text=True, check=False
     )
@@ -189,7 +189,7 @@ def clickhouse_url() -> str:
 
 
 def test_the_grafana_user_reads_the_metrics_database_and_nothing_else() -> None:
-    users = _clickhouse_users()["./sinks/grafana/clickhouse-users.xml"]
+    users = _clickhouse_users()["./sinks/query/grafana/clickhouse-users.xml"]
     user = users.find("users/grafana")
     assert user is not None
     assert [q.text for q in user.findall("grants/query")] == ["GRANT SELECT ON metrics.*"]
@@ -237,7 +237,8 @@ def test_the_grafana_profile_refuses_files_urls_remote_servers_and_writes_in_cli
 ) -> None:
     """The profile's settings, set on a session of ClickHouse's own engine (chDB), as the server
     sets them on the grafana user's sessions."""
-    profile = _clickhouse_users()["./sinks/grafana/clickhouse-users.xml"].find("profiles/grafana_readonly")
+    users = _clickhouse_users()["./sinks/query/grafana/clickhouse-users.xml"]
+    profile = users.find("profiles/grafana_readonly")
     assert profile is not None
     settings = {item.tag: item.text for item in profile if item.tag != "constraints"}
     secret = tmp_path / "secret.txt"

@@ -21,8 +21,8 @@ import yaml
 from cosnap_metrics.broker import KafkaBroker
 from cosnap_metrics.processes import spawn, stop
 from schemas.health import DetailedHealth, ServiceHealth
-from tests.alerts.test_delivery import SECRET, Receiver
 from tests.conftest import Pipeline, free_port, wait_for
+from tests.sinks.notify.test_delivery import SECRET, Receiver
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 

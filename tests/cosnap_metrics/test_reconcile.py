@@ -25,9 +25,10 @@ from kafka import KafkaProducer
 
 from cosnap_metrics.broker import KafkaBroker
 from cosnap_metrics.reconcile import ALL, Reconciliation, check, parse_time
+from plumbing.clickhouse import connect
 from schemas.records import GRANULARITY_SECONDS, WindowAggregate
 from schemas.settings import StreamsSettings
-from sinks.clickhouse import apply_migrations, connect
+from sinks.clickhouse.ddl import apply_migrations
 from tests.conftest import Pipeline, free_port, wait_for
 
 HOUR = 3600

@@ -20,8 +20,8 @@ from typing import Any
 import uvicorn
 
 from ingest.app import create_app
-from ingest.errors import KafkaUnavailable
 from ingest.keys import KeyStore
+from plumbing.kafka import KafkaUnavailable
 from schemas.settings import IngestSettings
 from schemas.topics import MAX_RECORD_BYTES, Topics
 from tests.conftest import free_port
@@ -38,14 +38,14 @@ class Produced:
 
 
 def kafka_refused(why: str) -> KafkaUnavailable:
-    """The error EnvelopeProducer fails a record with when Kafka does not acknowledge it."""
-    return KafkaUnavailable(f"Kafka did not acknowledge the events: {why}", headers={"Retry-After": "5"})
+    """The error AckedProducer fails a record with when Kafka does not acknowledge it."""
+    return KafkaUnavailable(f"Kafka did not acknowledge the records: {why}")
 
 
 class FakeProducer:
     """A RecordProducer in memory: acknowledges every record at once and keeps it in `records`,
-    or, while `failing`, refuses every record as EnvelopeProducer does on a Kafka outage and
-    answers `ready` with False. Like EnvelopeProducer (message.max.bytes), it refuses a record
+    or, while `failing`, refuses every record as AckedProducer does on a Kafka outage and
+    answers `ready` with False. Like AckedProducer (message.max.bytes), it refuses a record
     over MAX_RECORD_BYTES, so that a request which would cost a 503 on Kafka costs one here."""
 
     def __init__(self) -> None:

@@ -19,15 +19,15 @@ import httpx
 import pytest
 import sentry_sdk
 
-from cosnap_metrics.logs import JsonFormatter
-from cosnap_metrics.sentry import sentry_options
 from ingest.app import create_app
 from ingest.keys import KeyStore
 from ingest.reasons import MAX_REASON_CHARS
+from plumbing.logs import JsonFormatter
+from plumbing.sentry import sentry_options
 from schemas.settings import IngestSettings
 from schemas.topics import Topics
-from tests.cosnap_metrics.test_sentry import RecordingTransport
 from tests.ingest.fakes import FakeProducer
+from tests.plumbing.test_sentry import RecordingTransport
 
 MARK = "Q" * 200_000  # what the client sent; no run of more than a reason of it may be repeated
 TOO_LONG = "Q" * (MAX_REASON_CHARS + 1)

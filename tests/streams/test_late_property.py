@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from schemas.records import GRANULARITY_SECONDS, LateEvents
 from schemas.series import DEFAULT_SERIES
-from sinks.corrections import correction_rows
+from sinks.clickhouse.corrections import correction_rows
 from streams.envelope import decode
 from streams.late import late_record
 from streams.series import SeriesResolver

@@ -1,0 +1,1 @@
+"""Operational plumbing every service shares: Kafka, status, logs, Sentry, files, retries."""

@@ -1,0 +1,1 @@
+"""The ClickHouse sink: Kafka records into ClickHouse tables, with late corrections."""

@@ -1,0 +1,79 @@
+"""The sink service: apply the DDL, then consume the pipeline's topics and insert them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+from clickhouse_connect.driver.client import Client
+
+from plumbing.clickhouse import connect
+from schemas.health import ServiceHealth
+from schemas.settings import SinkSettings
+from sinks.clickhouse.consumer import Route, TopicSink
+from sinks.clickhouse.corrections import LateCorrections
+from sinks.clickhouse.ddl import apply_migrations
+from sinks.clickhouse.rows import (
+    AGGREGATE_COLUMNS,
+    ALERT_COLUMNS,
+    EVENT_COLUMNS,
+    aggregate_rows,
+    alert_rows,
+    event_rows,
+)
+from sinks.clickhouse.writer import BatchWriter
+
+log = logging.getLogger("cosnap.sink")
+
+
+def open_store(settings: SinkSettings) -> Client:
+    """A client on the configured ClickHouse, with every migration applied."""
+    client = connect(settings.resolved_clickhouse_url)
+    applied = apply_migrations(client, settings.clickhouse_database)
+    if applied:
+        log.info("applied migrations %s", ", ".join(applied))
+    return client
+
+
+def create_sink(settings: SinkSettings, client: Client) -> TopicSink:
+    """The consumer of the events, aggregates, alerts and late topics, writing through `client`."""
+    db = settings.clickhouse_database
+    topics = settings.topics
+    return TopicSink(
+        bootstrap=settings.kafka_bootstrap,
+        group_id=f"{topics.internal}sink",
+        routes=[
+            Route(topics.events, event_rows, BatchWriter(client, f"{db}.events", EVENT_COLUMNS)),
+            Route(
+                topics.aggregates, aggregate_rows, BatchWriter(client, f"{db}.aggregates", AGGREGATE_COLUMNS)
+            ),
+            Route(topics.alerts, alert_rows, BatchWriter(client, f"{db}.alerts", ALERT_COLUMNS)),
+        ],
+        dead_letter_topic=topics.dead_letter,
+        max_rows=settings.sink_batch_rows,
+        max_wait_s=settings.sink_flush_ms / 1000,
+        corrections=LateCorrections(client, db, topics.late, topics.events),
+    )
+
+
+def sink_health(client: Client, sink: TopicSink) -> ServiceHealth:
+    """The sink's report: unhealthy when ClickHouse does not answer a ping (on chDB the ping
+    waits for an insert in progress), else the consumer's own report. Blocks up to 2 s."""
+    report = sink.health()
+    if client.ping(timeout=2):
+        return report
+    problems = ["ClickHouse does not answer a ping", *report.problems]
+    return report.model_copy(update={"status": "unhealthy", "problems": problems})
+
+
+def run_until_signalled(sink: TopicSink) -> None:
+    """Consume until SIGTERM or SIGINT, then insert what is held, commit, and return."""
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: flushing and stopping", signum)
+        sink.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sink.run()

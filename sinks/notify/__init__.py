@@ -1,0 +1,1 @@
+"""Alert delivery: alert records to Alertmanager and signed webhooks."""

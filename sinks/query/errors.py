@@ -1,0 +1,34 @@
+"""Errors of the read-only query service and its dashboards."""
+
+from __future__ import annotations
+
+from schemas.errors import CosnapError
+
+
+class QueryRefused(CosnapError):
+    """A statement the read-only query path does not run; the message names what was refused."""
+
+
+class ReadFailed(CosnapError):
+    """The engine refused or failed a read; the message is safe to show (it never quotes data
+    the engine read)."""
+
+
+class ReadLimitHit(ReadFailed):
+    """A read went past one of the session's limits; `limit` is the ClickHouse setting's name."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ReadCancelled(ReadFailed):
+    """A read was stopped before it finished (its client went away)."""
+
+
+class ReadersBusy(CosnapError):
+    """Every read session is taken: the caller should retry later (HTTP 429)."""
+
+
+class UnknownMacro(CosnapError):
+    """A panel query uses a Grafana macro that the embedded dashboard cannot expand."""

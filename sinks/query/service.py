@@ -1,0 +1,67 @@
+"""The query service: analysts' read-only SQL and the dashboards, served over HTTP.
+
+On the embedded store (chDB: one process per data directory) it runs inside the sink's process,
+on a thread of its own; its reads get sessions of their own (read-only, limited), so they never
+queue behind the sink's inserts.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+import uvicorn
+
+from plumbing.metrics_route import add_metrics_route
+from plumbing.private_files import create_private, private_dir, replace_private
+from schemas.health import ServiceHealth
+from schemas.settings import SinkSettings
+from sinks.query.app import create_query_app
+from sinks.query.dashboard import create_dashboard_router
+from sinks.query.host_check import LOOPBACK_HOSTS, HostCheck
+from sinks.query.reader import Reader, read_limits
+
+log = logging.getLogger("cosnap.query")
+MIN_TOKEN_CHARS = 32  # secrets.token_urlsafe(32) gives 43
+
+
+def query_token(settings: SinkSettings) -> str:
+    """The token of the query service: created on first start and then kept, in a file only
+    this user can read, written whole before it takes its name. A file without a token of at
+    least `MIN_TOKEN_CHARS` (empty: cut short before a release that wrote it in one step) is
+    replaced by a new token, so the token is never empty and an empty Bearer never matches."""
+    path = settings.query_token_file
+    private_dir(path.parent)
+    new = secrets.token_urlsafe(32)
+    if create_private(path, new + "\n"):
+        return new
+    token = path.read_text().strip()
+    if len(token) >= MIN_TOKEN_CHARS:
+        return token
+    log.warning("query token file %s holds no usable token; writing a new one", path)
+    replace_private(path, new + "\n")
+    return new
+
+
+def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHealth]) -> uvicorn.Server:
+    """Serve `/v1/query`, `/dashboard`, `/health` (the sink's report, from `health`) and
+    `/metrics` on `settings.query_url`, from a daemon thread; set `should_exit` to stop."""
+    reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
+    app = create_query_app(reader, query_token(settings), health)
+    where = urlparse(settings.query_url)
+    app.include_router(create_dashboard_router(reader, where.hostname))
+    app.add_middleware(HostCheck, allowed_hosts={*LOOPBACK_HOSTS, where.hostname or ""}, paths=["/v1/query"])
+    add_metrics_route(app)
+    config = uvicorn.Config(
+        app,
+        host=where.hostname or "127.0.0.1",
+        port=where.port or 80,
+        log_level="warning",
+        log_config=None,  # uvicorn's records go to the root logger's handler, as JSON
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="query-service", daemon=True).start()
+    return server
