@@ -172,7 +172,7 @@ def _time(text: str) -> datetime:
 
 def _demo(args: argparse.Namespace) -> int:
     from cosnap_metrics.demo import run_demo
-    from ingest.keys import DEV_KEY_FILE
+    from plumbing.keys import DEV_KEY_FILE
 
     settings = IngestSettings()
     key = args.key or (settings.data_dir / DEV_KEY_FILE).read_text().strip()
@@ -182,7 +182,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from cosnap_metrics.backfill import ImportOptions, Target, run_import
-    from ingest.keys import DEV_KEY_FILE
+    from plumbing.keys import DEV_KEY_FILE
 
     settings = IngestSettings()
     missing = [str(path) for path in args.files if not path.is_file()]
@@ -217,7 +217,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from ingest.keys import KeyStore
+    from plumbing.keys import KeyStore
 
     key = KeyStore(CommonSettings().keys_file).create(args.project, tuple(args.origin))
     print(key)

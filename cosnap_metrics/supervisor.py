@@ -21,7 +21,7 @@ from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.provision import ensure_topics
-from ingest.keys import DEV_KEY_FILE, KeyStore, ensure_dev_key
+from plumbing.keys import DEV_KEY_FILE, KeyStore, ensure_dev_key
 from schemas.settings import RunnerSettings
 
 SERVICES = ("sink", "streams", "ingest")  # start order; stopped in reverse

@@ -31,11 +31,11 @@ from ingest.errors import (
     UnsupportedMediaType,
 )
 from ingest.health import DetailedHealthCheck
-from ingest.keys import KeyStore, WriteKey
 from ingest.limits import RateLimiter
 from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, RequestMetrics, reject_reason
 from ingest.request_ids import RequestIds
 from plumbing.kafka import AckedProducer, KafkaUnavailable, RecordProducer
+from plumbing.keys import KeyStore, WriteKey
 from plumbing.metrics_route import add_metrics_route
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
 from schemas.health import DetailedHealth, http_status

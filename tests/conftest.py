@@ -25,7 +25,7 @@ from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.provision import ensure_topics
 from cosnap_metrics.supervisor import wait_http
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from schemas.settings import RunnerSettings
 from schemas.topics import Topics
 

@@ -33,7 +33,7 @@ from cosnap_metrics.demo import CosnapTraffic
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.progress import ProgressLine
 from cosnap_metrics.supervisor import SERVICES, child_environment, wait_http
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from schemas.rules import DEFAULT_RULES
 from schemas.settings import RunnerSettings
 from tests.conftest import AlertListener, free_port

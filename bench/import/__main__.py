@@ -44,7 +44,7 @@ from bench.kafka import Bench, bench_kafka
 from cosnap_metrics.demo import CosnapTraffic
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.supervisor import wait_http
-from ingest.keys import KeyStore, ensure_dev_key
+from plumbing.keys import KeyStore, ensure_dev_key
 from tests.conftest import free_port
 
 SERVICES = ("sink", "streams", "ingest")

@@ -28,7 +28,7 @@ import httpx
 
 from bench.kafka import Bench, bench_kafka
 from cosnap_metrics.processes import spawn, stop
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from schemas.settings import RunnerSettings
 from tests.conftest import free_port
 

@@ -20,8 +20,8 @@ from typing import Any
 import uvicorn
 
 from ingest.app import create_app
-from ingest.keys import KeyStore
 from plumbing.kafka import KafkaUnavailable
+from plumbing.keys import KeyStore
 from schemas.settings import IngestSettings
 from schemas.topics import MAX_RECORD_BYTES, Topics
 from tests.conftest import free_port

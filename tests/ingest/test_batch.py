@@ -15,8 +15,8 @@ import pytest
 from ingest.batch import BodyParts, ParsedBatch, TimePolicy, dead_letter_raw, parse_events, split_body
 from ingest.body import MAX_BODY_BYTES, Unparseable, decode_body, decompress, read_capped
 from ingest.errors import BadRequest, PayloadTooLarge
-from ingest.keys import KeyStore, WriteKey, ensure_dev_key
 from ingest.limits import RateLimiter
+from plumbing.keys import KeyStore, WriteKey, ensure_dev_key
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 POLICY = TimePolicy(max_future_skew=timedelta(minutes=10), max_event_age=timedelta(days=30))

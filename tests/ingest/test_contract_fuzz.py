@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from ingest.app import create_app
 from ingest.body import MAX_BODY_BYTES
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from schemas.settings import IngestSettings
 from schemas.topics import Topics
 from tests.ingest.contract_strategies import (

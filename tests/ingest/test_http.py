@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from cosnap_metrics.broker import KafkaBroker
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from tests.conftest import Pipeline
 from tests.ingest.fakes import ServedIngest
 from tests.ingest.test_api import REVENUE, post, records

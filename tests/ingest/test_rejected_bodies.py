@@ -20,8 +20,8 @@ import pytest
 import sentry_sdk
 
 from ingest.app import create_app
-from ingest.keys import KeyStore
 from ingest.reasons import MAX_REASON_CHARS
+from plumbing.keys import KeyStore
 from plumbing.logs import JsonFormatter
 from plumbing.sentry import sentry_options
 from schemas.settings import IngestSettings

@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from cosnap_metrics.broker import KafkaBroker
-from ingest.keys import DEV_KEY_FILE, KeyStore, ensure_dev_key
+from plumbing.keys import DEV_KEY_FILE, KeyStore, ensure_dev_key
 from plumbing.private_files import create_private, private_dir, replace_private
 from schemas.settings import SinkSettings
 from sinks.query.host_check import LOOPBACK_HOSTS, HostCheck

@@ -25,7 +25,7 @@ from sentry_sdk.transport import Transport
 
 from cosnap_metrics.broker import KafkaBroker
 from ingest.app import create_app
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from plumbing.sentry import FILTERED, Scrubber, secret_forms, sentry_options
 from schemas.records import Envelope as RecordEnvelope
 from schemas.settings import CommonSettings, IngestSettings, NotifierSettings

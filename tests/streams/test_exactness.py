@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.keys import KeyStore
+from plumbing.keys import KeyStore
 from tests.conftest import Pipeline, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
