@@ -26,10 +26,9 @@ from typing import Any
 import faust
 import msgspec
 import orjson
-from aiokafka.errors import KafkaError
 
 import streams.windows
-from plumbing.kafka import AckedProducer, KafkaUnavailable
+from plumbing.kafka import AckedProducer
 from plumbing.status import serve_status
 from schemas.records import (
     DeadLetter,
@@ -44,7 +43,6 @@ from schemas.settings import StreamsSettings
 from schemas.topics import MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
 from streams.checkpoint import (
-    PARTITION_HEADER,
     Checkpoint,
     encode,
     load_latest,
@@ -60,16 +58,14 @@ from streams.metrics import (
     REFUSED_EVENTS,
     WorkerStatus,
     count_overflow,
-    count_transitions,
-    count_windows,
     events_folded,
 )
+from streams.publishing import AlertPublisher, LatePublisher, WindowPublisher
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
-from streams.windows import ClosedWindows, EventTimeWindows
+from streams.windows import EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
-MAX_WINDOWS_IN_FLIGHT = 50_000  # window records sent and not yet acknowledged (~25 MB)
 GC_YOUNG_THRESHOLD = 50_000
 
 
@@ -89,6 +85,29 @@ class PartitionState:
     # a snapshot is taken: a checkpoint never holds half a record, nor an alert state whose
     # record Kafka has not acknowledged.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class FaustSender:
+    """RecordSender (streams/publishing.py) over Faust's producer, which the worker writes its
+    alerts, late records, dead letters and checkpoints with (the app makes it on start)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[object]:
+        producer = self._app.producer
+        acked: Awaitable[object] = await producer.send(
+            topic, key, value, partition=partition, timestamp=None, headers=headers
+        )
+        return acked
 
 
 def create_app(settings: StreamsSettings) -> faust.App:
@@ -117,6 +136,10 @@ def create_app(settings: StreamsSettings) -> faust.App:
     emitter = AckedProducer(
         settings.kafka_bootstrap, timeout_s=30.0, client_id="cosnap-streams", queue_max_messages=1_000_000
     )
+    sender = FaustSender(app)
+    alert_publisher = AlertPublisher(sender, topics.alerts)
+    window_publisher = WindowPublisher(emitter, topics.aggregates)
+    late_publisher = LatePublisher(sender, topics.late)
     rules = load_rules(settings.rules_file)
     compiled = not str(streams.windows.__file__).endswith(".py")
     log.info("windows and alerts run %s", "compiled (mypyc)" if compiled else "as Python (see `make native`)")
@@ -192,36 +215,6 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 continue  # dead-lettered when it was first read
         log.info("read %d records of events partition %d again for their event ids", len(records), partition)
 
-    async def send(
-        topic: str, key: bytes, value: bytes, partition: int | None = None, headers: Any = None
-    ) -> Any:
-        """Queue one record on Faust's producer; the returned future resolves on Kafka's ack."""
-        producer = app.producer
-        return await producer.send(topic, key, value, partition=partition, timestamp=None, headers=headers)
-
-    async def publish_alerts(partition: int, changes: list[dict[str, Any]]) -> None:
-        """Send alert state changes in order and wait until Kafka has them all. The engine's state
-        has already changed, so the records must go out: retry until Kafka takes them (the
-        partition waits meanwhile; a change sent twice is the same record, which consumers and
-        the alerts table collapse)."""
-        header = [(PARTITION_HEADER, str(partition).encode())]
-        delay = 0.2
-        while True:
-            try:
-                acks = [
-                    await send(topics.alerts, c["fingerprint"].encode(), orjson.dumps(c), headers=header)
-                    for c in changes
-                ]
-                await asyncio.gather(*acks)
-                break
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("%d alert changes not published; retry in %.1fs: %r", len(changes), delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        count_transitions(changes)
-        for change in changes:
-            log.info("alert %s %s %s", change["rule"], change["state"], change["labels"])
-
     async def dead_letter_unreadable(message: Any, value: bytes, exc: Exception) -> None:
         """Log (and report to Sentry) an events record the worker cannot read, and send it to the
         dead-letter topic, as the sink does with records it cannot decode: it is in no window,
@@ -246,7 +239,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
         )
         record = dead_letter.model_dump_json().encode()
         headers = [request_ids_header(request_ids)]
-        await (await send(topics.dead_letter, message.key or b"", record, headers=headers))
+        await (await sender.send(topics.dead_letter, message.key or b"", record, headers=headers))
 
     async def dead_letter_events(
         message: Any, value: bytes, envelope: Envelope, refused: list[tuple[Event, str]], what: str
@@ -274,7 +267,8 @@ def create_app(settings: StreamsSettings) -> faust.App:
             )
             record = dead_letter.model_dump_json().encode()
             headers = [request_ids_header(request_ids)]
-            acks.append(await send(topics.dead_letter, envelope.project.encode(), record, headers=headers))
+            key = envelope.project.encode()
+            acks.append(await sender.send(topics.dead_letter, key, record, headers=headers))
         await asyncio.gather(*acks)
         log.warning(
             "%d events of %s[%d]@%d %s: dead-lettered",
@@ -326,7 +320,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 message.value = None  # the message waits for its ack; its bytes need not
                 state.unacked.append(message)
                 if changes:
-                    await publish_alerts(message.partition, changes)
+                    await alert_publisher.publish(message.partition, changes)
             if failure is not None or folded is None:
                 await dead_letter_unreadable(message, raw, failure or RuntimeError("nothing folded"))
                 continue
@@ -378,7 +372,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
             value = encode(Checkpoint(state.next_offset, snapshot))
         covered, state.unacked = state.unacked, []
         try:
-            await (await send(topics.checkpoints, str(partition).encode(), value, partition=partition))
+            await (await sender.send(topics.checkpoints, str(partition).encode(), value, partition=partition))
         except Exception:  # Kafka refused or timed out: these records wait for the next checkpoint
             state.unacked = covered + state.unacked
             log.exception(
@@ -390,61 +384,18 @@ def create_app(settings: StreamsSettings) -> faust.App:
         for message in covered:
             app.consumer.ack(message)
         state.checkpointed_at = time.monotonic()
-        if outbox:
-            await publish_late(state, outbox)
-
-    async def publish_late(state: PartitionState, outbox: list[bytes]) -> None:
-        """Send the late records a checkpoint holds, then drop them from the outbox (a failure
-        leaves them there: they go with the next checkpoint, and a resumed worker sends them)."""
-        try:
-            acks = [await send(topics.late, orjson.loads(late)["project"].encode(), late) for late in outbox]
-            await asyncio.gather(*acks)
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("%d late records not sent; they go with the next checkpoint: %r", len(outbox), exc)
-            return
-        sent = set(map(id, outbox))
-        state.late_outbox = [late for late in state.late_outbox if id(late) not in sent]
-
-    async def acknowledged(sent: list[tuple[asyncio.Future[None], ClosedWindows]]) -> None:
-        """Wait until Kafka has the windows sent, and count them. Closed windows have left the
-        partition state (the next checkpoint will not hold them), so a batch Kafka refused is
-        sent again until it is taken; a window sent twice is the same record, which the
-        aggregates table replaces."""
-        for acked, closed in sent:
-            delay = 0.2
-            while True:
-                try:
-                    await acked
-                    break
-                except KafkaUnavailable as exc:
-                    log.warning("%d windows not emitted; retry in %.1fs: %s", len(closed.records), delay, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                    acked = asyncio.get_running_loop().create_future()
-                    emitter.produce_all(topics.aggregates, closed.records, acked)
-            count_windows(closed.granularity, len(closed.records))
-        sent.clear()
+        if outbox and await late_publisher.publish(outbox):
+            sent = set(map(id, outbox))
+            state.late_outbox = [late for late in state.late_outbox if id(late) not in sent]
 
     async def emit_closed_windows() -> None:
         """Send the windows the watermark closed and wait for their acks. Called with `emitting`
         held: closed windows leave the partition state here, and no checkpoint may be taken
         before Kafka has them."""
-        # The windows of every partition go out before their acks are awaited: one round trip
-        # rather than one per partition and granularity, with at most MAX_WINDOWS_IN_FLIGHT
-        # records queued at a time.
-        sent: list[tuple[asyncio.Future[None], ClosedWindows]] = []
-        in_flight = 0
         now = time.time()
-        for state in list(states.values()):
-            for closed in state.windows.close_ready(now):
-                acked = asyncio.get_running_loop().create_future()
-                emitter.produce_all(topics.aggregates, closed.records, acked)
-                sent.append((acked, closed))
-                in_flight += len(closed.records)
-                if in_flight >= MAX_WINDOWS_IN_FLIGHT:
-                    await acknowledged(sent)
-                    in_flight = 0
-        await acknowledged(sent)
+        await window_publisher.publish(
+            closed for state in list(states.values()) for closed in state.windows.close_ready(now)
+        )
 
     @app.timer(settings.tick_s)
     async def tick() -> None:
@@ -453,7 +404,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
             async with state.lock:
                 changes = state.alerts.tick(now)
                 if changes:
-                    await publish_alerts(partition, changes)
+                    await alert_publisher.publish(partition, changes)
         async with emitting:
             await emit_closed_windows()
             for partition, state in list(states.items()):
