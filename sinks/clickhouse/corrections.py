@@ -40,10 +40,10 @@ LATE_EVENT_COLUMNS = [
     "counted", "kafka_partition", "kafka_offset",
 ]  # fmt: skip
 
-PART_OFFSET_BITS = 40
+PART_OFFSET_BITS = 40  # part = events partition << 40 | offset + 1; 0 is the on-time row
 # Ids per lookup of first copies: a query's text is limited (max_query_size, 256 KiB), and a
 # backfill makes tens of thousands of late events ready at once.
-IDS_PER_LOOKUP = 2_000  # part = events partition << 40 | offset + 1; 0 is the on-time row
+IDS_PER_LOOKUP = 2_000
 
 
 def part_of(partition: int, offset: int) -> int:
@@ -193,7 +193,7 @@ class LateCorrections:
     def flush(self, stored_through: Callable[[int], int | None]) -> list[RefusedRow]:
         """Write the corrections of every record whose events partition the sink has stored
         past the record's offset (`stored_through(p)`: the sink group's committed offset of
-        events partition p, None if never). Raises sinks.query.errors.SinkError when an insert fails
+        events partition p, None if never). Raises sinks.clickhouse.errors.SinkError when an insert fails
         (those records stay pending). Returns the rows ClickHouse refused (none expected)."""
         self._tried_at = time.monotonic()
         ready: list[_Pending] = []
