@@ -20,8 +20,8 @@ that topic:
   every event. This process reads them back to count them; how late its own reader thread gets
   to them is printed, not counted.
 
-The result is the median of the rounds' ratios (single runs on this shared machine differ by
-±30 %), printed with every absolute figure. Bar (BENCHMARKS.md): worker >= 0.5 x the raw loop;
+The result is the median of the rounds' ratios (single runs on a shared machine differ widely:
+BENCHMARKS.md), printed with every absolute figure. Bar (BENCHMARKS.md): worker >= 0.5 x the raw loop;
 exit status 1 below it.
 """
 

@@ -1,12 +1,12 @@
 """The embedded dashboard: a page, and the JSON it polls, served by the sink's query service.
 
-In embedded mode only the sink may open chDB, and Grafana cannot read it; so the sink serves
-`GET /dashboard` itself. The page's script polls `GET /dashboard/data`, which runs the fixed
-queries of `sinks.query.panels` through the query service's reader (the guard, read-only sessions
-and the read limits, `sinks.query.reader`): the browser never holds the query token and cannot send
-SQL, nothing here writes, and a slow panel never holds up the sink's inserts. The routes answer
-only requests addressed to a loopback name or the configured host, so a web page the viewer
-opens elsewhere cannot read the numbers through DNS rebinding.
+In embedded mode only the sink's process may open chDB, and Grafana cannot read it; so the query
+service in that process serves `GET /dashboard`. The page's script polls `GET /dashboard/data`,
+which runs the fixed queries of `sinks.query.panels` through the query service's reader (the
+guard, read-only sessions and the read limits, `sinks.query.reader`): the browser never holds the
+query token and cannot send SQL, nothing here writes, and a slow panel never holds up the sink's
+inserts. The routes answer only requests addressed to a loopback name or the configured host, so a
+web page the viewer opens elsewhere cannot read the numbers through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _run_panel(reader: Reader, panel: Panel, start: datetime, end: datetime) -> 
 
 
 def dashboard_data(reader: Reader, end: datetime) -> DashboardData:
-    """Every panel for the hour before `end`; blocks for the queries (tens of milliseconds)."""
+    """Every panel for the hour before `end`; blocks for the queries."""
     start = end - TIME_RANGE
     return DashboardData(
         start=start, end=end, panels={p.key: _run_panel(reader, p, start, end) for p in PANELS}
