@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup native run test lint bench clean alertmanager browser prometheus
+.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -56,7 +56,14 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
-test: lint native alertmanager browser prometheus
+# The ClickHouse HTTP interface is tested with the official JavaScript client (npm, pinned by
+# its package-lock.json).
+CLICKHOUSE_JS := tests/sinks/query/clickhouse_js
+clickhouse-js: $(CLICKHOUSE_JS)/node_modules/.package-lock.json
+$(CLICKHOUSE_JS)/node_modules/.package-lock.json: $(CLICKHOUSE_JS)/package-lock.json
+	npm ci --prefix $(CLICKHOUSE_JS) --no-audit --no-fund --loglevel=error
+
+test: lint native alertmanager browser prometheus clickhouse-js
 	$(BIN)/pytest
 
 bench: setup native
@@ -67,4 +74,4 @@ bench: setup native
 	$(BIN)/python -m bench.import
 
 clean:
-	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache $(CLICKHOUSE_JS)/node_modules

@@ -78,13 +78,13 @@ def _sink(_args: argparse.Namespace) -> int:
 
     # chDB holds its data directory for one process: on the embedded store the query service
     # runs in the sink's process, and serves the sink's health beside the reads.
-    server = start_query_service(settings, health) if settings.embedded_clickhouse else None
-    if server is None:
+    servers = start_query_service(settings, health) if settings.embedded_clickhouse else []
+    if not servers:
         serve_status(settings.metrics_host, settings.sink_metrics_port, health)
     try:
         run_until_signalled(sink)
     finally:
-        if server is not None:
+        for server in servers:
             server.should_exit = True
     return 0
 
@@ -219,11 +219,16 @@ def _import(args: argparse.Namespace) -> int:
 def _keys_create(args: argparse.Namespace) -> int:
     from plumbing.keys import KeyStore
 
-    key = KeyStore(CommonSettings().keys_file).create(args.project, tuple(args.origin))
+    if args.read and args.origin:
+        raise SystemExit(
+            "cosnap-metrics keys create: --origin is for write keys (browser pages posting events)"
+        )
+    key = KeyStore(CommonSettings().keys_file).create(args.project, tuple(args.origin), read=args.read)
     print(key)
-    print(
-        f"write key for project {args.project!r}; it is shown once and stored only as a hash", file=sys.stderr
+    kind = (
+        "read key (ClickHouse clients: user = the project, password = the key)" if args.read else "write key"
     )
+    print(f"{kind} for project {args.project!r}; it is shown once and stored only as a hash", file=sys.stderr)
     return 0
 
 
@@ -447,11 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     compose_env.add_argument("--file", type=Path, default=Path(".env"), help="where to write (default: .env)")
     compose_env.set_defaults(func=_compose_env)
 
-    keys = commands.add_parser("keys", help="manage project write keys").add_subparsers(
+    keys = commands.add_parser("keys", help="manage project write and read keys").add_subparsers(
         dest="keys", required=True
     )
-    create = keys.add_parser("create", help="issue a write key for a project")
+    create = keys.add_parser("create", help="issue a write key (or with --read a read key) for a project")
     create.add_argument("--project", required=True)
+    create.add_argument(
+        "--read",
+        action="store_true",
+        help="a read key: reads the project's rows only, through ClickHouse's HTTP interface",
+    )
     create.add_argument(
         "--origin",
         action="append",

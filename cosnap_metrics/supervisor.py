@@ -21,7 +21,7 @@ from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.provision import ensure_topics
-from plumbing.keys import DEV_KEY_FILE, KeyStore, ensure_dev_key
+from plumbing.keys import DEV_KEY_FILE, DEV_READ_KEY_FILE, KeyStore, ensure_dev_key, ensure_dev_read_key
 from schemas.settings import RunnerSettings
 
 SERVICES = ("sink", "streams", "ingest")  # start order; stopped in reverse
@@ -86,7 +86,9 @@ def run_pipeline(settings: RunnerSettings) -> int:
         broker.start()
         created = ensure_topics(broker.bootstrap, settings.topics)
         print(f"[kafka] ready; topics created: {', '.join(created) or 'none (all present)'}", flush=True)
-        write_key = ensure_dev_key(KeyStore(settings.keys_file), data_dir)
+        keys = KeyStore(settings.keys_file)
+        write_key = ensure_dev_key(keys, data_dir)
+        read_key = ensure_dev_read_key(keys, data_dir)
 
         env = child_environment(settings)
         for name in services(settings):
@@ -104,6 +106,8 @@ def run_pipeline(settings: RunnerSettings) -> int:
             f"  metrics      {ingest}/metrics, {settings.query_url}/metrics, streams and notifier on "
             f":{settings.streams_metrics_port} and :{settings.notify_metrics_port}\n"
             f"  write key    {write_key}   (also in {data_dir / DEV_KEY_FILE})\n"
+            f"  ClickHouse   {settings.clickhouse_http_url or 'off'}   user default, password the read key\n"
+            f"  read key     {read_key}   (also in {data_dir / DEV_READ_KEY_FILE})\n"
             f"  query        .venv/bin/cosnap-metrics query '{EXAMPLE_QUERY}'\n"
             f"  demo traffic .venv/bin/cosnap-metrics demo --minutes 5 --rate 200\n"
             f"  alerts       .venv/bin/cosnap-metrics alerts tail\n"

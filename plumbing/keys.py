@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.private_files import private_dir, replace_private
-from schemas.keys import KEY_PREFIX
+from schemas.keys import KEY_PREFIX, READ_KEY_PREFIX
 
 DEV_KEY_FILE = "dev-write-key"
+DEV_READ_KEY_FILE = "dev-read-key"
 DEFAULT_PROJECT = "default"
 # The embedded default accepts browser pages served from this machine.
 DEV_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://localhost", "http://127.0.0.1")
@@ -51,10 +52,19 @@ class WriteKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadKey:
+    """An authenticated read key: the one project whose rows it may read, and a non-secret id."""
+
+    project: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class _StoredKey:
     project: str
     key_id: str
     digest: str
+    read: bool  # a read key (analysts' ClickHouse clients); else a write key (the ingest API)
 
 
 class KeyStore:
@@ -87,22 +97,34 @@ class KeyStore:
         by_lookup: dict[str, list[_StoredKey]] = {}
         for entry in data["keys"]:
             by_lookup.setdefault(entry["lookup"], []).append(
-                _StoredKey(entry["project"], entry["lookup"], entry["digest"])
+                _StoredKey(entry["project"], entry["lookup"], entry["digest"], entry.get("scope") == "read")
             )
         self._origins = {name: tuple(p.get("origins", ())) for name, p in data["projects"].items()}
         self._by_lookup, self._version = by_lookup, version
 
-    def authenticate(self, key: str) -> WriteKey | None:
-        """The project and id of `key`, or None for an unknown key."""
-        if not key.startswith(KEY_PREFIX):
+    def _find(self, key: str, prefix: str, read: bool) -> _StoredKey | None:
+        if not key.startswith(prefix):
             return None
         self._reload()
         digest = _digest(key)
         found = None
         for candidate in self._by_lookup.get(_lookup(key), []):
-            if hmac.compare_digest(candidate.digest, digest):
-                found = WriteKey(candidate.project, candidate.key_id)
+            if hmac.compare_digest(candidate.digest, digest) and candidate.read == read:
+                found = candidate
         return found
+
+    def authenticate(self, key: str) -> WriteKey | None:
+        """The project and id of write key `key`, or None for an unknown key (a read key too)."""
+        found = self._find(key, KEY_PREFIX, read=False)
+        return None if found is None else WriteKey(found.project, found.key_id)
+
+    def authenticate_read(self, project: str, key: str) -> ReadKey | None:
+        """The read key `key` if it reads `project`; None for an unknown key, a write key, or a
+        read key of another project."""
+        found = self._find(key, READ_KEY_PREFIX, read=True)
+        if found is None or not hmac.compare_digest(found.project.encode(), project.encode()):
+            return None
+        return ReadKey(found.project, found.key_id)
 
     def origin_allowed(self, origin: str, project: str | None = None) -> bool:
         """Whether a browser page at `origin` may post for `project` (any project when None).
@@ -123,10 +145,11 @@ class KeyStore:
         finally:
             os.close(fd)
 
-    def create(self, project: str, origins: tuple[str, ...] = ()) -> str:
-        """Issue a new write key for `project` (adding `origins` to the project's allowed origins);
-        the plaintext is returned once and never stored."""
-        key = KEY_PREFIX + secrets.token_urlsafe(24)
+    def create(self, project: str, origins: tuple[str, ...] = (), *, read: bool = False) -> str:
+        """Issue a new write key for `project` (adding `origins` to the project's allowed origins),
+        or with `read` a read key that reads `project`'s rows only; the plaintext is returned once
+        and never stored."""
+        key = (READ_KEY_PREFIX if read else KEY_PREFIX) + secrets.token_urlsafe(24)
         with self._locked():
             data = self._read()
             data["keys"].append(
@@ -134,6 +157,7 @@ class KeyStore:
                     "project": project,
                     "lookup": _lookup(key),
                     "digest": _digest(key),
+                    "scope": "read" if read else "write",
                     "created_at": datetime.now(UTC).isoformat(),
                 }
             )
@@ -154,4 +178,17 @@ def ensure_dev_key(store: KeyStore, data_dir: Path) -> str:
             return key
     key = store.create(DEFAULT_PROJECT, DEV_ORIGINS)
     replace_private(private_dir(data_dir) / DEV_KEY_FILE, key + "\n")
+    return key
+
+
+def ensure_dev_read_key(store: KeyStore, data_dir: Path) -> str:
+    """The development read key of the embedded default (reads project `default`), created on
+    first run and kept in `<data_dir>/dev-read-key` (0600), as the write key is."""
+    path = data_dir / DEV_READ_KEY_FILE
+    if path.exists():
+        key = path.read_text().strip()
+        if store.authenticate_read(DEFAULT_PROJECT, key) is not None:
+            return key
+    key = store.create(DEFAULT_PROJECT, read=True)
+    replace_private(private_dir(data_dir) / DEV_READ_KEY_FILE, key + "\n")
     return key

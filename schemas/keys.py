@@ -1,9 +1,11 @@
-"""The shape of a write key: what the ingest API issues and what logs and reports must not hold."""
+"""The shape of the keys the pipeline issues (write keys for the ingest API, read keys for
+analysts' ClickHouse clients): what logs and error reports must not hold."""
 
 from __future__ import annotations
 
 import re
 
 KEY_PREFIX = "cmk_"
-# A write key (or anything presented as one) in text: what logs and error reports must not hold.
-KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
+READ_KEY_PREFIX = "cmr_"
+# A key (or anything presented as one) in text: what logs and error reports must not hold.
+KEY_PATTERN = re.compile(r"cm[kr]_[A-Za-z0-9_-]+")

@@ -140,6 +140,11 @@ class StreamsSettings(CommonSettings):
 
 
 class SinkSettings(CommonSettings):
+    clickhouse_http_url: str = Field(
+        default="http://127.0.0.1:8123",
+        description="ClickHouse's HTTP interface over the embedded store, for clickhouse-connect, pandas, "
+        "Grafana, the JS client (user = project, password = read key); empty = off",
+    )
     sink_batch_rows: int = Field(default=50_000, gt=0)
     sink_flush_ms: int = Field(default=500, gt=0, description="Longest time a row waits for its insert")
     sink_metrics_port: int = Field(

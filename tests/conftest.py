@@ -216,6 +216,7 @@ def make_pipeline(kafka: KafkaBroker, tmp_path: Path) -> Pipeline:
         "COSNAP_TOPIC_PREFIX": topics.prefix,
         "COSNAP_INGEST_PORT": str(ingest_port),
         "COSNAP_QUERY_URL": f"http://127.0.0.1:{query_port}",
+        "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
         "COSNAP_STREAMS_METRICS_PORT": str(free_port()),
         "COSNAP_NOTIFY_METRICS_PORT": str(free_port()),
         "COSNAP_SINK_METRICS_PORT": str(free_port()),

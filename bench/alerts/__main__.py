@@ -88,6 +88,7 @@ def main() -> int:
         env = child_environment(settings) | {
             "COSNAP_INGEST_PORT": str(settings.ingest_port),
             "COSNAP_QUERY_URL": settings.query_url,
+            "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
             "COSNAP_RULES_FILE": str(bench.work / "rules.yaml"),
         }
         logs = bench.work / "logs"

@@ -87,6 +87,7 @@ class Services:
             "COSNAP_TOPIC_PREFIX": bench.topics.prefix,
             "COSNAP_INGEST_PORT": str(ingest_port),
             "COSNAP_QUERY_URL": self.query_url,
+            "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
             "COSNAP_STREAMS_METRICS_PORT": str(free_port()),
             "COSNAP_SINK_METRICS_PORT": str(free_port()),
             "COSNAP_NOTIFY_METRICS_PORT": str(free_port()),

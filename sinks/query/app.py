@@ -14,10 +14,11 @@ goes away is killed in the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +33,7 @@ __all__ = ["QueryRequest", "QueryResult", "create_query_app"]
 
 log = logging.getLogger("cosnap.sink.query")
 _POLL_S = 0.2  # how often a running read looks whether its client is still there
+T = TypeVar("T")
 
 
 class QueryRequest(BaseModel):
@@ -44,10 +46,11 @@ class QueryError(BaseModel):
     limit: str | None = None  # the ClickHouse setting a `limit` error went past
 
 
-async def _read(reader: Reader, request: Request, sql: str) -> QueryResult:
-    """Run the read on a worker thread; if the client goes away meanwhile, kill it."""
+async def read_while_connected(reader: Reader, request: Request, run: Callable[[str], T]) -> T:
+    """`run(ticket)` on a worker thread; if the client goes away meanwhile, kill the read that
+    carries the ticket."""
     ticket = new_ticket()
-    work = asyncio.ensure_future(run_in_threadpool(reader.run, sql, ticket))
+    work = asyncio.ensure_future(run_in_threadpool(run, ticket))
     while not work.done():
         await asyncio.wait({work}, timeout=_POLL_S)
         if not work.done() and await request.is_disconnected():
@@ -79,7 +82,7 @@ def create_query_app(reader: Reader, token: str, health: Callable[[], ServiceHea
         if not hmac.compare_digest(presented.encode(), token.encode()):
             return JSONResponse({"detail": "missing or wrong query token"}, status_code=401)
         try:
-            return await _read(reader, request, body.sql)
+            return await read_while_connected(reader, request, functools.partial(reader.run, body.sql))
         except QueryRefused as exc:
             return _error(403, str(exc), "refused")
         except ReadersBusy as exc:

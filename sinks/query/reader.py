@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from plumbing.clickhouse import connect
 from schemas.settings import CommonSettings
 from sinks.query.errors import QueryRefused, ReadCancelled, ReadersBusy, ReadFailed, ReadLimitHit
-from sinks.query.sql_guard import SqlGuard
+from sinks.query.sql_guard import SqlGuard, split_format
 
 log = logging.getLogger("cosnap.sink.reader")
 
@@ -118,6 +118,62 @@ class QueryResult(BaseModel):
     rows: list[list[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class RawRead:
+    """One read of the ClickHouse HTTP interface, answered in the engine's own output format.
+    `project` None reads every project (the query token); a project reads its own rows only."""
+
+    sql: str
+    output_format: str
+    project: str | None
+    database: str
+    params: dict[str, str]
+    settings: dict[str, str]  # the client's, from `CLIENT_SETTINGS` only
+
+
+@dataclass(frozen=True, slots=True)
+class RawResult:
+    output_format: str
+    body: bytes
+    rows_read: int
+    bytes_read: int
+    elapsed_s: float
+
+
+# Settings a client of the HTTP interface may set for its read: how results are written and
+# read back, never what the session may do. Set before the session's limits and `readonly`.
+CLIENT_SETTING_PREFIXES = ("output_format_", "input_format_", "format_", "date_time_")
+CLIENT_SETTINGS = frozenset(
+    {
+        "session_timezone", "join_use_nulls", "extremes", "max_block_size", "totals_mode",
+        "use_client_time_zone", "enable_http_compression", "http_zlib_compression_level",
+        "wait_end_of_query", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+        "cast_keep_nullable", "enable_analyzer", "aggregate_functions_null_for_empty", "log_comment",
+    }
+)  # fmt: skip
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_ENGINE_ERROR = re.compile(
+    r"Code: (\d+)\. DB::Exception: (.*?)(?: \((\w+)\))?(?: \(version [^)]*\))?\.?\s*$", re.S
+)
+
+
+def _quote(value: str) -> str:
+    """`value` as a ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _identifier(name: str) -> str:
+    """`name` if it is a plain identifier (a database or setting name), else ReadFailed."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ReadFailed(f"not a plain name: {name[:64]!r}", "BAD_ARGUMENTS", 36)
+    return name
+
+
+def client_setting(name: str) -> bool:
+    """Whether a client of the HTTP interface may set `name` on its read."""
+    return name in CLIENT_SETTINGS or name.startswith(CLIENT_SETTING_PREFIXES)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal | UUID):
         return str(value)
@@ -150,6 +206,7 @@ class Reader:
             listed = self._engine.query("SELECT name FROM system.table_functions", "TabSeparated")
             table_functions = listed.bytes().decode().split()
         self.guard = SqlGuard(table_functions)
+        self._project_tables = self._tables_with_projects()
         self._url = url
         self._idle: queue.SimpleQueue[Client] = queue.SimpleQueue()
         self._sessions: list[Client] = []
@@ -208,7 +265,7 @@ class Reader:
             result = session.query(f"/* {_TICKET}{ticket or new_ticket()} */ {statement}")
         except DatabaseError as exc:
             session = self._sound(session)
-            raise self._read_error(exc) from None
+            raise self._read_error(exc.name or "UNKNOWN", exc.code, scrub_error_details(str(exc))) from None
         finally:
             self._idle.put(session)
         return QueryResult(
@@ -216,6 +273,89 @@ class Reader:
             types=[t.name for t in result.column_types],
             rows=[[_jsonable(v) for v in row] for row in result.result_rows],
         )
+
+    def _tables_with_projects(self) -> list[str]:
+        """`database.table` of every table with a `project` column (chDB): a read key's session
+        reads only its project's rows of each."""
+        if self._engine is None:
+            return []
+        listed = self._engine.query(
+            "SELECT DISTINCT database || '.' || table FROM system.columns WHERE name = 'project' "
+            "AND database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA')",
+            "TabSeparated",
+        )
+        return sorted(listed.bytes().decode().split())
+
+    def _raw_session(self, read: RawRead) -> Any:
+        """A new session on the engine for one read: the client's settings, then the limits,
+        the project's row filters, and `readonly = 1` last, after which nothing can change them
+        (neither `SET` nor a `SETTINGS` clause; docs/findings.md). A session costs ~3 ms."""
+        import chdb
+
+        session = chdb.connect(os.path.realpath(urlparse(self._url).path))  # type: ignore[no-untyped-call]
+        try:
+            if read.database:
+                session.query(f"USE {_identifier(read.database)}")
+            settings = {key: _quote(value) for key, value in read.settings.items()}
+            if read.project is not None:
+                filters = ", ".join(
+                    f"{_quote(table)}: {_quote('project = ' + _quote(read.project))}"
+                    for table in self._project_tables
+                )
+                settings["additional_table_filters"] = "{" + filters + "}"
+            settings |= {key: _quote(value) for key, value in self.limits.settings().items()}  # readonly last
+            for key, literal in settings.items():
+                session.query(f"SET {_identifier(key)} = {literal}")
+        except Exception:
+            session.close()
+            raise
+        return session
+
+    def run_raw(self, read: RawRead, ticket: str) -> RawResult:
+        """Run one read of the ClickHouse HTTP interface (chDB only) in a session of its own,
+        taking one of the `max_concurrent` read slots; the errors of `run`."""
+        if self._engine is None:
+            raise ReadFailed(
+                "the ClickHouse HTTP interface serves the embedded store only", "NOT_IMPLEMENTED"
+            )
+        unformatted, named_format = split_format(read.sql)
+        output_format = named_format or read.output_format
+        statement = self.check(unformatted)
+        try:
+            slot = self._idle.get_nowait()
+        except queue.Empty:
+            raise ReadersBusy(
+                f"all {self.limits.max_concurrent} read sessions are busy (COSNAP_QUERY_MAX_CONCURRENT); "
+                "retry shortly"
+            ) from None
+        try:
+            try:
+                session = self._raw_session(read)
+            except ReadFailed:
+                raise
+            except Exception as exc:
+                raise self._engine_error(exc) from None
+            try:
+                result = session.query(
+                    f"/* {_TICKET}{ticket} */ {statement}", output_format, params=read.params or None
+                )
+            except Exception as exc:
+                raise self._engine_error(exc) from None
+            finally:
+                session.close()
+        finally:
+            self._idle.put(slot)
+        return RawResult(
+            output_format, result.bytes(), result.rows_read(), result.bytes_read(), result.elapsed()
+        )
+
+    def _engine_error(self, exc: Exception) -> ReadFailed:
+        """The error of a failed chDB call, as `run` reports engine errors."""
+        text = str(exc)
+        match = _ENGINE_ERROR.match(text.strip())
+        if match is None:
+            return self._read_error("UNKNOWN", None, text)
+        return self._read_error(match.group(3) or "UNKNOWN", match.group(1), text.strip())
 
     def cancel(self, ticket: str) -> None:
         """Stop the read carrying `ticket`, if it runs (chDB; a server stops a read whose HTTP
@@ -228,19 +368,21 @@ class Reader:
             params={"prefix": f"/* {_TICKET}{ticket} */"},
         )
 
-    def _read_error(self, exc: DatabaseError) -> ReadFailed:
-        name, code, text = exc.name or "UNKNOWN", exc.code, scrub_error_details(str(exc))
-        log.info("read failed: %s (code %s)", name, code)
+    def _read_error(self, name: str, engine_code: int | str | None, text: str) -> ReadFailed:
+        log.info("read failed: %s (code %s)", name, engine_code)
+        code = int(str(engine_code)) if str(engine_code).isdigit() else 1002
         if name == "QUERY_WAS_CANCELLED":
             return ReadCancelled("the read was cancelled (its client went away)")
         limit = _limit_of(name, text)
         if limit is not None:
-            return ReadLimitHit(f"the read went past {self.limits.describe(limit)}", limit)
+            return ReadLimitHit(f"the read went past {self.limits.describe(limit)}", limit, name, code)
         if name in _DESCRIBES_THE_QUERY:
-            return ReadFailed(text)
+            return ReadFailed(text, name, code)
         return ReadFailed(
             f"the engine failed the read: {name} (code {code}); its message is withheld because it can "
-            "quote the data the engine read"
+            "quote the data the engine read",
+            name,
+            code,
         )
 
     def close(self) -> None:

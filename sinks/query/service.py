@@ -14,12 +14,15 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 import uvicorn
+from fastapi import FastAPI
 
+from plumbing.keys import KeyStore
 from plumbing.metrics_route import add_metrics_route
 from plumbing.private_files import create_private, private_dir, replace_private
 from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
 from sinks.query.app import create_query_app
+from sinks.query.clickhouse_http import create_clickhouse_http_app
 from sinks.query.dashboard import create_dashboard_router
 from sinks.query.host_check import LOOPBACK_HOSTS, HostCheck
 from sinks.query.reader import Reader, read_limits
@@ -46,15 +49,8 @@ def query_token(settings: SinkSettings) -> str:
     return new
 
 
-def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHealth]) -> uvicorn.Server:
-    """Serve `/v1/query`, `/dashboard`, `/health` (the sink's report, from `health`) and
-    `/metrics` on `settings.query_url`, from a daemon thread; set `should_exit` to stop."""
-    reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
-    app = create_query_app(reader, query_token(settings), health)
-    where = urlparse(settings.query_url)
-    app.include_router(create_dashboard_router(reader, where.hostname))
-    app.add_middleware(HostCheck, allowed_hosts={*LOOPBACK_HOSTS, where.hostname or ""}, paths=["/v1/query"])
-    add_metrics_route(app)
+def _serve(app: FastAPI, url: str, name: str) -> uvicorn.Server:
+    where = urlparse(url)
     config = uvicorn.Config(
         app,
         host=where.hostname or "127.0.0.1",
@@ -63,5 +59,24 @@ def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHeal
         log_config=None,  # uvicorn's records go to the root logger's handler, as JSON
     )
     server = uvicorn.Server(config)
-    threading.Thread(target=server.run, name="query-service", daemon=True).start()
+    threading.Thread(target=server.run, name=name, daemon=True).start()
     return server
+
+
+def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHealth]) -> list[uvicorn.Server]:
+    """Serve `/v1/query`, `/dashboard`, `/health` (the sink's report, from `health`) and
+    `/metrics` on `settings.query_url`, and ClickHouse's HTTP interface on
+    `settings.clickhouse_http_url` (unless empty), from daemon threads; set each server's
+    `should_exit` to stop."""
+    reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
+    token = query_token(settings)
+    app = create_query_app(reader, token, health)
+    host = urlparse(settings.query_url).hostname
+    app.include_router(create_dashboard_router(reader, host))
+    app.add_middleware(HostCheck, allowed_hosts={*LOOPBACK_HOSTS, host or ""}, paths=["/v1/query"])
+    add_metrics_route(app)
+    servers = [_serve(app, settings.query_url, "query-service")]
+    if settings.clickhouse_http_url:
+        clickhouse = create_clickhouse_http_app(reader, KeyStore(settings.keys_file), token)
+        servers.append(_serve(clickhouse, settings.clickhouse_http_url, "clickhouse-http"))
+    return servers

@@ -204,6 +204,26 @@ def _check_statement(tokens: list[Token]) -> None:
         )
 
 
+def split_format(sql: str) -> tuple[str, str | None]:
+    """`sql` without a trailing `FORMAT <name>` clause (and `;`), and the name; the clause the
+    ClickHouse HTTP interface's clients append to choose how results come back. The guard still
+    refuses a FORMAT clause anywhere else."""
+    tokens = [t for t in tokenize(sql) if t.significant]
+    if tokens and tokens[-1].kind is Kind.SEMICOLON:
+        tokens = tokens[:-1]
+    if len(tokens) < 3:
+        return sql, None
+    before, keyword, name = tokens[-3:]
+    if (
+        keyword.kind is Kind.WORD
+        and keyword.text.upper() == "FORMAT"
+        and name.kind is Kind.WORD
+        and before.text.upper() != "AS"
+    ):
+        return sql[: keyword.start], name.text
+    return sql, None
+
+
 GUARD = SqlGuard()
 
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
+import clickhouse_connect
 import httpx
 import pytest
 
@@ -85,6 +87,7 @@ def test_run_serves_curl_and_query_then_stops_everything(tmp_path: Path) -> None
         "COSNAP_KAFKA_CONTROLLER_PORT": str(free_port()),
         "COSNAP_INGEST_PORT": str(ingest_port),
         "COSNAP_QUERY_URL": f"http://127.0.0.1:{free_port()}",
+        "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
     }
     runner, write_key = _start(env, tmp_path / "run.log")
     try:
@@ -107,6 +110,13 @@ def test_run_serves_curl_and_query_then_stops_everything(tmp_path: Path) -> None
             timeout=60,
         )
         assert refused.returncode == 2 and "read statements" in refused.stderr
+        # The development read key reads the store through ClickHouse's HTTP interface.
+        read_key = (data_dir / "dev-read-key").read_text().strip()
+        where = urlparse(env["COSNAP_CLICKHOUSE_HTTP_URL"])
+        client = clickhouse_connect.get_client(
+            host=where.hostname, port=where.port, username="default", password=read_key
+        )
+        assert client.query("SELECT count() FROM metrics.events").result_rows == [(1,)]
     finally:
         _interrupt(runner)
 

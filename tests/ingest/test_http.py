@@ -51,6 +51,16 @@ def test_cors_is_per_project_origin_and_never_a_wildcard(served: ServedIngest) -
     assert "not allowed" in other.json()["detail"]
 
 
+def test_a_read_key_posts_nothing(served: ServedIngest) -> None:
+    read_key = KeyStore(served.data_dir / "write-keys.json").create("cosnap-test", read=True)
+    served.start()
+    refused = httpx.post(
+        f"{served.ingest_url}/v1/events", json=REVENUE, headers={"Authorization": f"Bearer {read_key}"}
+    )
+    assert refused.status_code == 401
+    assert served.producer.records == []
+
+
 def test_rate_limit_answers_429_with_retry_after(served: ServedIngest) -> None:
     pipeline = served
     pipeline.settings |= {"rate_limit_events_per_s": 10, "rate_limit_burst": 20}
