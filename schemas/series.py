@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.event_types import EVENT_KINDS
 from schemas.events import EventType, TagKey
 
 OVERFLOW = "__overflow__"
@@ -25,8 +26,9 @@ MAX_NAMES = 10_000  # distinct names per project and event type
 
 
 def overflow_name(kind: str) -> str:
-    """The name that the events of a type's names beyond the cap are counted under."""
-    return f"{OVERFLOW}:{OVERFLOW}" if kind == "conversion" else OVERFLOW
+    """The name that the events of a type's names beyond the cap are counted under: `__overflow__`
+    for each of the fields that name its series, so that it keeps their form."""
+    return ":".join([OVERFLOW] * len(EVENT_KINDS[kind].name))
 
 
 class DimensionRule(BaseModel):

@@ -185,17 +185,14 @@ def _fixed_by(series: Series) -> tuple[dict[str, str | None], dict[str, str | No
     """The match fields and tags equal for every event of a series: its name and built-in
     dimensions, the fields its type lacks (None), and its tag dimensions unless overflowed."""
     project, kind, name, currency, dims = series.key
+    spec = series.spec
     values = dict(dims)
     fields: dict[str, str | None] = dict.fromkeys(set(MATCH_FIELDS) - _FIELDS_OF[kind])
-    if kind == "performance":
-        fields |= {"metric": name, "unit": values.get("unit")}
-    elif kind == "feature":
-        fields |= {"feature": name, "action": values.get("action")}
-    elif kind == "revenue":
-        fields |= {"name": name, "currency": currency}
-    else:
-        funnel, step = name.split(":", 1)
-        fields |= {"funnel": funnel, "step": step}
+    fields.update(zip(spec.name, name.split(":", len(spec.name) - 1), strict=True))
+    if spec.dimension is not None:
+        fields[spec.dimension] = values.get(spec.dimension)
+    if spec.currency is not None:
+        fields[spec.currency] = currency
     tags = {tag: values.get(tag) for tag in series.dimensions if values.get(tag) != OVERFLOW}
     return fields, tags
 

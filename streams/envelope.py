@@ -6,7 +6,10 @@ skips every other field without building a string for it (faster than `orjson.lo
 dicts: BENCHMARKS.md, docs/findings.md), and the hot loops read attributes instead of
 looking up dict keys. Structs are exempt from the cyclic garbage collector (they hold no
 cycles). A dead-letter record needs an event whole, with its request id: `raw_events` decodes
-the record again for those (late events are rare).
+the record again for those (refused events are rare).
+
+Each struct holds at least the fields the table of event types (schemas/event_types.py) names for
+its type; tests/schemas/test_event_types.py checks that they agree.
 """
 
 from __future__ import annotations

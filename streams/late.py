@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from streams.envelope import Event, Performance, Revenue
+from streams.envelope import Event
 from streams.series import Series
 from streams.sketch import bin_of
 from streams.windows import decimal_nanos, decimal_text, iso, nanos
@@ -47,13 +47,14 @@ def late_record(
             "timestamp": event.timestamp,
             "received_at": event.received_at or None,
         }
-        if isinstance(event, Performance):
-            item["value"] = decimal_text(nanos(event.value))
-            item["bin"] = bin_of(event.value)
-        elif isinstance(event, Revenue):
-            item["value"] = decimal_text(decimal_nanos(event.amount))
-        else:
+        spec = found.spec
+        if spec.value is None:
             item["value"] = "1"
+        else:
+            value = getattr(event, spec.value)
+            item["value"] = decimal_text(decimal_nanos(value) if spec.exact else nanos(value))
+            if spec.sketched:
+                item["bin"] = bin_of(value)
         events.append(item)
     return orjson.dumps(
         {

@@ -1,8 +1,9 @@
 """From an event (a msgspec struct of an envelope, streams.envelope.Event) to its series.
 
-A series is (project, type, name, currency, dims): `name` is the revenue name, the metric, the
-feature or `funnel:step`; `dims` holds the built-in dimensions (`action`, `unit`) and the tags
-the series config names, each dimension capped in distinct values, and each (project, type)
+A series is (project, type, name, currency, dims), made of an event's fields as the table of event
+types says (schemas/event_types.py): `name` is the revenue name, the metric, the feature or
+`funnel:step`; `dims` holds the built-in dimensions (`action`, `unit`) and the tags the series
+config names, each dimension capped in distinct values, and each (project, type)
 capped in distinct names (see schemas/series.py).
 
 Resolving runs for every event, so it is a lookup: the resolver remembers, per (project, type,
@@ -27,8 +28,9 @@ from typing import Any
 
 import orjson
 
+from schemas.event_types import EVENT_KINDS, EventKind
 from schemas.series import MAX_NAMES, OVERFLOW, SeriesConfig, overflow_name
-from streams.envelope import Conversion, Event, Feature, Performance, Revenue
+from streams.envelope import EVENT_TYPES, Conversion, Event, WireEvent
 
 Dims = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, str, str, str, Dims]  # project, type, name, currency, dims
@@ -36,6 +38,17 @@ _MAX_VALUE_COMBINATIONS = 10_000  # per name: raw tag values remembered; a runaw
 # Names over the cap reported (dead-lettered) per project and type; later ones are only counted.
 REPORTED_NAMES = 100
 _CONVERSION_OVERFLOW = overflow_name("conversion")
+
+
+def _index_key(kind: EventKind) -> tuple[str, str, str]:
+    first, second = kind.key
+    return kind.type, first, second
+
+
+# Per event struct: its type and the two fields whose values find its name in the resolver's index.
+_INDEX_KEYS: dict[type[WireEvent], tuple[str, str, str]] = {
+    struct: _index_key(EVENT_KINDS[struct.kind]) for struct in EVENT_TYPES
+}
 
 
 def series_id(key: SeriesKey) -> str:
@@ -54,6 +67,7 @@ class Series:
     id: str
     dimensions: tuple[str, ...]  # the tags that are dimensions of its name (present in `key` or not)
     kind: str = field(init=False)
+    spec: EventKind = field(init=False)  # its type's entry in the table of event types
     step: tuple[str, str] | None = field(init=False)  # conversion: its key in `step_index`
     head: bytes = field(init=False)  # its final records' unchanging fields, as JSON (see `_head`)
     # The alert rules' plans for its events (streams/alerts.py), set by the engine of the
@@ -62,6 +76,7 @@ class Series:
 
     def __post_init__(self) -> None:
         self.kind = self.key[1]
+        self.spec = EVENT_KINDS[self.kind]
         funnel_step = self.kind == "conversion" and self.key[2] != _CONVERSION_OVERFLOW
         self.step = (self.key[0], self.key[2]) if funnel_step else None  # overflow: steps of any funnel
         self.head = _head(self.key, self.id)
@@ -149,16 +164,9 @@ class SeriesResolver:
 
     def resolve(self, project: str, event: Event) -> Series:
         """The event's series."""
+        kind, first, second = _INDEX_KEYS[type(event)]
         try:
-            kinds = self._index[project]
-            if isinstance(event, Performance):  # the most frequent type first
-                name = kinds["performance"][event.metric][event.unit]
-            elif isinstance(event, Feature):
-                name = kinds["feature"][event.feature][event.action]
-            elif isinstance(event, Revenue):
-                name = kinds["revenue"][event.name][event.currency]
-            else:
-                name = kinds["conversion"][event.funnel][event.step]
+            name = self._index[project][kind][getattr(event, first)][getattr(event, second)]
         except KeyError:
             name = self._name(project, event)
         tags = event.tags
@@ -190,23 +198,17 @@ class SeriesResolver:
         """The name of an event the index did not know: a name or built-in value not seen
         before (admitted or capped now), or one over a cap."""
         kind = event.kind
-        builtin = ""
-        if isinstance(event, Performance):
-            name, extra, builtin = event.metric, event.unit, "unit"
-        elif isinstance(event, Feature):
-            name, extra, builtin = event.feature, event.action, "action"
-        elif isinstance(event, Revenue):
-            name, extra = event.name, event.currency
-        else:
-            name, extra = f"{event.funnel}:{event.step}", event.step
-        lookup = event.funnel if isinstance(event, Conversion) else name
+        spec = EVENT_KINDS[kind]
+        name: str = ":".join([getattr(event, field) for field in spec.name])
+        lookup: str = getattr(event, spec.key[0])
+        extra: str = getattr(event, spec.key[1])
         overflow = not self._admit(project, kind, name)
         if overflow:
             self._count_overflow(project, kind, name, event)
             name = lookup = overflow_name(kind)
-            if kind == "conversion":
+            if spec.split is None:
                 extra = OVERFLOW
-        if kind != "conversion":  # a conversion's step is part of its name
+        if spec.split is not None:  # else `extra` is part of the name (a conversion's step)
             extra = self._capped_extra(project, kind, name, extra)
         key = (project, kind, lookup, extra)
         found = self._names.get(key)
@@ -216,8 +218,8 @@ class SeriesResolver:
                 project,
                 kind,
                 name,
-                extra if kind == "revenue" else "",
-                ((builtin, extra),) if builtin else (),
+                extra if spec.currency else "",
+                ((spec.dimension, extra),) if spec.dimension else (),
                 tags,
                 tag_values(tags),
                 overflow=overflow,
@@ -371,11 +373,7 @@ class SeriesResolver:
         for project, kind, name, currency, dims in self._by_key:
             if name != overflow_name(kind):
                 self._admitted.setdefault((project, kind), set()).add(name)
-            if kind != "conversion":
-                extra = (
-                    currency
-                    if kind == "revenue"
-                    else dict(dims).get("unit" if kind == "performance" else "action")
-                )
-                if extra is not None:
-                    self._capped_extra(project, kind, name, extra)
+            spec = EVENT_KINDS[kind]
+            extra = currency if spec.currency else dict(dims).get(spec.dimension) if spec.dimension else None
+            if extra is not None:
+                self._capped_extra(project, kind, name, extra)

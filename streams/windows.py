@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import repeat
-from operator import truediv
+from operator import attrgetter, truediv
 from typing import Any, cast
 
 import orjson
 
 from schemas.numbers import STORE_INTEGER_DIGITS, STORE_SCALE
 from schemas.records import GRANULARITY_SECONDS, Granularity
-from streams.envelope import Envelope, Event, Performance, Revenue
+from streams.envelope import Envelope, Event
 from streams.series import Series, SeriesKey, SeriesResolver
 from streams.sketch import DDSketch
 from streams.watermark import Watermark
@@ -55,7 +55,7 @@ _MIN_SERIES_KEPT = 100_000  # series objects held before forgetting those withou
 DEDUP_HOLD_S = 60
 MAX_VALUE = 1e15  # |performance value|: the ingest's bound, which keeps window sums storable
 
-Point = float | Decimal | int  # a value as min/max keep it: performance float, revenue Decimal, else 1
+Point = float | Decimal | int  # a value as min/max keep it: a float measurement, an exact Decimal, else 1
 Nanos = int | Decimal  # an exact sum in billionths: an int, a Decimal only past nine decimals
 
 
@@ -122,26 +122,26 @@ class Batch:
     nanos: Nanos
     low: Point
     high: Point
-    points: list[float] | list[Decimal] | None  # performance values, revenue amounts; else None
+    points: list[float] | list[Decimal] | None  # the events' values (None: each counts 1)
 
     @classmethod
     def of(cls, series: Series, start: int, events: list[Event]) -> Batch:
-        kind = series.kind
-        if kind == "performance":
-            values = [event.value for event in cast(list[Performance], events)]
-            low, high = min(values), max(values)
-            return cls(series, start, events, sum_nanos(values, low, high), low, high, values)
-        if kind == "revenue":
-            amounts = [event.amount for event in cast(list[Revenue], events)]
+        spec = series.spec
+        if spec.value is None:
+            return cls(series, start, events, NANOS * len(events), 1, 1, None)  # each counts 1
+        if spec.exact:
+            amounts: list[Decimal] = list(map(attrgetter(spec.value), events))
             total = sum(map(decimal_nanos, amounts))
             return cls(series, start, events, total, min(amounts), max(amounts), amounts)
-        return cls(series, start, events, NANOS * len(events), 1, 1, None)  # each counts 1
+        values: list[float] = list(map(attrgetter(spec.value), events))
+        low, high = min(values), max(values)
+        return cls(series, start, events, sum_nanos(values, low, high), low, high, values)
 
     def floats(self) -> list[float]:
         """The values as a sketch takes them."""
         if self.points is None:
             return [1.0] * len(self.events)
-        if self.series.kind == "revenue":
+        if self.series.spec.exact:
             return [float(point) for point in self.points]
         return cast(list[float], self.points)
 
@@ -420,7 +420,7 @@ class EventTimeWindows:
                     continue
                 acc = pane.get(series)
                 if acc is None:
-                    pane[series] = Accumulator.of_batch(batch, series.kind == "performance")
+                    pane[series] = Accumulator.of_batch(batch, series.spec.sketched)
                 else:
                     acc.add_batch(batch)
                 if series.step is not None:
@@ -439,32 +439,32 @@ class EventTimeWindows:
         self, series: Series, start: int, events: list[Event], refused: list[tuple[Event, str]]
     ) -> Batch | None:
         """The batch of `events` without those whose value no window column could hold (added
-        to `refused`, and forgotten as seen): None when none is left. Performance values are
-        judged from the batch's bounds; revenue amounts one by one (a rarer type)."""
-        kind = series.kind
+        to `refused`, and forgotten as seen): None when none is left. Float measurements are
+        judged from the batch's bounds; exact decimals (amounts) one by one (a rarer type)."""
+        spec = series.spec
         try:
             batch = Batch.of(series, start, events)
         except ArithmeticError:  # an infinite value, or an exponent no sum can take
             batch = None
-        if kind == "feature" or kind == "conversion":
+        if spec.value is None:
             return batch
         if (
             batch is not None
-            and kind == "performance"
+            and not spec.exact
             and cast(float, batch.low) >= -MAX_VALUE
             and cast(float, batch.high) <= MAX_VALUE
         ):
             return batch
+        value_of = attrgetter(spec.value)
         kept: list[Event] = []
         for event in events:
-            if isinstance(event, Performance):
-                problem = (
-                    None
-                    if -MAX_VALUE <= event.value <= MAX_VALUE
-                    else f"value {event.value!r} is beyond ±1e15"
-                )
+            value = value_of(event)
+            if spec.exact:
+                problem = amount_problem(value)
+            elif -MAX_VALUE <= value <= MAX_VALUE:
+                problem = None
             else:
-                problem = amount_problem(cast(Revenue, event).amount)
+                problem = f"{spec.value} {value!r} is beyond ±1e15"
             if problem is None:
                 kept.append(event)
             else:

@@ -7,10 +7,15 @@ from typing import Any
 
 import orjson
 
+from schemas.event_types import EVENT_KINDS
+
+# The fields every event has, then those of each type (as the table of event types lists them:
+# revenue's name, amount and currency, ...), then where it came from.
 EVENT_COLUMNS = [
     "event_id", "project", "type", "timestamp", "received_at", "user_id", "anonymous_id", "session_id",
-    "source", "environment", "release", "name", "amount", "currency", "funnel", "step", "step_index",
-    "feature", "action", "metric", "value", "unit", "tags", "request_id", "kafka_partition", "kafka_offset",
+    "source", "environment", "release",
+    *dict.fromkeys(field for kind in EVENT_KINDS.values() for field in kind.fields),
+    "tags", "request_id", "kafka_partition", "kafka_offset",
 ]  # fmt: skip
 
 AGGREGATE_COLUMNS = [
