@@ -49,7 +49,8 @@ from streams.checkpoint import (
     read_published_alerts,
     read_records,
 )
-from streams.envelope import Envelope, Event, decode, raw_events
+from streams.envelope import EnvelopeView as Envelope
+from streams.envelope import Event, decode, raw_events
 from streams.late import late_record
 from streams.metrics import (
     CHECKPOINT_SECONDS,

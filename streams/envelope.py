@@ -72,15 +72,17 @@ Event = Performance | Feature | Conversion | Revenue
 EVENT_TYPES: tuple[type[WireEvent], ...] = (Performance, Feature, Conversion, Revenue)
 
 
-class Envelope(msgspec.Struct, gc=False):
+class EnvelopeView(msgspec.Struct, gc=False):
+    """An events record as the worker reads it (the record itself is schemas.records.Envelope)."""
+
     project: str
     events: list[Event]
 
 
-_decoder = msgspec.json.Decoder(Envelope)
+_decoder = msgspec.json.Decoder(EnvelopeView)
 
 
-def decode(value: bytes) -> Envelope:
+def decode(value: bytes) -> EnvelopeView:
     """The envelope of an events record; raises msgspec.DecodeError for one the ingest would
     never write."""
     return _decoder.decode(value)

@@ -34,7 +34,7 @@ import orjson
 
 from schemas.numbers import STORE_INTEGER_DIGITS, STORE_SCALE
 from schemas.records import GRANULARITY_SECONDS, Granularity
-from streams.envelope import Envelope, Event
+from streams.envelope import EnvelopeView, Event
 from streams.series import Series, SeriesKey, SeriesResolver
 from streams.sketch import DDSketch
 from streams.watermark import Watermark
@@ -333,7 +333,7 @@ class EventTimeWindows:
         """Windows whose end + grace is at or before the watermark are closed."""
         return self._watermark.current - self._grace
 
-    def add_envelope(self, partition: int, envelope: Envelope, now: float, offset: int = 0) -> Folded:
+    def add_envelope(self, partition: int, envelope: EnvelopeView, now: float, offset: int = 0) -> Folded:
         """Fold a record's events (at `offset` of events partition `partition`) into their panes:
         first grouped by pane and series, then each group at once (its sums, min and max are
         computed in C over its values). Returns a `Folded`: the batches folded (the alert rules
@@ -501,7 +501,7 @@ class EventTimeWindows:
             self._held_from[start] = offset
         return held
 
-    def remember(self, envelope: Envelope, offset: int) -> None:
+    def remember(self, envelope: EnvelopeView, offset: int) -> None:
         """Hold the ids of a record folded before the checkpoint this worker resumed from (the
         records from `held_from` on, read again after a restart), without folding it again."""
         oldest = self._oldest_open_pane()

@@ -19,7 +19,7 @@ from cosnap_metrics.cli import main
 from schemas.rules import DEFAULT_RULES, RuleFile, RulesError, load_rules
 from schemas.series import DEFAULT_SERIES
 from streams.alerts import MAX_GROUPS, AlertEngine, fingerprint
-from streams.envelope import Envelope, decode
+from streams.envelope import EnvelopeView, decode
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
@@ -47,13 +47,13 @@ def payment_failure(seconds: float) -> dict[str, Any]:
     return perf(seconds, "payment.latency", category="payment", status="failed")
 
 
-def envelope(*events: dict[str, Any], project: str = "cosnap") -> Envelope:
+def envelope(*events: dict[str, Any], project: str = "cosnap") -> EnvelopeView:
     """An envelope of `events`, each with an event_id of its own unless it names one."""
     events = tuple({"event_id": uuid.uuid4().hex} | event for event in events)
     return decode(orjson.dumps({"project": project, "events": list(events)}))
 
 
-def fold(engine: AlertEngine, record: Envelope, now: float) -> list[dict[str, Any]]:
+def fold(engine: AlertEngine, record: EnvelopeView, now: float) -> list[dict[str, Any]]:
     """The engine's changes for a record, its events batched by windows as the worker batches
     them (with no grace limit: no event is late here)."""
     windows = EventTimeWindows(

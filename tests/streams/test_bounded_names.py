@@ -22,7 +22,7 @@ from schemas.records import WindowAggregate
 from schemas.series import DEFAULT_SERIES, OVERFLOW, SeriesConfig, overflow_name
 from schemas.settings import StreamsSettings
 from streams.checkpoint import Checkpoint, decode, encode
-from streams.envelope import Envelope
+from streams.envelope import EnvelopeView
 from streams.envelope import decode as decode_envelope
 from streams.series import REPORTED_NAMES, SeriesResolver
 from streams.watermark import Watermark
@@ -36,7 +36,7 @@ def at(seconds: float) -> str:
     return (T0 + timedelta(seconds=seconds)).isoformat()
 
 
-def envelope(*events: dict[str, Any], project: str = "p") -> Envelope:
+def envelope(*events: dict[str, Any], project: str = "p") -> EnvelopeView:
     return decode_envelope(orjson.dumps({"project": project, "events": list(events)}))
 
 

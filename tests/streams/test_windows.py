@@ -14,7 +14,7 @@ import streams.windows
 from schemas.records import WindowAggregate
 from schemas.series import DEFAULT_SERIES, OVERFLOW, DimensionRule, SeriesConfig
 from streams.checkpoint import Checkpoint, decode, encode
-from streams.envelope import Envelope
+from streams.envelope import EnvelopeView
 from streams.envelope import decode as decode_envelope
 from streams.series import SeriesResolver, series_id
 from streams.sketch import DDSketch
@@ -25,7 +25,7 @@ T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 START = int(T0.timestamp())
 
 
-def envelope(*events: dict[str, Any], project: str = "p") -> Envelope:
+def envelope(*events: dict[str, Any], project: str = "p") -> EnvelopeView:
     """An envelope of `events`, each with an event_id of its own unless it names one."""
     events = tuple({"event_id": uuid.uuid4().hex} | event for event in events)
     return decode_envelope(orjson.dumps({"project": project, "events": list(events)}))
