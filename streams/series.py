@@ -95,8 +95,8 @@ TagValues = Callable[[dict[str, str]], tuple[str | None, ...]]
 
 def tag_values(keys: tuple[str, ...]) -> TagValues:
     """A function giving the values of `keys` in a tags dict, None where absent. It runs for
-    every tagged event: written out for up to four keys, it costs a third of the general
-    `tuple(map(tags.get, keys))` (measured, BENCHMARKS.md)."""
+    every tagged event: written out for up to four keys, it is cheaper than the general
+    `tuple(map(tags.get, keys))` (measured, see BENCHMARKS.md)."""
     match keys:
         case (a,):
             return lambda tags: (tags.get(a),)

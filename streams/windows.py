@@ -301,7 +301,7 @@ Closed = list[tuple[Series, int, Accumulator]]  # (series, window start, accumul
 class EventTimeWindows:
     """Open windows of every granularity for the partitions a worker owns.
 
-    `add_envelope` is called for every record and returns the events too late for their pane;
+    `add_envelope` is called for every record and returns what it did with its events (`Folded`);
     `close_ready` is called on a timer and returns every window (of any granularity) the
     watermark closed, each exactly once.
     """
