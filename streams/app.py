@@ -19,13 +19,13 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 import msgspec
 import orjson
+from faust.types import Message
 
 import streams.windows
 from plumbing.kafka import AckedProducer
@@ -42,13 +42,8 @@ from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
 from schemas.topics import MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
-from streams.checkpoint import (
-    Checkpoint,
-    encode,
-    load_latest,
-    read_published_alerts,
-    read_records,
-)
+from streams.checkpoint import KafkaCheckpoints
+from streams.checkpointing import Checkpointer, Restorer
 from streams.envelope import EnvelopeView as Envelope
 from streams.envelope import Event, decode, raw_events
 from streams.late import late_record
@@ -61,6 +56,7 @@ from streams.metrics import (
     count_overflow,
     events_folded,
 )
+from streams.partitions import EventsMessage, Partitions, PartitionState
 from streams.publishing import AlertPublisher, LatePublisher, WindowPublisher
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
@@ -68,24 +64,6 @@ from streams.windows import EventTimeWindows
 
 log = logging.getLogger("cosnap.streams")
 GC_YOUNG_THRESHOLD = 50_000
-
-
-@dataclass
-class PartitionState:
-    """The windows of one events partition, and the records folded in since the last checkpoint."""
-
-    windows: EventTimeWindows
-    alerts: AlertEngine
-    next_offset: int = 0  # the first offset not folded into `windows`
-    unacked: list[Any] = field(default_factory=list)  # Faust messages to ack after the next checkpoint
-    # Late records (streams/late.py) of the records folded so far: they go out after the next
-    # checkpoint, which holds them until Kafka has them.
-    late_outbox: list[bytes] = field(default_factory=list)
-    checkpointed_at: float = 0.0
-    # Held while a record is folded in and the alert changes it caused are published, and while
-    # a snapshot is taken: a checkpoint never holds half a record, nor an alert state whose
-    # record Kafka has not acknowledged.
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class FaustSender:
@@ -140,15 +118,12 @@ def create_app(settings: StreamsSettings) -> faust.App:
     sender = FaustSender(app)
     alert_publisher = AlertPublisher(sender, topics.alerts)
     window_publisher = WindowPublisher(emitter, topics.aggregates)
-    late_publisher = LatePublisher(sender, topics.late)
     rules = load_rules(settings.rules_file)
     compiled = not str(streams.windows.__file__).endswith(".py")
     log.info("windows and alerts run %s", "compiled (mypyc)" if compiled else "as Python (see `make native`)")
-    states: dict[int, PartitionState] = {}
     emitting = asyncio.Lock()  # held while closed windows are out and unacknowledged
     windows_due = asyncio.Event()  # a record moved a watermark past a window
     status = WorkerStatus(settings.tick_s)
-    loading = asyncio.Lock()
 
     def new_windows() -> EventTimeWindows:
         return EventTimeWindows(
@@ -157,64 +132,25 @@ def create_app(settings: StreamsSettings) -> faust.App:
             series=SeriesResolver(DEFAULT_SERIES, settings.max_names_per_type),
         )
 
-    async def state_of(partition: int) -> PartitionState:
-        """The partition's state. The first record of a partition without state loads the newest
-        checkpoints of every assigned partition still without one, in one read."""
-        state = states.get(partition)
-        if state is not None:
-            return state
-        async with loading:
-            if partition not in states:
-                assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
-                wanted = sorted((assigned | {partition}) - set(states))
-                found = await asyncio.to_thread(
-                    load_latest, settings.kafka_bootstrap, topics.checkpoints, wanted
-                )
-                fresh: dict[int, PartitionState] = {}
-                for p in wanted:
-                    alerts = AlertEngine(rules, settings.watermark_idle_s)
-                    state = fresh[p] = PartitionState(new_windows(), alerts, checkpointed_at=time.monotonic())
-                    checkpoint = found.get(p)
-                    if checkpoint is not None:
-                        state.windows.restore(checkpoint.state, time.time())
-                        if "alerts" in checkpoint.state:  # absent from checkpoints of 0.1
-                            state.alerts.restore(checkpoint.state["alerts"], time.time())
-                        state.next_offset = checkpoint.next_offset
-                        state.late_outbox = [v.encode() for v in checkpoint.state.get("late_outbox", [])]
-                        await remember_held(p, state, checkpoint.state.get("held_from"))
-                # Alert changes published after a checkpoint was taken are in the alerts topic
-                # only: read them back, so that replaying records neither repeats nor loses one.
-                taken = [found[p].state.get("taken_at") if p in found else None for p in wanted]
-                since = None if None in taken else min(t for t in taken if t is not None) - 60
-                published = await asyncio.to_thread(
-                    read_published_alerts, settings.kafka_bootstrap, topics.alerts, set(wanted), since
-                )
-                for p, records in published.items():
-                    for record in records:
-                        fresh[p].alerts.apply_published(record)
-                states.update(fresh)
-                for p in wanted:  # its state is whole: the partition's records are folded from here
-                    if p in found:
-                        offset = found[p].next_offset
-                        log.info("owns events partition %d from its checkpoint at offset %d", p, offset)
-                    else:
-                        log.info("owns events partition %d, which has no checkpoint yet", p)
-        return states[partition]
+    def fresh_state() -> PartitionState:
+        return PartitionState(new_windows(), AlertEngine(rules, settings.watermark_idle_s))
 
-    async def remember_held(partition: int, state: PartitionState, held_from: int | None) -> None:
-        """Read again the records whose event ids the checkpoint's worker held (from `held_from`
-        up to the checkpoint), so that retries of their events are still recognised."""
-        if held_from is None or held_from >= state.next_offset:
-            return
-        records = await asyncio.to_thread(
-            read_records, settings.kafka_bootstrap, topics.events, partition, held_from, state.next_offset
-        )
-        for offset, value in records:
-            try:
-                state.windows.remember(decode(value), offset)
-            except msgspec.DecodeError:
-                continue  # dead-lettered when it was first read
-        log.info("read %d records of events partition %d again for their event ids", len(records), partition)
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
+
+    def ack(message: EventsMessage) -> None:
+        app.consumer.ack(cast(Message, message))  # the worker holds only the agent's messages
+
+    source = KafkaCheckpoints(settings.kafka_bootstrap, topics.checkpoints, topics.events, topics.alerts)
+    partitions = Partitions(Restorer(source, fresh_state).load, assigned)
+    checkpointer = Checkpointer(
+        sender,
+        topics.checkpoints,
+        topics.events,
+        LatePublisher(sender, topics.late),
+        ack=ack,
+        every_s=settings.checkpoint_s,
+    )
 
     async def dead_letter_unreadable(message: Any, value: bytes, exc: Exception) -> None:
         """Log (and report to Sentry) an events record the worker cannot read, and send it to the
@@ -287,7 +223,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
     async def fold_envelopes(stream: Any) -> None:
         async for record in stream.noack().events():
             message = record.message
-            state = await state_of(message.partition)
+            state = await partitions.state_of(message.partition)
             if message.offset < state.next_offset:  # already in the checkpoint it resumed from
                 app.consumer.ack(message)
                 continue
@@ -358,65 +294,34 @@ def create_app(settings: StreamsSettings) -> faust.App:
             # runs dry (windows, alert ticks and checkpoints held back for as long).
             await asyncio.sleep(0)
 
-    async def checkpoint(partition: int, state: PartitionState) -> None:
-        if states.get(partition) is not state:  # revoked meanwhile: the new owner checkpoints it
-            return
-        # Snapshot and the messages it covers are taken together, before any await lets the
-        # agent fold in more records (those wait for the next checkpoint).
-        async with state.lock:
-            outbox = list(state.late_outbox)
-            snapshot = state.windows.to_state() | {
-                "alerts": state.alerts.to_state(),
-                "taken_at": time.time(),
-                "late_outbox": [late.decode() for late in outbox],
-            }
-            value = encode(Checkpoint(state.next_offset, snapshot))
-        covered, state.unacked = state.unacked, []
-        try:
-            await (await sender.send(topics.checkpoints, str(partition).encode(), value, partition=partition))
-        except Exception:  # Kafka refused or timed out: these records wait for the next checkpoint
-            state.unacked = covered + state.unacked
-            log.exception(
-                "checkpoint of events partition %d failed",
-                partition,
-                extra=_record_context(topics.events, partition, state.next_offset),
-            )
-            raise
-        for message in covered:
-            app.consumer.ack(message)
-        state.checkpointed_at = time.monotonic()
-        if outbox and await late_publisher.publish(outbox):
-            sent = set(map(id, outbox))
-            state.late_outbox = [late for late in state.late_outbox if id(late) not in sent]
-
     async def emit_closed_windows() -> None:
         """Send the windows the watermark closed and wait for their acks. Called with `emitting`
         held: closed windows leave the partition state here, and no checkpoint may be taken
         before Kafka has them."""
         now = time.time()
         await window_publisher.publish(
-            closed for state in list(states.values()) for closed in state.windows.close_ready(now)
+            closed for _, state in partitions.items() for closed in state.windows.close_ready(now)
         )
 
     @app.timer(settings.tick_s)
     async def tick() -> None:
         now = time.time()
-        for partition, state in list(states.items()):
+        for partition, state in partitions.items():
             async with state.lock:
                 changes = state.alerts.tick(now)
                 if changes:
                     await alert_publisher.publish(partition, changes)
         async with emitting:
             await emit_closed_windows()
-            for partition, state in list(states.items()):
+            for partition, state in partitions.items():
                 # A checkpoint no longer holds the windows emitted before it, so it follows their
                 # acks. Windows emitted since the last checkpoint would be emitted again, with the
                 # same numbers, by a worker resuming from it: checkpoints need not follow every tick.
-                pending = state.unacked or state.late_outbox
-                if pending and time.monotonic() - state.checkpointed_at >= settings.checkpoint_s:
+                # A partition revoked meanwhile is checkpointed by its new owner.
+                if partitions.owns(partition, state) and checkpointer.due(state):
                     with CHECKPOINT_SECONDS.time():
-                        await checkpoint(partition, state)
-        status.ticked(app.consumer, topics.events, {p: state.next_offset for p, state in states.items()})
+                        await checkpointer.checkpoint(partition, state)
+        status.ticked(app.consumer, topics.events, partitions.next_offsets())
 
     @app.task
     async def emit_due_windows() -> None:
@@ -447,7 +352,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
         # Another worker resumes these partitions from their checkpoints.
         for tp in revoked:
             if tp.topic == topics.events:
-                states.pop(tp.partition, None)
+                partitions.forget(tp.partition)
                 status.forget(tp.partition)
 
     app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]  # mode's signal typing

@@ -149,3 +149,23 @@ def read_published_alerts(
         return out
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaCheckpoints:
+    """Where the worker restores partitions from (streams/checkpointing.py, CheckpointSource):
+    the reads above, on the topics of one deployment. Each call blocks."""
+
+    bootstrap: str
+    checkpoints_topic: str
+    events_topic: str
+    alerts_topic: str
+
+    def latest(self, partitions: list[int]) -> dict[int, Checkpoint]:
+        return load_latest(self.bootstrap, self.checkpoints_topic, partitions)
+
+    def records(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        return read_records(self.bootstrap, self.events_topic, partition, start, end)
+
+    def published_alerts(self, partitions: set[int], since: float | None) -> dict[int, list[dict[str, Any]]]:
+        return read_published_alerts(self.bootstrap, self.alerts_topic, partitions, since)

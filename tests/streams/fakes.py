@@ -8,12 +8,15 @@ marked `kafka`)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.errors import KafkaError
+from faust.types import Message
 
 from plumbing.backoff import Backoff
 from plumbing.kafka import KafkaUnavailable
+from streams.checkpoint import Checkpoint
 
 # Retries of the tests wait a millisecond or two, not the worker's 0.1 s and up.
 QUICK = Backoff(initial=0.001, cap=0.002)
@@ -126,3 +129,32 @@ class FakeBatchProducer:
         else:
             self.acknowledged.append(records)
             acked.set_result(None)
+
+
+@dataclass
+class FakeCheckpoints:
+    """A CheckpointSource answering from memory: the newest checkpoint of each partition, the
+    events records of each partition by offset, and the alert records published per partition.
+    Keeps the calls it answered."""
+
+    checkpoints: dict[int, Checkpoint] = field(default_factory=dict)
+    events: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    alerts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def latest(self, partitions: list[int]) -> dict[int, Checkpoint]:
+        self.calls.append(("latest", partitions))
+        return {p: self.checkpoints[p] for p in partitions if p in self.checkpoints}
+
+    def records(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        self.calls.append(("records", (partition, start, end)))
+        return sorted((o, v) for o, v in self.events.get(partition, {}).items() if start <= o < end)
+
+    def published_alerts(self, partitions: set[int], since: float | None) -> dict[int, list[dict[str, Any]]]:
+        self.calls.append(("published_alerts", (partitions, since)))
+        return {p: records for p, records in self.alerts.items() if p in partitions}
+
+
+def message(partition: int, offset: int, value: bytes, topic: str = "events") -> Message:
+    """A Faust message of the events topic, as the agent receives it."""
+    return Message(topic, partition, offset, 0.0, 0, [], b"project", value, None)
