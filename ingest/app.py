@@ -187,10 +187,10 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         project: str, request_id: str, received_at: datetime, rejected: list[tuple[Rejection, Any]]
     ) -> None:
         rows = [
-            DeadLetter(
-                project=project,
-                request_id=request_id,
-                received_at=received_at,
+            DeadLetter.of_request_item(
+                project,
+                request_id,
+                received_at,
                 index=rejection.index,
                 reason=rejection.reason,
                 raw=dead_letter_raw(item),

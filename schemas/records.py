@@ -5,11 +5,11 @@ decimals travel as strings."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 
 from schemas.events import (
     ConversionEvent,
@@ -169,6 +169,12 @@ def dead_letter_raw_bytes(value: bytes) -> str:
     return value[:DEAD_LETTER_RAW_BYTES].decode(errors="replace")
 
 
+def _milliseconds(at: datetime) -> datetime:
+    """`at` in UTC, to the millisecond, as the pipeline writes every time it stamps."""
+    at = at.astimezone(UTC)
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
 class DeadLetter(BaseModel):
     """Input that was not accepted, with the reason, for inspection and replay."""
 
@@ -181,6 +187,53 @@ class DeadLetter(BaseModel):
     index: int | None = Field(description="Position in the batch; null when the whole body was rejected")
     reason: str
     raw: str = Field(description="The rejected item as received, capped in size")
+
+    # Every service makes its dead letters with `of_record` or `of_request_item`, which stamp
+    # `received_at` and cap `raw` the same way for all.
+
+    @classmethod
+    def of_record(
+        cls,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        project: str | None,
+        reason: str,
+        raw: bytes,
+        index: int | None = None,
+        request_id: str | None = None,
+    ) -> DeadLetter:
+        """A Kafka record a consumer could not take, or the `index`th event or row of one, received
+        now. `request_id` names the HTTP request that carried it where that is known; else the
+        record's place `topic:partition:offset` does."""
+        return cls(
+            project=project,
+            request_id=request_id or f"{topic}:{partition}:{offset}",
+            received_at=_milliseconds(datetime.now(UTC)),
+            index=index,
+            reason=reason,
+            raw=dead_letter_raw_bytes(raw),
+        )
+
+    @classmethod
+    def of_request_item(
+        cls, project: str, request_id: str, received_at: datetime, *, index: int, reason: str, raw: str
+    ) -> DeadLetter:
+        """The `index`th item of an HTTP request that the ingest refused; `received_at` is when the
+        request arrived, `raw` the item as text."""
+        return cls(
+            project=project,
+            request_id=request_id,
+            received_at=_milliseconds(received_at),
+            index=index,
+            reason=reason,
+            raw=dead_letter_raw_bytes(raw.encode()),
+        )
+
+    @field_serializer("received_at", when_used="json")
+    def _iso_milliseconds(self, received_at: datetime) -> str:
+        return received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AlertRecord(BaseModel):

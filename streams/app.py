@@ -19,7 +19,6 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
@@ -32,7 +31,6 @@ from plumbing.kafka import AckedProducer
 from plumbing.status import serve_status
 from schemas.records import (
     DeadLetter,
-    dead_letter_raw_bytes,
     distinct_request_ids,
     request_ids_header,
     request_ids_in,
@@ -166,13 +164,13 @@ def create_app(settings: StreamsSettings) -> faust.App:
             extra=_record_context(message.topic, message.partition, message.offset)
             | {"request_ids": request_ids},
         )
-        dead_letter = DeadLetter(
+        dead_letter = DeadLetter.of_record(
+            message.topic,
+            message.partition,
+            message.offset,
             project=None,
-            request_id=f"{message.topic}:{message.partition}:{message.offset}",
-            received_at=datetime.now(UTC),
-            index=None,
             reason=f"streams worker could not read the envelope: {exc}",
-            raw=dead_letter_raw_bytes(value),
+            raw=value,
         )
         record = dead_letter.model_dump_json().encode()
         headers = [request_ids_header(request_ids)]
@@ -187,20 +185,19 @@ def create_app(settings: StreamsSettings) -> faust.App:
         the dead letter says so). `what` says which, in the log line."""
         positions = {id(event): i for i, event in enumerate(envelope.events)}
         raws = raw_events(value)
-        now = datetime.now(UTC)
         request_ids = request_ids_in(message.headers)
         acks = []
         for event, reason in refused:
             index = positions[id(event)]
-            dead_letter = DeadLetter(
+            dead_letter = DeadLetter.of_record(
+                message.topic,
+                message.partition,
+                message.offset,
                 project=envelope.project,
-                request_id=str(
-                    raws[index].get("request_id") or f"{message.topic}:{message.partition}:{message.offset}"
-                ),
-                received_at=now,
                 index=index,
                 reason=reason,
-                raw=dead_letter_raw_bytes(orjson.dumps(raws[index])),
+                raw=orjson.dumps(raws[index]),
+                request_id=str(raws[index].get("request_id") or ""),
             )
             record = dead_letter.model_dump_json().encode()
             headers = [request_ids_header(request_ids)]

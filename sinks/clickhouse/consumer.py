@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,7 +27,6 @@ from schemas.health import ServiceHealth
 from schemas.records import (
     MAX_HEADER_REQUEST_IDS,
     DeadLetter,
-    dead_letter_raw_bytes,
     distinct_request_ids,
     request_ids_header,
     request_ids_in,
@@ -210,16 +208,16 @@ class TopicSink:
             log.warning("%s; %d late records wait for the next flush", exc, corrections.pending)
             return True
         if refused:  # rows built here from checked values: a refusal is a bug, set aside and logged
-            received_at = datetime.now(UTC)
             letters: list[tuple[DeadLetter, list[str]]] = [
                 (
-                    DeadLetter(
+                    DeadLetter.of_record(
+                        corrections.topic,
+                        row.partition,
+                        row.offset,
                         project=_row_fields(row.row).get("project"),
-                        request_id=f"{corrections.topic}:{row.partition}:{row.offset}",
-                        received_at=received_at,
                         index=row.index,
                         reason=f"ClickHouse refused a correction row: {row.reason}",
-                        raw=dead_letter_raw_bytes(row.row),
+                        raw=row.row,
                     ),
                     [],
                 )
@@ -278,17 +276,17 @@ class TopicSink:
             extra=route.origin.context(route.topic, route.writer)
             | {"refused": [f"{route.topic}[{r.partition}]@{r.offset}#{r.index}" for r in refused[:10]]},
         )
-        received_at = datetime.now(UTC)
         letters = []
         for row in refused:
             fields = _row_fields(row.row)
-            letter = DeadLetter(
+            letter = DeadLetter.of_record(
+                route.topic,
+                row.partition,
+                row.offset,
                 project=fields.get("project"),
-                request_id=f"{route.topic}:{row.partition}:{row.offset}",
-                received_at=received_at,
                 index=row.index,
                 reason=f"ClickHouse refused the row for {table}: {row.reason}",
-                raw=dead_letter_raw_bytes(row.row),
+                raw=row.row,
             )
             letters.append((letter, [fields["request_id"]] if "request_id" in fields else []))
         for delay in Backoff().delays():
@@ -317,13 +315,13 @@ class TopicSink:
             extra={"topic": topic, "partition": partition, "offset": offset, "request_ids": request_ids},
         )
         DEAD_LETTERS.labels(topic, "undecodable").inc()
-        dead_letter = DeadLetter(
+        dead_letter = DeadLetter.of_record(
+            topic,
+            partition,
+            offset,
             project=None,
-            request_id=f"{topic}:{partition}:{offset}",
-            received_at=datetime.now(UTC),
-            index=None,
             reason=f"sink could not decode the record: {exc}",
-            raw=dead_letter_raw_bytes(value),
+            raw=value,
         )
         self._send_dead_letters([(dead_letter, request_ids)])
 

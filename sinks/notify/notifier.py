@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import FrameType
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from plumbing.backoff import Backoff
 from plumbing.status import serve_status
 from schemas.health import ServiceHealth
-from schemas.records import AlertRecord, DeadLetter, dead_letter_raw_bytes
+from schemas.records import AlertRecord, DeadLetter
 from schemas.settings import NotifierSettings
 from sinks.notify.metrics import DEAD_LETTERS, DELIVERIES, DELIVERY_SECONDS, RETRIES
 from sinks.notify.targets import DELIVERED, AlertmanagerTarget, AlertTarget, WebhookTarget
@@ -198,26 +198,23 @@ class Notifier:
                 return f"alert delivery to {target.name} stopped after {attempt} tries: {result.error}"
             RETRIES.labels(target.name).inc()
 
-    def _dead_letter(self, raw: bytes, source: str, project: str | None, reason: str) -> None:
+    def _dead_letter(self, record: ConsumerRecord, project: str | None, reason: str) -> None:
+        source = f"{record.topic}:{record.partition}:{record.offset}"
         log.error("%s: %s", source, reason, extra={"record": source, "project": project})
-        record = DeadLetter(
-            project=project,
-            request_id=source,
-            received_at=datetime.now(UTC),
-            index=None,
-            reason=reason,
-            raw=dead_letter_raw_bytes(raw),
+        letter = DeadLetter.of_record(
+            record.topic, record.partition, record.offset, project=project, reason=reason, raw=record.value
         )
-        self._dead_letters.send(self._dead_letter_topic, record.model_dump_json().encode()).get(timeout=30)
+        self._dead_letters.send(self._dead_letter_topic, letter.model_dump_json().encode()).get(timeout=30)
 
-    def handle(self, raw: bytes, source: str) -> bool:
+    def handle(self, record: ConsumerRecord) -> bool:
         """Deliver one record to every target, dead-lettering it for each target that did not
         take it. False when the notifier stopped before all targets were done: the record must
         not be committed (it is delivered again after the restart)."""
+        raw = record.value
         try:
             alert = AlertRecord.model_validate_json(raw)
         except ValidationError as exc:
-            self._dead_letter(raw, source, None, f"notifier could not decode the alert record: {exc}")
+            self._dead_letter(record, None, f"notifier could not decode the alert record: {exc}")
             DEAD_LETTERS.labels("undecodable").inc()
             return True
         with self._firing_lock:
@@ -234,7 +231,7 @@ class Notifier:
         if failures and self._stopping.is_set():
             return False
         for reason in failures:
-            self._dead_letter(raw, source, alert.labels.get("project"), reason)
+            self._dead_letter(record, alert.labels.get("project"), reason)
             DEAD_LETTERS.labels("undelivered").inc()
         log.info(
             "%s %s (%s): %d of %d targets",
@@ -294,7 +291,7 @@ class Notifier:
                 for record in records:
                     source = f"{tp.topic}:{tp.partition}:{record.offset}"
                     try:
-                        handled = self.handle(record.value, source)
+                        handled = self.handle(record)
                     except Exception:
                         # The notifier stops; the record, not committed, is delivered after restart.
                         context = {"topic": tp.topic, "partition": tp.partition, "offset": record.offset}
