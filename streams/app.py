@@ -42,11 +42,11 @@ from schemas.topics import MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
 from streams.checkpoint import KafkaCheckpoints
 from streams.checkpointing import Checkpointer, Restorer
+from streams.emission import Emission
 from streams.envelope import EnvelopeView as Envelope
 from streams.envelope import Event, decode, raw_events
 from streams.late import late_record
 from streams.metrics import (
-    CHECKPOINT_SECONDS,
     DUPLICATE_EVENTS,
     LATE_EVENTS,
     REFUSED_EVENTS,
@@ -115,12 +115,9 @@ def create_app(settings: StreamsSettings) -> faust.App:
     )
     sender = FaustSender(app)
     alert_publisher = AlertPublisher(sender, topics.alerts)
-    window_publisher = WindowPublisher(emitter, topics.aggregates)
     rules = load_rules(settings.rules_file)
     compiled = not str(streams.windows.__file__).endswith(".py")
     log.info("windows and alerts run %s", "compiled (mypyc)" if compiled else "as Python (see `make native`)")
-    emitting = asyncio.Lock()  # held while closed windows are out and unacknowledged
-    windows_due = asyncio.Event()  # a record moved a watermark past a window
     status = WorkerStatus(settings.tick_s)
 
     def new_windows() -> EventTimeWindows:
@@ -148,6 +145,9 @@ def create_app(settings: StreamsSettings) -> faust.App:
         LatePublisher(sender, topics.late),
         ack=ack,
         every_s=settings.checkpoint_s,
+    )
+    emission = Emission(
+        partitions, WindowPublisher(emitter, topics.aggregates), alert_publisher, checkpointer
     )
 
     async def dead_letter_unreadable(message: Any, value: bytes, exc: Exception) -> None:
@@ -248,7 +248,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 except Exception as exc:  # a record no ingest writes (or a bug): set it aside, go on
                     folded, changes, failure = None, [], exc
                 if state.windows.due(now):
-                    windows_due.set()
+                    emission.wake()
                 state.next_offset = message.offset + 1
                 raw = record.value  # kept for dead-letter records of refused events
                 message.value = None  # the message waits for its ack; its bytes need not
@@ -291,43 +291,16 @@ def create_app(settings: StreamsSettings) -> faust.App:
             # runs dry (windows, alert ticks and checkpoints held back for as long).
             await asyncio.sleep(0)
 
-    async def emit_closed_windows() -> None:
-        """Send the windows the watermark closed and wait for their acks. Called with `emitting`
-        held: closed windows leave the partition state here, and no checkpoint may be taken
-        before Kafka has them."""
-        now = time.time()
-        await window_publisher.publish(
-            closed for _, state in partitions.items() for closed in state.windows.close_ready(now)
-        )
-
     @app.timer(settings.tick_s)
     async def tick() -> None:
-        now = time.time()
-        for partition, state in partitions.items():
-            async with state.lock:
-                changes = state.alerts.tick(now)
-                if changes:
-                    await alert_publisher.publish(partition, changes)
-        async with emitting:
-            await emit_closed_windows()
-            for partition, state in partitions.items():
-                # A checkpoint no longer holds the windows emitted before it, so it follows their
-                # acks. Windows emitted since the last checkpoint would be emitted again, with the
-                # same numbers, by a worker resuming from it: checkpoints need not follow every tick.
-                # A partition revoked meanwhile is checkpointed by its new owner.
-                if partitions.owns(partition, state) and checkpointer.due(state):
-                    with CHECKPOINT_SECONDS.time():
-                        await checkpointer.checkpoint(partition, state)
+        await emission.tick()
         status.ticked(app.consumer, topics.events, partitions.next_offsets())
 
     @app.task
     async def emit_due_windows() -> None:
         """Emit windows as soon as a record moves the watermark past them, not at the next tick."""
         while not app.should_stop:
-            await windows_due.wait()
-            windows_due.clear()
-            async with emitting:
-                await emit_closed_windows()
+            await emission.emit_when_woken()
 
     @app.task
     async def tune_garbage_collection() -> None:

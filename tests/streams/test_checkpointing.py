@@ -6,8 +6,7 @@ stopped."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import orjson
 import pytest
@@ -15,62 +14,12 @@ from aiokafka.errors import KafkaError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.rules import load_rules
-from schemas.series import DEFAULT_SERIES
-from streams.alerts import AlertEngine
 from streams.checkpoint import Checkpoint, decode, encode
 from streams.checkpointing import Checkpointer, Restorer
-from streams.envelope import decode as decode_envelope
-from streams.late import late_record
 from streams.partitions import EventsMessage, PartitionState
 from streams.publishing import LatePublisher
-from streams.series import SeriesResolver
-from streams.watermark import Watermark
-from streams.windows import EventTimeWindows, Folded
-from tests.streams.fakes import FakeCheckpoints, FakeSender, message
-
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-NOW = T0.timestamp() + 7200  # wall clock of the tests: idleness never moves a clock here
-RULES = load_rules()
-
-
-def fresh() -> PartitionState:
-    return PartitionState(
-        EventTimeWindows(
-            Watermark(lateness_s=0, idle_s=10**9), grace_s=0, series=SeriesResolver(DEFAULT_SERIES)
-        ),
-        AlertEngine(RULES, idle_s=10**9),
-    )
-
-
-def feature(number: int, seconds: float) -> dict[str, Any]:
-    """Event `number`: the same number is the same event (a retry)."""
-    at = (T0 + timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {"event_id": f"e{number}", "type": "feature", "feature": "f", "action": "x", "timestamp": at}
-
-
-def record(*events: dict[str, Any]) -> bytes:
-    return orjson.dumps({"project": "p", "events": list(events)})
-
-
-def fold(state: PartitionState, offset: int, value: bytes) -> Folded:
-    """What the agent does with an events record of partition 0, minus Kafka: its events into the
-    windows and alert rules, its late events into the outbox, the record into the unacked."""
-    envelope = decode_envelope(value)
-    folded = state.windows.add_envelope(0, envelope, NOW, offset)
-    state.alerts.add("p", folded, NOW)
-    if folded.late:
-        late = late_record("p", 0, offset, NOW, folded.late, state.windows.step_index)
-        state.late_outbox.append(late)
-    state.windows.due(NOW)  # which moves the watermark up to the record
-    state.passed(message(0, offset, value))
-    return folded
-
-
-def close(state: PartitionState) -> None:
-    """Emit (and drop) the windows the watermark closed, as the timer does between records."""
-    for _ in state.windows.close_ready(NOW):
-        pass
+from tests.streams.fakes import FakeCheckpoints, FakeSender
+from tests.streams.states import RULES, T0, close, feature, fold, fresh, offsets, record
 
 
 class Checkpointing:
@@ -85,10 +34,6 @@ class Checkpointing:
 
     def written(self) -> list[Checkpoint]:
         return [decode(r.value) for r in self.sender.on("checkpoints")]
-
-
-def offsets(messages: list[EventsMessage]) -> list[int]:
-    return [m.offset for m in messages]
 
 
 def comparable(state: PartitionState) -> Checkpoint:

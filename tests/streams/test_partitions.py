@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from schemas.rules import load_rules
-from schemas.series import DEFAULT_SERIES
-from streams.alerts import AlertEngine
 from streams.partitions import Partitions, PartitionState
-from streams.series import SeriesResolver
-from streams.watermark import Watermark
-from streams.windows import EventTimeWindows
 from tests.streams.fakes import message
-
-RULES = load_rules()
+from tests.streams.states import fresh
 
 
 class Loads:
@@ -27,11 +20,6 @@ class Loads:
         self.calls.append(partitions)
         await asyncio.sleep(0.01)  # reading checkpoints takes a while: other records arrive
         return {p: fresh() for p in partitions}
-
-
-def fresh() -> PartitionState:
-    windows = EventTimeWindows(Watermark(0, 5), grace_s=0, series=SeriesResolver(DEFAULT_SERIES))
-    return PartitionState(windows, AlertEngine(RULES, idle_s=5))
 
 
 def test_the_first_record_loads_every_assigned_partition_without_state_in_one_read() -> None:
