@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streams.alerts import AlertEngine
-from streams.windows import EventTimeWindows
+from streams.envelope import EnvelopeView
+from streams.late import late_record
+from streams.windows import EventTimeWindows, Folded
 
 
 class EventsMessage(Protocol):
@@ -56,6 +58,19 @@ class PartitionState:
     # a snapshot is taken: a checkpoint never holds half a record, nor an alert state whose
     # record Kafka has not acknowledged.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def fold(
+        self, partition: int, offset: int, envelope: EnvelopeView, now: float
+    ) -> tuple[Folded, list[dict[str, Any]]]:
+        """Fold the record at `offset` into the windows and the alert rules, and its late events
+        into the outbox; return what the windows did with it and the alert changes it caused.
+        Call it with `lock` held."""
+        folded = self.windows.add_envelope(partition, envelope, now, offset)
+        changes = self.alerts.add(envelope.project, folded, now)
+        if folded.late:
+            late = late_record(envelope.project, partition, offset, now, folded.late, self.windows.step_index)
+            self.late_outbox.append(late)
+        return folded, changes
 
     def passed(self, message: EventsMessage) -> None:
         """Record `message` as folded (or set aside): the partition goes on after it, and it is

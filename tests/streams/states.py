@@ -12,7 +12,6 @@ from schemas.rules import load_rules
 from schemas.series import DEFAULT_SERIES
 from streams.alerts import AlertEngine
 from streams.envelope import decode
-from streams.late import late_record
 from streams.partitions import EventsMessage, PartitionState
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
@@ -56,15 +55,11 @@ def record(*events: dict[str, Any]) -> bytes:
 
 
 def fold(state: PartitionState, offset: int, value: bytes, now: float = NOW) -> Folded:
-    """What the agent does with an events record of partition 0, minus Kafka: its events into the
-    windows and alert rules, its late events into the outbox, the record into the unacked."""
-    envelope = decode(value)
-    folded = state.windows.add_envelope(0, envelope, now, offset)
-    state.alerts.add("p", folded, now)
-    if folded.late:
-        late = late_record("p", 0, offset, now, folded.late, state.windows.step_index)
-        state.late_outbox.append(late)
-    state.windows.due(now)  # which moves the watermark up to the record
+    """What the agent does with an events record of partition 0, minus Kafka and metrics: its
+    events into the windows and alert rules (their changes are dropped here), its late events into
+    the outbox, the watermark moved, the record into the unacked."""
+    folded, _ = state.fold(0, offset, decode(value), now)
+    state.windows.due(now)
     state.passed(message(0, offset, value))
     return folded
 
