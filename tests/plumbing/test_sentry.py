@@ -64,6 +64,10 @@ def sentry() -> Iterator[Start]:
         service: str, settings: CommonSettings, secrets: tuple[str, ...] = (), forbidden: tuple[str, ...] = ()
     ) -> RecordingTransport:
         transport = RecordingTransport(forbidden)
+        # Tags an app served earlier in this process set while Sentry was off (no integration
+        # isolating its requests) would still sit on the shared scopes.
+        sentry_sdk.get_isolation_scope().clear()
+        sentry_sdk.get_current_scope().clear()
         sentry_sdk.init(**sentry_options(service, settings, secrets), transport=transport)
         return transport
 
