@@ -23,8 +23,8 @@ from streams.partitions import EventsMessage, PartitionState, record_context
 from streams.publishing import LatePublisher, RecordSender
 
 log = logging.getLogger("cosnap.streams")
-# Alert records are read back from this long before the oldest checkpoint was taken: a change
-# published just before a snapshot may carry a slightly earlier timestamp than the snapshot.
+# Alert records are read back from this long before the oldest checkpoint was taken: a margin, so
+# that none published after a snapshot is missed.
 ALERTS_READ_BACK_S = 60
 
 
