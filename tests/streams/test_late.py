@@ -275,9 +275,16 @@ def test_an_event_posted_three_times_counts_once_in_every_window_and_fires_a_rul
     # librdkafka, as the ingest: the same partitioner puts the landed copy where the ingest's go.
     producer = Producer({"bootstrap.servers": pipeline.env["COSNAP_KAFKA_BOOTSTRAP"], "acks": "all"})
     try:
+        # In the last 10 s of a minute, ahead of the clock: the watermark waits for the wall clock
+        # to catch up, so the failures' 10 s window stays open for the whole test (posted "now",
+        # it closed before the third failure whenever the test began late in a window), and the
+        # minute closes 10 s after that.
         now = datetime.now(UTC)
+        start = now.replace(second=50, microsecond=0)
+        if start < now + timedelta(seconds=1):
+            start += timedelta(minutes=1)
         failures = [
-            payment_failure(now + timedelta(milliseconds=i), f"pay-{uuid.uuid4().hex}") for i in range(3)
+            payment_failure(start + timedelta(milliseconds=i), f"pay-{uuid.uuid4().hex}") for i in range(3)
         ]
         with client_for(pipeline) as client:
             # Two failures, each three times (the second copy a produce that landed although the
@@ -313,7 +320,7 @@ def test_an_event_posted_three_times_counts_once_in_every_window_and_fires_a_rul
             return {str(granularity): int(str(count)) for granularity, count in rows}
 
         # The hour is final only once it ends: it is checked when the test ran across an hour.
-        assert wait_for(lambda: counts().keys() >= {"10s", "1m"}, timeout=60, interval=1), counts()
+        assert wait_for(lambda: counts().keys() >= {"10s", "1m"}, timeout=150, interval=1), counts()
         assert set(counts().values()) == {3}, counts()
         in_ids = f"SELECT count() FROM metrics.events FINAL WHERE event_id IN ({ids})"  # noqa: S608
         assert pipeline.query(in_ids) == [[3]]
