@@ -21,7 +21,8 @@ clock of its last state change: an evaluation at or before it is a replay and ch
 Together with the alert records read back from `metrics.alerts.v1` (streams/checkpoint.py) this
 gives one `firing` and one `resolved` record per episode across restarts.
 
-Plain Python driven by the Faust agent (streams/app.py) and by unit tests without Kafka.
+Plain Python driven by the worker's `Folder` and `Emission` (streams/folding.py, streams/emission.py)
+and by unit tests without Kafka.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ its sketch only from its third value on, final records are joined from JSON frag
 once per series, and a checkpoint is one `orjson.dumps` of the live accumulators (see
 BENCHMARKS.md).
 
-Plain Python driven by the Faust agent (streams/app.py) and by unit tests without Kafka.
+Plain Python driven by the worker's `Folder` and `Emission` (streams/folding.py, streams/emission.py)
+and by unit tests without Kafka.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Windows that close around a Kafka outage longer than the worker's producer timeout are all
 emitted once Kafka is back: closed windows have left the worker's state, so the worker sends a
-refused batch again rather than dropping it (streams/app.py, `acknowledged`)."""
+refused batch again rather than dropping it (streams/publishing.py, `WindowPublisher`)."""
 
 from __future__ import annotations
 
