@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js
+.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -63,7 +63,15 @@ clickhouse-js: $(CLICKHOUSE_JS)/node_modules/.package-lock.json
 $(CLICKHOUSE_JS)/node_modules/.package-lock.json: $(CLICKHOUSE_JS)/package-lock.json
 	npm ci --prefix $(CLICKHOUSE_JS) --no-audit --no-fund --loglevel=error
 
-test: lint native alertmanager browser prometheus clickhouse-js
+# ... and with clickhouse-go over HTTP, the client of Grafana's ClickHouse plugin (Go modules
+# pinned by go.mod/go.sum, fetched from the Go module proxy).
+CLICKHOUSE_GO := tests/sinks/query/clickhouse_go
+clickhouse-go: $(CLICKHOUSE_GO)/clickhouse-go-read
+$(CLICKHOUSE_GO)/clickhouse-go-read: $(CLICKHOUSE_GO)/main.go $(CLICKHOUSE_GO)/go.mod $(CLICKHOUSE_GO)/go.sum
+	@command -v go >/dev/null || { echo "make: Go is needed to test the ClickHouse interface with clickhouse-go"; exit 1; }
+	cd $(CLICKHOUSE_GO) && go build -o clickhouse-go-read .
+
+test: lint native alertmanager browser prometheus clickhouse-js clickhouse-go
 	$(BIN)/pytest
 
 bench: setup native
@@ -74,4 +82,4 @@ bench: setup native
 	$(BIN)/python -m bench.import
 
 clean:
-	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache $(CLICKHOUSE_JS)/node_modules
+	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache $(CLICKHOUSE_JS)/node_modules $(CLICKHOUSE_GO)/clickhouse-go-read

@@ -41,6 +41,7 @@ from fastapi.responses import PlainTextResponse, Response
 from plumbing.keys import KeyStore
 from sinks.query.app import read_while_connected
 from sinks.query.errors import QueryRefused, ReadCancelled, ReadersBusy, ReadFailed, ReadLimitHit
+from sinks.query.native_blocks import UnsupportedType, at_revision
 from sinks.query.reader import RawRead, Reader, client_setting
 
 ADMIN_USER = "default"
@@ -234,6 +235,18 @@ def create_clickhouse_http_app(reader: Reader, keys: KeyStore, token: str) -> Fa
             "X-ClickHouse-Summary": orjson.dumps(summary).decode(),
         }
         body = result.body
+        revision = params.get("client_protocol_version", "0")
+        if result.output_format.lower() == "native" and revision.isdigit() and int(revision) > 0:
+            try:
+                body = at_revision(body, int(revision))
+            except UnsupportedType as exc:
+                return _error(
+                    f"a column of type {str(exc)[:128]} is not served as Native to a protocol client; "
+                    "ask for another format (RowBinaryWithNamesAndTypes, JSONEachRow, Parquet)",
+                    "NOT_IMPLEMENTED",
+                    48,
+                    400,
+                )
         encoding = _encoding(request)
         if encoding is not None:
             body = bytes(_COMPRESS[encoding](body))

@@ -1,9 +1,9 @@
 """ClickHouse's HTTP interface over the embedded store (`sinks.query.clickhouse_http`), proven with
-the real clients analysts run: clickhouse-connect (rows, parameters, pandas, Arrow, streaming)
-and the `@clickhouse/client` npm package. A read key reads its own project's rows only, in every
-table and view, whatever the statement: the engine filters them (`additional_table_filters`,
-set on a read-only session), not a reading of the SQL. Write keys read nothing; read keys write
-nothing."""
+the real clients analysts run: clickhouse-connect (rows, parameters, pandas, Arrow, streaming),
+the `@clickhouse/client` npm package and clickhouse-go over HTTP (Grafana's plugin's client).
+A read key reads its own project's rows only, in every table and view, whatever the statement:
+the engine filters them (`additional_table_filters`, set on a read-only session), not a reading
+of the SQL. Write keys read nothing; read keys write nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import cramjam
@@ -40,6 +41,7 @@ from sinks.query.reader import Reader, ReadLimits
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
+GO_READ = ROOT / "tests" / "sinks" / "query" / "clickhouse_go" / "clickhouse-go-read"  # make clickhouse-go
 # The raw bytes of every encoding offered (httpx decodes gzip and deflate by itself).
 DECOMPRESS = {
     "gzip": cramjam.gzip.decompress,
@@ -328,3 +330,45 @@ def test_the_official_javascript_client_reads_its_project(store: Store) -> None:
     assert answer["count"] == 2
     assert answer["param"] == "a'b"
     assert answer["ping"] is True
+
+
+def go_read(port: int, project: str, key: str, statements: list[str]) -> list[dict[str, Any]]:
+    """What clickhouse-go over HTTP (as Grafana's ClickHouse plugin reads) answers to each statement."""
+    run = subprocess.run(
+        [str(GO_READ), f"127.0.0.1:{port}", project, key],
+        input="".join(json.dumps(statement) + "\n" for statement in statements),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def test_clickhouse_go_reads_native_blocks_of_every_common_type(store: Store) -> None:
+    """clickhouse-go decodes Native at its protocol revision (block info, a serialization byte per
+    column), which the service writes from the engine's revision-0 blocks."""
+    statements = {
+        "SELECT project, event_id FROM metrics.events ORDER BY event_id": [["p2", "e1"], ["p2", "e4"]],
+        "SELECT toDecimal64(9.99, 2) AS d, 1.5 AS f,"
+        " toDateTime64('2026-01-02 03:04:05.678', 3, 'UTC') AS t": [
+            ["9.99", "1.5", "2026-01-02 03:04:05.678 +0000 UTC"]
+        ],
+        "SELECT [1, 2] AS a, ['x', 'y'] AS s, map('k', 1) AS m, tuple(1, 'a') AS t, toNullable(3) AS n,"
+        " CAST(NULL, 'Nullable(String)') AS ns": [["[1 2]", "[x y]", "map[k:1]", "[1 a]", "3", "<nil>"]],
+        "SELECT toLowCardinality('abc') AS lc, [toLowCardinality('q')] AS alc, toFixedString('ab', 2) AS fs,"
+        " toUUID('00000000-0000-0000-0000-000000000001') AS u": [
+            ["abc", "[q]", "ab", "00000000-0000-0000-0000-000000000001"]
+        ],
+        "SELECT count() FROM numbers(100000) WHERE toString(number) != ''": [["100000"]],
+    }
+    answers = go_read(store.port, "p2", store.read_keys["p2"], list(statements))
+    for (statement, rows), answer in zip(statements.items(), answers, strict=True):
+        assert "error" not in answer, (statement, answer)
+        assert answer["rows"] == rows, statement
+    many = go_read(
+        store.port, "p2", store.read_keys["p2"], ["SELECT number, toString(number) FROM numbers(70000)"]
+    )
+    assert len(many[0]["rows"]) == 70_000 and many[0]["rows"][-1] == ["69999", "69999"]
+    (refused,) = go_read(store.port, "p2", store.read_keys["p2"], ["SELECT * FROM file('/etc/passwd')"])
+    assert "ACCESS_DENIED" in refused["error"]

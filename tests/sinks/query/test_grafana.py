@@ -11,12 +11,15 @@ import xml.etree.ElementTree as ET  # parses the repository's own file
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 
 from cosnap_metrics.broker import KafkaBroker
 from plumbing.clickhouse import connect
+from plumbing.keys import DEFAULT_PROJECT, KeyStore
+from schemas.settings import SinkSettings
 from sinks.clickhouse.ddl import apply_migrations
 from sinks.query.errors import UnknownMacro
 from sinks.query.grafana_dashboard import DASHBOARD_FILE, DATASOURCE, dashboard_json
@@ -32,6 +35,7 @@ from tests.sinks.query.dashboard_data import (
     produce_alerts,
     wait_rows,
 )
+from tests.sinks.query.test_clickhouse_http import go_read
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "sinks" / "query" / "grafana"
@@ -121,6 +125,34 @@ def test_every_panel_query_returns_the_posted_numbers(
         assert want, panel["title"]
         rows = normalize(pipeline.query(sql), want)
         assert rows == want, f"{panel['title']}\n{dump(rows)}\n!=\n{dump(want)}"
+
+    # Grafana's plugin on the embedded store: its client (clickhouse-go over HTTP) through the
+    # query service's ClickHouse interface, as the project, with a read key.
+    read_key = KeyStore(pipeline.data_dir / "write-keys.json").create("cosnap-test", read=True)
+    where = urlparse(pipeline.env["COSNAP_CLICKHOUSE_HTTP_URL"])
+    statements = [
+        expand_macros(p["targets"][0]["rawSql"], end - timedelta(hours=1), end)
+        for p in _dashboard()["panels"]
+    ]
+    answers = go_read(where.port or 8123, "cosnap-test", read_key, statements)
+    for panel, sql, answer in zip(_dashboard()["panels"], statements, answers, strict=True):
+        assert "error" not in answer, (panel["title"], answer)
+        direct = pipeline.query(sql)
+        assert len(answer["rows"]) == len(direct), panel["title"]
+        labels = [row[0] for row in direct]
+        if all(isinstance(label, str) and not re.match(r"\d{4}-\d\d-\d\dT", label) for label in labels):
+            assert [row[0] for row in answer["rows"]] == labels, panel["title"]
+
+
+def test_the_embedded_datasource_reads_the_clickhouse_interface_with_the_dev_read_key() -> None:
+    embedded = yaml.safe_load((GRAFANA / "embedded" / "datasources" / "clickhouse.yaml").read_text())
+    (source,) = embedded["datasources"]
+    assert source["type"] == DATASOURCE["type"] and source["uid"] == DATASOURCE["uid"]
+    interface = urlparse(SinkSettings().clickhouse_http_url)
+    assert (source["jsonData"]["host"], source["jsonData"]["port"]) == (interface.hostname, interface.port)
+    assert source["jsonData"]["protocol"] == "http"
+    assert source["jsonData"]["username"] == DEFAULT_PROJECT  # the project of .cosnap-data/dev-read-key
+    assert source["secureJsonData"]["password"] == "${COSNAP_READ_KEY}"  # noqa: S105 - a variable's name
 
 
 def test_late_events_panel_counts_and_delays(tmp_path: Path) -> None:
