@@ -372,3 +372,26 @@ def test_clickhouse_go_reads_native_blocks_of_every_common_type(store: Store) ->
     assert len(many[0]["rows"]) == 70_000 and many[0]["rows"][-1] == ["69999", "69999"]
     (refused,) = go_read(store.port, "p2", store.read_keys["p2"], ["SELECT * FROM file('/etc/passwd')"])
     assert "ACCESS_DENIED" in refused["error"]
+
+
+def test_reads_whose_clients_go_away_are_killed_and_free_their_slots(store: Store) -> None:
+    """Every read slot taken by a runaway read whose client then hangs up: the reads are killed
+    in the engine within seconds, so the next read gets a slot (not a 429) long before the
+    runaways' 20 s limit."""
+    auth = ("p1", store.read_keys["p1"])
+    runaway = {"query": "SELECT count() FROM numbers(1000000) AS a CROSS JOIN numbers(1000000) AS b"}
+
+    def hang_up() -> None:
+        with pytest.raises(httpx.TimeoutException):
+            store.get(runaway, auth=auth, timeout=1.5)
+
+    callers = [threading.Thread(target=hang_up) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    started = time.monotonic()
+    while (answer := store.get({"query": "SELECT 1"}, auth=auth)).status_code == 429:
+        assert time.monotonic() - started < 10, "the runaway reads kept their slots"
+        time.sleep(0.2)
+    assert answer.status_code == 200 and answer.text == "1\n"
