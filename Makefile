@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go
+.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go segment-node
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -71,7 +71,14 @@ $(CLICKHOUSE_GO)/clickhouse-go-read: $(CLICKHOUSE_GO)/main.go $(CLICKHOUSE_GO)/g
 	@command -v go >/dev/null || { echo "make: Go is needed to test the ClickHouse interface with clickhouse-go"; exit 1; }
 	cd $(CLICKHOUSE_GO) && go build -o clickhouse-go-read .
 
-test: lint native alertmanager browser prometheus clickhouse-js clickhouse-go
+# Segment's Tracking API on the ingest is tested with Segment's own Node library (npm, pinned by
+# its package-lock.json).
+SEGMENT_NODE := tests/ingest/segment_node
+segment-node: $(SEGMENT_NODE)/node_modules/.package-lock.json
+$(SEGMENT_NODE)/node_modules/.package-lock.json: $(SEGMENT_NODE)/package-lock.json
+	npm ci --prefix $(SEGMENT_NODE) --no-audit --no-fund --loglevel=error
+
+test: lint native alertmanager browser prometheus clickhouse-js clickhouse-go segment-node
 	$(BIN)/pytest
 
 bench: setup native
@@ -82,4 +89,5 @@ bench: setup native
 	$(BIN)/python -m bench.import
 
 clean:
-	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache $(CLICKHOUSE_JS)/node_modules $(CLICKHOUSE_GO)/clickhouse-go-read
+	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache $(CLICKHOUSE_JS)/node_modules $(CLICKHOUSE_GO)/clickhouse-go-read \
+	  $(SEGMENT_NODE)/node_modules

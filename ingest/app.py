@@ -3,77 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import copy
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from ingest.batch import TimePolicy, dead_letter_raw, parse_events, split_body
+from ingest.batch import TimePolicy, parse_events, split_body
 from ingest.body import check_content_type, decode_body, decompress, read_capped
 from ingest.envelopes import EnvelopePacker
-from ingest.errors import (
-    Forbidden,
-    IngestError,
-    RateLimited,
-    ServiceUnavailable,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from ingest.errors import IngestError, ServiceUnavailable, UnsupportedMediaType
 from ingest.health import DetailedHealthCheck
+from ingest.intake import IngestState, Kafka, cors, header_key
 from ingest.limits import RateLimiter
-from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, RequestMetrics, reject_reason
+from ingest.metrics import RequestMetrics
 from ingest.request_ids import RequestIds
+from ingest.segment import segment_router
 from plumbing.kafka import AckedProducer, KafkaUnavailable, RecordProducer
-from plumbing.keys import KeyStore, WriteKey
+from plumbing.keys import KeyStore
 from plumbing.metrics_route import add_metrics_route
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
 from schemas.health import DetailedHealth, http_status
-from schemas.records import DeadLetter, request_ids_header
 from schemas.settings import IngestSettings
 
-log = logging.getLogger("cosnap.ingest")
 _PREFLIGHT = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding, X-Request-ID",
     "Access-Control-Max-Age": "600",
 }
-
-
-def _header_key(authorization: str | None) -> str | None:
-    """The write key of `Authorization: Bearer <key>` or HTTP Basic with the key as user."""
-    if not authorization:
-        return None
-    scheme, _, credentials = authorization.partition(" ")
-    scheme = scheme.lower()
-    if scheme == "bearer":
-        return credentials.strip()
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise Unauthorized("malformed Basic credentials") from exc
-        return decoded.partition(":")[0]
-    raise Unauthorized("use Authorization: Bearer <write key> or Basic with the key as user")
-
-
-def _cors(origin: str) -> dict[str, str]:
-    # Never `*`, and never Allow-Credentials: write keys travel in headers or the body, not cookies.
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Vary": "Origin",
-        "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
-    }
 
 
 _EVENT_MODELS = ("RevenueEvent", "ConversionEvent", "FeatureEvent", "PerformanceEvent")
@@ -109,32 +71,6 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorResponse, "description": description}
 
 
-@dataclass(frozen=True, slots=True)
-class Kafka:
-    """The app's way into Kafka while it runs: the producer and the packer over it."""
-
-    producer: RecordProducer
-    packer: EnvelopePacker
-
-
-@dataclass(slots=True)
-class IngestState:
-    """What the ingest app keeps: fixed at creation, except `kafka`, set when the app starts."""
-
-    keys: KeyStore
-    limiter: RateLimiter
-    policy: TimePolicy
-    detailed_health: DetailedHealthCheck
-    kafka: Kafka | None = None
-
-    @property
-    def running(self) -> Kafka:
-        """The producer and packer; they exist once the app has started (its lifespan)."""
-        if self.kafka is None:
-            raise RuntimeError("the ingest app is not running (its lifespan has not started)")
-        return self.kafka
-
-
 def create_app(settings: IngestSettings, producer: RecordProducer | None = None) -> FastAPI:
     """The ingest app. `producer` replaces the Kafka producer (benchmarks use one that does
     nothing, to measure validation alone; the HTTP tests one that keeps records in memory)."""
@@ -147,6 +83,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             max_event_age=timedelta(seconds=settings.max_event_age_s),
         ),
         detailed_health=DetailedHealthCheck(settings),
+        topics=topics,
     )
     keys = state.keys
 
@@ -173,53 +110,12 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
     @app.exception_handler(IngestError)
     async def _refused(request: Request, exc: IngestError) -> JSONResponse:
         request.state.log_context = {"reason": exc.reason}
-        headers = dict(exc.headers)
-        origin = request.headers.get("origin")
-        if origin and keys.origin_allowed(origin):
-            headers |= _cors(origin)  # so that a page can read why it was refused
+        headers = state.refusal_headers(request.headers.get("origin"), exc)
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(KafkaUnavailable)
     async def _kafka_down(request: Request, exc: KafkaUnavailable) -> JSONResponse:
         return await _refused(request, ServiceUnavailable(str(exc), headers={"Retry-After": "5"}))
-
-    async def _dead_letter(
-        project: str, request_id: str, received_at: datetime, rejected: list[tuple[Rejection, Any]]
-    ) -> None:
-        rows = [
-            DeadLetter.of_request_item(
-                project,
-                request_id,
-                received_at,
-                index=rejection.index,
-                reason=rejection.reason,
-                raw=dead_letter_raw(item),
-            )
-            for rejection, item in rejected
-        ]
-        header = [request_ids_header([request_id])]
-        sends = [
-            state.running.producer.send(
-                topics.dead_letter, key=project.encode(), value=row.model_dump_json().encode(), headers=header
-            )
-            for row in rows
-        ]
-        for result in await asyncio.gather(*sends, return_exceptions=True):
-            if isinstance(result, Exception):
-                log.warning(
-                    "dead-letter write failed for request %s: %s",
-                    request_id,
-                    result,
-                    extra={"request_id": request_id, "project": project},
-                )
-
-    def _authenticate(presented: str | None) -> WriteKey:
-        if presented is None:
-            raise Unauthorized("missing write key")
-        found = keys.authenticate(presented)
-        if found is None:
-            raise Unauthorized("unknown write key")
-        return found
 
     body_schema, beacon_schema, body_components = _openapi_body_schemas()
 
@@ -263,34 +159,21 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         received_at = datetime.now(UTC)
         request_id: str = request.state.request_id
         beacon = check_content_type(request.headers.get("content-type"))
-        header_key = _header_key(request.headers.get("authorization"))
-        write_key = _authenticate(header_key) if header_key is not None else None
+        presented = header_key(request.headers.get("authorization"))
+        write_key = state.authenticate(presented) if presented is not None else None
         raw = await read_capped(request.stream(), request.headers.get("content-length"))
         payload, scanned = decode_body(decompress(raw, request.headers.get("content-encoding")))
         body = split_body(payload, scanned)
         if beacon and body.api_key is None:
             raise UnsupportedMediaType("a text/plain body must carry api_key (navigator.sendBeacon)")
         if write_key is None:
-            write_key = _authenticate(body.api_key)
+            write_key = state.authenticate(body.api_key)
         project = write_key.project
-        headers: dict[str, str] = {}
-        origin = request.headers.get("origin")
-        if origin:
-            if not keys.origin_allowed(origin, project):
-                raise Forbidden(f"origin {origin} is not allowed for project {project}")
-            headers |= _cors(origin)
-        wait = state.limiter.take(write_key.key_id, len(body.items))
-        if wait:
-            raise RateLimited("rate limit of this write key reached", headers={"Retry-After": f"{wait:.0f}"})
+        headers = state.allow_origin(request.headers.get("origin"), project)
+        state.take(write_key, len(body.items))
 
         parsed = parse_events(body.items, body.sent_at, received_at, request_id, state.policy)
-        if parsed.accepted:
-            await state.running.packer.submit(project, orjson.dumps(project), parsed.accepted, request_id)
-            EVENTS_ACCEPTED.inc(len(parsed.accepted))
-        for rejection, item in parsed.rejected:
-            EVENTS_REJECTED.labels(reject_reason(item, rejection.reason)).inc()
-        if parsed.rejected:
-            await _dead_letter(project, request_id, received_at, parsed.rejected)
+        await state.accept(project, request_id, received_at, parsed.accepted, parsed.rejected)
         response = IngestResponse(accepted=len(parsed.accepted), rejected=[r for r, _ in parsed.rejected])
         request.state.log_context = {
             "project": project,
@@ -307,7 +190,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         origin = request.headers.get("origin", "")
         if not origin or not keys.origin_allowed(origin):
             return Response(status_code=403)
-        return Response(status_code=204, headers=_cors(origin) | _PREFLIGHT)
+        return Response(status_code=204, headers=cors(origin) | _PREFLIGHT)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -330,6 +213,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         report = await state.detailed_health.report()
         return JSONResponse(report.model_dump(mode="json"), status_code=http_status(report.status))
 
+    app.include_router(segment_router(state, settings.segment_mapping_file))
     add_metrics_route(app)
 
     def openapi() -> dict[str, Any]:

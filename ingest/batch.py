@@ -10,6 +10,7 @@ rejected with the reason `timestamp too far in the future` / `timestamp too old`
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from ingest.body import Unparseable
+from ingest.body import Unparseable, dumps_exact
 from ingest.errors import BadRequest, PayloadTooLarge
 from ingest.reasons import MAX_NAME_CHARS, readable, validation_reason
 from schemas.events import MAX_BATCH_EVENTS, Event, Rejection
@@ -68,30 +69,60 @@ def split_body(payload: Any, scanned_items: list[Any] | None = None) -> BodyPart
         raise BadRequest("events must be a non-empty array")
     if len(items) > MAX_BATCH_EVENTS:
         raise PayloadTooLarge(f"batch of {len(items)} events; at most {MAX_BATCH_EVENTS} per request")
-    sent_at = None
-    if payload.get("sent_at") is not None:
-        try:
-            sent_at = _SENT_AT.validate_python(payload["sent_at"])
-        except ValidationError as exc:
-            raise BadRequest("sent_at must be an RFC 3339 timestamp") from exc
-        if sent_at.tzinfo is None:
-            raise BadRequest("sent_at needs a UTC offset")
-    return BodyParts(items, sent_at, api_key)
+    return BodyParts(items, parse_sent_at(payload.get("sent_at")), api_key)
+
+
+def parse_sent_at(value: Any, name: str = "sent_at") -> datetime | None:
+    """The client's clock when it sent a batch (None when not sent); 400 unless it is an RFC 3339
+    timestamp with an offset. `name` is the field as the client calls it."""
+    if value is None:
+        return None
+    try:
+        sent_at = _SENT_AT.validate_python(value)
+    except ValidationError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 timestamp") from exc
+    if sent_at.tzinfo is None:
+        raise BadRequest(f"{name} needs a UTC offset")
+    return sent_at
 
 
 def _iso_ms(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def event_time(
+    timestamp: datetime | None, skew: timedelta, received_at: datetime, policy: TimePolicy
+) -> datetime | str:
+    """The time of an event sent with `timestamp` by a client whose clock is `skew` behind the
+    server's (received_at - sent_at), or why it has none (the reason of its rejection)."""
+    try:
+        ts = received_at if timestamp is None else timestamp + skew
+    except OverflowError:  # a clock thousands of years off: no correction can place it
+        return "timestamp out of range"
+    if ts > received_at + policy.max_future_skew:
+        return "timestamp too far in the future"
+    if ts < received_at - policy.max_event_age:
+        return "timestamp too old"
+    return ts
+
+
 def parse_events(
-    items: list[Any], sent_at: datetime | None, received_at: datetime, request_id: str, policy: TimePolicy
+    items: list[Any],
+    sent_at: datetime | None,
+    received_at: datetime,
+    request_id: str,
+    policy: TimePolicy,
+    *,
+    sent_ats: Sequence[datetime | None] | None = None,
 ) -> ParsedBatch:
-    """Validate each item on its own so a bad one never costs its neighbours."""
+    """Validate each item on its own so a bad one never costs its neighbours. `sent_ats`, when
+    given, is each item's own `sent_at` (Segment's messages may each carry one)."""
     batch = ParsedBatch()
     seen_ids: set[str] = set()
-    skew = received_at - sent_at if sent_at is not None else timedelta(0)
     received = _iso_ms(received_at)
     for index, item in enumerate(items):
+        item_sent_at = sent_at if sent_ats is None else sent_ats[index]
+        skew = received_at - item_sent_at if item_sent_at is not None else timedelta(0)
         if isinstance(item, Unparseable):
             batch.rejected.append((Rejection(index=index, reason=readable(item.reason)), item))
             continue
@@ -104,16 +135,9 @@ def parse_events(
         if event_id in seen_ids:
             batch.rejected.append((Rejection(index=index, reason="duplicate event_id in this batch"), item))
             continue
-        try:
-            ts = received_at if event.timestamp is None else event.timestamp + skew
-        except OverflowError:  # a clock thousands of years off: no correction can place it
-            batch.rejected.append((Rejection(index=index, reason="timestamp out of range"), item))
-            continue
-        if ts > received_at + policy.max_future_skew:
-            batch.rejected.append((Rejection(index=index, reason="timestamp too far in the future"), item))
-            continue
-        if ts < received_at - policy.max_event_age:
-            batch.rejected.append((Rejection(index=index, reason="timestamp too old"), item))
+        ts = event_time(event.timestamp, skew, received_at, policy)
+        if isinstance(ts, str):
+            batch.rejected.append((Rejection(index=index, reason=ts), item))
             continue
         seen_ids.add(event_id)
         wire = event.model_dump(mode="json", exclude_none=True)
@@ -130,7 +154,7 @@ def dead_letter_raw(item: Any) -> str:
     if isinstance(item, Unparseable):
         return item.raw
     try:
-        raw = orjson.dumps(item).decode()
+        raw = dumps_exact(item).decode()
     except (TypeError, orjson.JSONEncodeError):
         raw = repr(item)
     return raw[:DEAD_LETTER_RAW_BYTES]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -135,3 +137,29 @@ def decode_body(body: bytes) -> tuple[Any, list[Any] | None]:
         except orjson.JSONDecodeError as exc:
             items.append(Unparseable(f"item is not valid JSON: {exc}", dead_letter_raw_bytes(raw)))
     return payload, items
+
+
+def decode_exact(body: bytes) -> Any:
+    """Parse a body that must be valid JSON as a whole, keeping each number as the decimal its
+    text spells (a `Decimal`, never a float), so that an amount sent as a JSON number keeps every
+    digit. Validity is orjson's, as for `decode_body` (UTF-8, no NaN, no lone surrogate, nesting
+    bounded); the numbers are then read by the standard library. BadRequest otherwise."""
+    try:
+        orjson.loads(body)
+        return json.loads(body, parse_float=Decimal, parse_int=Decimal)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the standard library nests less deeply than orjson
+        raise BadRequest("body is not valid JSON: nested too deeply") from exc
+
+
+def _number_text(value: Any) -> orjson.Fragment:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))  # a JSON number's Decimal writes back as a JSON number
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def dumps_exact(value: Any) -> bytes:
+    """`value` as JSON, numbers read by `decode_exact` written as they were sent. Raises
+    orjson.JSONEncodeError for what JSON cannot hold (more than 254 levels of nesting)."""
+    return orjson.dumps(value, default=_number_text)

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.rules import DEFAULT_RULES
+from schemas.segment import DEFAULT_SEGMENT_MAPPING
 from schemas.series import MAX_NAMES
 from schemas.topics import DEFAULT_PREFIX, Topics
 
@@ -115,6 +116,9 @@ class IngestSettings(CommonSettings):
         default=10_000, ge=0, description="/health/detailed is degraded when a consumer group lags more"
     )
     health_cache_s: float = Field(default=2.0, ge=0, description="How long /health/detailed reuses a report")
+    segment_mapping_file: Path = Field(
+        default=DEFAULT_SEGMENT_MAPPING, description="How Segment messages become events (YAML)"
+    )
 
 
 class StreamsSettings(CommonSettings):

@@ -43,6 +43,11 @@ class Topics:
         return f"{self.prefix}alerts.v1"
 
     @property
+    def traits(self) -> str:
+        """Segment's identify, group and alias calls (schemas.segment.TraitsRecord), for the sink."""
+        return f"{self.prefix}traits.v1"
+
+    @property
     def checkpoints(self) -> str:
         """Window state of the streams worker, one compacted partition per events partition."""
         return f"{self.internal}checkpoints"
@@ -69,6 +74,7 @@ class Topics:
             TopicSpec(self.dead_letter, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
             TopicSpec(self.aggregates, 6, {"retention.ms": week}),
             TopicSpec(self.alerts, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+            TopicSpec(self.traits, 3, {"retention.ms": week}),
             TopicSpec(
                 self.late,
                 EVENT_PARTITIONS,

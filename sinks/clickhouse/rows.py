@@ -29,6 +29,11 @@ ALERT_COLUMNS = [
     "starts_at", "ends_at", "evaluated_at", "emitted_at",
 ]  # fmt: skip
 
+TRAIT_COLUMNS = [
+    "message_id", "project", "type", "timestamp", "received_at", "user_id", "anonymous_id", "group_id",
+    "previous_id", "traits", "context", "request_id", "kafka_partition", "kafka_offset",
+]  # fmt: skip
+
 
 def event_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
     """One row per event of an envelope record."""
@@ -55,3 +60,10 @@ def alert_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
     alert: dict[str, Any] = orjson.loads(value)
     alert["project"] = alert["labels"]["project"]
     return [orjson.dumps(alert)]
+
+
+def trait_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
+    """One row per identify, group or alias call of a traits record."""
+    record: dict[str, Any] = orjson.loads(value)
+    shared = {"project": record["project"], "kafka_partition": partition, "kafka_offset": offset}
+    return [orjson.dumps(message | shared) for message in record["messages"]]

@@ -18,9 +18,11 @@ from sinks.clickhouse.rows import (
     AGGREGATE_COLUMNS,
     ALERT_COLUMNS,
     EVENT_COLUMNS,
+    TRAIT_COLUMNS,
     aggregate_rows,
     alert_rows,
     event_rows,
+    trait_rows,
 )
 from sinks.clickhouse.writer import BatchWriter
 
@@ -37,7 +39,8 @@ def open_store(settings: SinkSettings) -> Client:
 
 
 def create_sink(settings: SinkSettings, client: Client) -> TopicSink:
-    """The consumer of the events, aggregates, alerts and late topics, writing through `client`."""
+    """The consumer of the events, aggregates, alerts, traits and late topics, writing through
+    `client`."""
     db = settings.clickhouse_database
     topics = settings.topics
     return TopicSink(
@@ -49,6 +52,7 @@ def create_sink(settings: SinkSettings, client: Client) -> TopicSink:
                 topics.aggregates, aggregate_rows, BatchWriter(client, f"{db}.aggregates", AGGREGATE_COLUMNS)
             ),
             Route(topics.alerts, alert_rows, BatchWriter(client, f"{db}.alerts", ALERT_COLUMNS)),
+            Route(topics.traits, trait_rows, BatchWriter(client, f"{db}.traits", TRAIT_COLUMNS)),
         ],
         dead_letter_topic=topics.dead_letter,
         max_rows=settings.sink_batch_rows,

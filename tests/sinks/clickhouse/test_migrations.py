@@ -70,9 +70,9 @@ def check_moved_forward(client: Client) -> None:
 
 
 def test_migration_0004_keeps_every_row_valid(previous_release: Client) -> None:
-    assert apply_migrations(previous_release, "m") == ["0004_late_corrections.sql"]
+    assert apply_migrations(previous_release, "m", until=4) == ["0004_late_corrections.sql"]
     check_moved_forward(previous_release)
-    assert apply_migrations(previous_release, "m") == []
+    assert apply_migrations(previous_release, "m", until=4) == []
 
 
 @pytest.mark.parametrize("crashed_after", range(1, 8))
@@ -81,5 +81,5 @@ def test_migration_0004_resumes_after_a_crash_part_way(previous_release: Client,
     sql = {version: text for version, _, text in migrations()}[4]
     for statement in _statements(sql)[:crashed_after]:
         previous_release.command(statement.replace("{database}", "m"))
-    assert apply_migrations(previous_release, "m") == ["0004_late_corrections.sql"]
+    assert apply_migrations(previous_release, "m", until=4) == ["0004_late_corrections.sql"]
     check_moved_forward(previous_release)

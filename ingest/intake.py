@@ -1,0 +1,165 @@
+"""What every write route of the ingest shares (`POST /v1/events` and Segment's Tracking API):
+the app's state, write keys, browser origins, rate limits, and the hand-over of a request's
+accepted events to Kafka and of its rejected items to the dead-letter topic."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ingest.batch import TimePolicy, dead_letter_raw
+from ingest.envelopes import EnvelopePacker
+from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized
+from ingest.health import DetailedHealthCheck
+from ingest.limits import RateLimiter
+from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, reject_reason
+from plumbing.kafka import RecordProducer
+from plumbing.keys import KeyStore, WriteKey
+from schemas.events import Rejection
+from schemas.records import DeadLetter, request_ids_header
+from schemas.topics import Topics
+
+log = logging.getLogger("cosnap.ingest")
+
+
+def header_key(authorization: str | None) -> str | None:
+    """The write key of `Authorization: Bearer <key>` or HTTP Basic with the key as user."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return credentials.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise Unauthorized("malformed Basic credentials") from exc
+        return decoded.partition(":")[0]
+    raise Unauthorized("use Authorization: Bearer <write key> or Basic with the key as user")
+
+
+def cors(origin: str) -> dict[str, str]:
+    """The CORS headers of a response to a page at `origin` that may read it."""
+    # Never `*`, and never Allow-Credentials: write keys travel in headers or the body, not cookies.
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+        "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Kafka:
+    """The app's way into Kafka while it runs: the producer and the packer over it."""
+
+    producer: RecordProducer
+    packer: EnvelopePacker
+
+
+@dataclass(slots=True)
+class IngestState:
+    """What the ingest app keeps: fixed at creation, except `kafka`, set when the app starts."""
+
+    keys: KeyStore
+    limiter: RateLimiter
+    policy: TimePolicy
+    detailed_health: DetailedHealthCheck
+    topics: Topics
+    kafka: Kafka | None = None
+
+    @property
+    def running(self) -> Kafka:
+        """The producer and packer; they exist once the app has started (its lifespan)."""
+        if self.kafka is None:
+            raise RuntimeError("the ingest app is not running (its lifespan has not started)")
+        return self.kafka
+
+    def authenticate(self, presented: str | None) -> WriteKey:
+        """The write key presented, or 401."""
+        if presented is None:
+            raise Unauthorized("missing write key")
+        found = self.keys.authenticate(presented)
+        if found is None:
+            raise Unauthorized("unknown write key")
+        return found
+
+    def allow_origin(self, origin: str | None, project: str) -> dict[str, str]:
+        """The CORS headers for a page at `origin` posting for `project`; 403 when the project
+        does not list the origin. None for a client that is not a browser page."""
+        if not origin:
+            return {}
+        if not self.keys.origin_allowed(origin, project):
+            raise Forbidden(f"origin {origin} is not allowed for project {project}")
+        return cors(origin)
+
+    def refusal_headers(self, origin: str | None, refused: IngestError) -> dict[str, str]:
+        """The headers of a refusal: its own, and CORS so that a page can read why."""
+        headers = dict(refused.headers)
+        if origin and self.keys.origin_allowed(origin):
+            headers |= cors(origin)
+        return headers
+
+    def take(self, write_key: WriteKey, events: int) -> None:
+        """Spend `events` of the key's rate limit, or 429 with the wait in Retry-After."""
+        wait = self.limiter.take(write_key.key_id, events)
+        if wait:
+            raise RateLimited("rate limit of this write key reached", headers={"Retry-After": f"{wait:.0f}"})
+
+    async def accept(
+        self,
+        project: str,
+        request_id: str,
+        received_at: datetime,
+        accepted: list[bytes],
+        rejected: list[tuple[Rejection, Any]],
+    ) -> None:
+        """Hand the accepted events to Kafka and wait for its acknowledgement (KafkaUnavailable
+        when it does not come), then dead-letter the rejected items with their reasons."""
+        if accepted:
+            await self.running.packer.submit(project, orjson.dumps(project), accepted, request_id)
+            EVENTS_ACCEPTED.inc(len(accepted))
+        for rejection, item in rejected:
+            EVENTS_REJECTED.labels(reject_reason(item, rejection.reason)).inc()
+        if rejected:
+            await self._dead_letter(project, request_id, received_at, rejected)
+
+    async def _dead_letter(
+        self, project: str, request_id: str, received_at: datetime, rejected: list[tuple[Rejection, Any]]
+    ) -> None:
+        rows = [
+            DeadLetter.of_request_item(
+                project,
+                request_id,
+                received_at,
+                index=rejection.index,
+                reason=rejection.reason,
+                raw=dead_letter_raw(item),
+            )
+            for rejection, item in rejected
+        ]
+        header = [request_ids_header([request_id])]
+        sends = [
+            self.running.producer.send(
+                self.topics.dead_letter,
+                key=project.encode(),
+                value=row.model_dump_json().encode(),
+                headers=header,
+            )
+            for row in rows
+        ]
+        for result in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning(
+                    "dead-letter write failed for request %s: %s",
+                    request_id,
+                    result,
+                    extra={"request_id": request_id, "project": project},
+                )
