@@ -35,6 +35,7 @@ def _ingest(_args: argparse.Namespace) -> int:
     from ingest.app import create_app
 
     settings = IngestSettings()
+    _ensure_dev_sentry_secret(settings)
     _logging("ingest", settings)
     uvicorn.run(
         create_app(settings),
@@ -214,6 +215,28 @@ def _import(args: argparse.Namespace) -> int:
         retry_for=args.retry_for,
     )
     return run_import(args.files, Target(url, key), options, sys.stdout, as_json=args.json)
+
+
+def _ensure_dev_sentry_secret(settings: IngestSettings) -> None:
+    """In the embedded default (a data directory with the development write key, as `make run`
+    keeps it), a development Sentry client secret of project `default` in `dev-sentry-secret`."""
+    from plumbing.keys import DEV_KEY_FILE, KeyStore, ensure_dev_sentry_secret
+
+    if (settings.data_dir / DEV_KEY_FILE).exists():
+        ensure_dev_sentry_secret(KeyStore(settings.keys_file), settings.data_dir)
+
+
+def _sentry_add(args: argparse.Namespace) -> int:
+    from plumbing.keys import KeyStore
+
+    secret = KeyStore(CommonSettings().keys_file).add_sentry_secret(args.project, args.secret)
+    print(secret)
+    print(
+        f"Sentry client secret for project {args.project!r}: set it in the integration, whose webhook URL is "
+        f"<ingest>/v1/integrations/sentry/{args.project}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -470,6 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.set_defaults(func=_keys_create)
 
+    sentry = commands.add_parser("sentry", help="Sentry integrations").add_subparsers(
+        dest="sentry", required=True
+    )
+    sentry_add = sentry.add_parser(
+        "add", help="keep a client secret of a project's Sentry integration (a new one unless --secret)"
+    )
+    sentry_add.add_argument("--project", required=True)
+    sentry_add.add_argument("--secret", help="the client secret Sentry shows for the integration")
+    sentry_add.set_defaults(func=_sentry_add)
+
     rules = commands.add_parser("rules", help="alert rules files").add_subparsers(dest="rules", required=True)
     check = rules.add_parser("check", help="validate a rules file and its annotation templates")
     check.add_argument("file", type=Path)
@@ -481,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that keep state in the data directory: it is made 0700 (also one an older release made).
-_KEEP_STATE = frozenset({"run", "ingest", "streams", "sink", "notify", "keys"})
+_KEEP_STATE = frozenset({"run", "ingest", "streams", "sink", "notify", "keys", "sentry"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

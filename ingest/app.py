@@ -24,6 +24,7 @@ from ingest.limits import RateLimiter
 from ingest.metrics import RequestMetrics
 from ingest.request_ids import RequestIds
 from ingest.segment import segment_router
+from ingest.sentry_hooks import sentry_router
 from plumbing.kafka import AckedProducer, KafkaUnavailable, RecordProducer
 from plumbing.keys import KeyStore
 from plumbing.metrics_route import add_metrics_route
@@ -214,6 +215,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         return JSONResponse(report.model_dump(mode="json"), status_code=http_status(report.status))
 
     app.include_router(segment_router(state, settings.segment_mapping_file))
+    app.include_router(sentry_router(state, settings))
     add_metrics_route(app)
 
     def openapi() -> dict[str, Any]:

@@ -163,3 +163,13 @@ def dumps_exact(value: Any) -> bytes:
     """`value` as JSON, numbers read by `decode_exact` written as they were sent. Raises
     orjson.JSONEncodeError for what JSON cannot hold (more than 254 levels of nesting)."""
     return orjson.dumps(value, default=_number_text)
+
+
+def json_path(value: Any, *keys: str) -> Any:
+    """What a parsed JSON body holds at `keys` (`json_path(body, "context", "app", "version")`),
+    or None when a step is missing or not an object."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value

@@ -26,7 +26,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from ingest.batch import ParsedBatch, TimePolicy, event_time, parse_events, parse_sent_at
-from ingest.body import dumps_exact
+from ingest.body import dumps_exact, json_path
 from ingest.errors import BadRequest
 from ingest.reasons import validation_reason
 from schemas.events import Rejection
@@ -102,14 +102,6 @@ def _when(message: dict[str, Any]) -> Any:
     """When the message happened as its client says: `timestamp`, else `originalTimestamp`."""
     timestamp = message.get("timestamp")
     return message.get("originalTimestamp") if timestamp is None else timestamp
-
-
-def _path(mapping: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
 
 
 def _tag_value(value: Any) -> str | None:
@@ -213,8 +205,8 @@ class SegmentMessages:
         if timestamp is not None:
             item["timestamp"] = _timestamp(timestamp)
         item["source"] = self._mapping.source
-        release = _short(_path(message, "context", "app", "version"))
-        environment = _short(_path(message, "context", "environment"))
+        release = _short(json_path(message, "context", "app", "version"))
+        environment = _short(json_path(message, "context", "environment"))
         if release:
             item["release"] = release
         if environment:
@@ -264,8 +256,8 @@ class SegmentMessages:
     def _tags(self, message: dict[str, Any], properties: dict[str, Any]) -> dict[str, str]:
         tags = {}
         for key, value in (
-            ("segment.library", _path(message, "context", "library", "name")),
-            ("segment.library_version", _path(message, "context", "library", "version")),
+            ("segment.library", json_path(message, "context", "library", "name")),
+            ("segment.library_version", json_path(message, "context", "library", "version")),
             *((key, properties.get(key)) for key in self._mapping.property_tags),
         ):
             text = _tag_value(value)

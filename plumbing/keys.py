@@ -1,5 +1,7 @@
 """Projects and their write keys: issued once, stored only as SHA-256 hashes, compared in
-constant time; each project lists the browser origins allowed to post its events (CORS).
+constant time; each project lists the browser origins allowed to post its events (CORS). A
+project may also hold the client secrets of its Sentry integrations, which verify Sentry's
+webhooks: an HMAC key must be kept itself, so these are stored as they are (the file is 0600).
 
 The store is a JSON file in the data directory; the API re-reads it when it changes, so a key
 created with `cosnap-metrics keys create` works at once. A write key can only write events.
@@ -29,6 +31,7 @@ from schemas.keys import KEY_PREFIX, READ_KEY_PREFIX
 
 DEV_KEY_FILE = "dev-write-key"
 DEV_READ_KEY_FILE = "dev-read-key"
+DEV_SENTRY_SECRET_FILE = "dev-sentry-secret"  # noqa: S105  # a file name, not a secret
 DEFAULT_PROJECT = "default"
 # The embedded default accepts browser pages served from this machine.
 DEV_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://localhost", "http://127.0.0.1")
@@ -76,19 +79,21 @@ class KeyStore:
         self._version: tuple[int, int] = (-1, -1)  # the file's inode and mtime when last read
         self._by_lookup: dict[str, list[_StoredKey]] = {}
         self._origins: dict[str, tuple[str, ...]] = {}
+        self._sentry: dict[str, tuple[str, ...]] = {}
 
     def _read(self) -> dict[str, Any]:
         if not self._path.exists():
-            return {"keys": [], "projects": {}}
+            return {"keys": [], "projects": {}, "sentry": []}
         data: dict[str, Any] = json.loads(self._path.read_text())
         data.setdefault("projects", {})
+        data.setdefault("sentry", [])
         return data
 
     def _reload(self) -> None:
         try:
             stat = self._path.stat()
         except FileNotFoundError:
-            self._by_lookup, self._origins, self._version = {}, {}, (-1, -1)
+            self._by_lookup, self._origins, self._sentry, self._version = {}, {}, {}, (-1, -1)
             return
         version = (stat.st_ino, stat.st_mtime_ns)  # a write replaces the file: a new inode
         if version == self._version:
@@ -100,6 +105,10 @@ class KeyStore:
                 _StoredKey(entry["project"], entry["lookup"], entry["digest"], entry.get("scope") == "read")
             )
         self._origins = {name: tuple(p.get("origins", ())) for name, p in data["projects"].items()}
+        sentry: dict[str, tuple[str, ...]] = {}
+        for entry in data["sentry"]:
+            sentry[entry["project"]] = (*sentry.get(entry["project"], ()), entry["secret"])
+        self._sentry = sentry
         self._by_lookup, self._version = by_lookup, version
 
     def _find(self, key: str, prefix: str, read: bool) -> _StoredKey | None:
@@ -132,6 +141,23 @@ class KeyStore:
         self._reload()
         projects = self._origins.values() if project is None else [self._origins.get(project, ())]
         return any(fnmatch.fnmatchcase(origin, pattern) for patterns in projects for pattern in patterns)
+
+    def sentry_secrets(self, project: str) -> tuple[str, ...]:
+        """The client secrets of `project`'s Sentry integrations (none for an unknown project)."""
+        self._reload()
+        return self._sentry.get(project, ())
+
+    def add_sentry_secret(self, project: str, secret: str | None = None) -> str:
+        """Keep the client secret of a Sentry integration of `project`: `secret` as Sentry shows it,
+        or a new one (64 hex digits, as Sentry's) when None. Returns the secret."""
+        secret = secret or secrets.token_hex(32)
+        with self._locked():
+            data = self._read()
+            data["sentry"].append(
+                {"project": project, "secret": secret, "created_at": datetime.now(UTC).isoformat()}
+            )
+            replace_private(self._path, json.dumps(data, indent=2))
+        return secret
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -192,3 +218,16 @@ def ensure_dev_read_key(store: KeyStore, data_dir: Path) -> str:
     key = store.create(DEFAULT_PROJECT, read=True)
     replace_private(private_dir(data_dir) / DEV_READ_KEY_FILE, key + "\n")
     return key
+
+
+def ensure_dev_sentry_secret(store: KeyStore, data_dir: Path) -> str:
+    """The development Sentry client secret of the embedded default (project `default`), created
+    on first run and kept in `<data_dir>/dev-sentry-secret` (0600), as the write key is."""
+    path = data_dir / DEV_SENTRY_SECRET_FILE
+    if path.exists():
+        secret = path.read_text().strip()
+        if secret in store.sentry_secrets(DEFAULT_PROJECT):
+            return secret
+    secret = store.add_sentry_secret(DEFAULT_PROJECT)
+    replace_private(private_dir(data_dir) / DEV_SENTRY_SECRET_FILE, secret + "\n")
+    return secret

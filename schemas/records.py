@@ -4,11 +4,13 @@ decimals travel as strings."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 
 from schemas.events import (
@@ -234,6 +236,12 @@ class DeadLetter(BaseModel):
     @field_serializer("received_at", when_used="json")
     def _iso_milliseconds(self, received_at: datetime) -> str:
         return received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_fingerprint(labels: dict[str, str]) -> str:
+    """An alert's fingerprint, stable across episodes, restarts and releases: a hash of its
+    sorted labels (the streams worker's alerts and those the ingest takes from Sentry)."""
+    return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class AlertRecord(BaseModel):

@@ -11,6 +11,7 @@ alerts (a resolve threshold against flapping, a minimum sample size).
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -113,6 +114,21 @@ class Impact(BaseModel):
 
     revenue_window: Duration = 3600
     expected_duration: Duration = 1800
+
+
+def impact_text(totals: dict[str, Decimal], impact: Impact) -> str:
+    """The business-impact annotation of an alert: the project's revenue per minute over the
+    impact window (`totals` per currency over that window), and over an expected episode."""
+    window, expected = impact.revenue_window, impact.expected_duration
+    if not totals:
+        return f"no revenue in the last {format_duration(window)}"
+    minutes = window / 60
+    parts = [
+        f"{float(total) / minutes:,.2f} {currency}/min, {float(total) / minutes * expected / 60:,.2f}"
+        f" {currency} over {format_duration(expected)}"
+        for currency, total in sorted(totals.items(), key=lambda item: -item[1])
+    ]
+    return f"revenue at stake (from the last {format_duration(window)}): " + "; ".join(parts)
 
 
 class Annotations(BaseModel):

@@ -119,6 +119,11 @@ class IngestSettings(CommonSettings):
     segment_mapping_file: Path = Field(
         default=DEFAULT_SEGMENT_MAPPING, description="How Segment messages become events (YAML)"
     )
+    sentry_hook_max_age_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Sentry webhooks whose Sentry-Hook-Timestamp is further off are refused",
+    )
 
 
 class StreamsSettings(CommonSettings):

@@ -27,15 +27,13 @@ and by unit tests without Kafka.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
 
-import orjson
-
-from schemas.rules import MATCH_FIELDS, PANE_S, Impact, Match, Rule, RuleFile, format_duration
+from schemas.records import alert_fingerprint as fingerprint
+from schemas.rules import MATCH_FIELDS, PANE_S, Impact, Match, Rule, RuleFile, format_duration, impact_text
 from schemas.series import OVERFLOW
 from streams.envelope import EVENT_TYPES, Event
 from streams.series import Series
@@ -292,11 +290,6 @@ class AlertGroup:
     since: float = 0.0  # pending: when the condition began to hold; firing: when it fired
     clear_since: float | None = None  # firing with keep_firing_for: when the value became clear
     changed_at: float = -math.inf  # event-time clock of the last state change
-
-
-def fingerprint(labels: dict[str, str]) -> str:
-    """Stable across episodes, restarts and releases: a hash of the sorted labels."""
-    return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class AlertEngine:
@@ -608,22 +601,13 @@ class AlertEngine:
 
     def _impact(self, impact: Impact, project: str, clock: float) -> str:
         """Revenue per minute of the project over the impact window, and over an expected episode."""
-        window, expected = impact.revenue_window, impact.expected_duration
-        since = clock - window
+        since = clock - impact.revenue_window
         totals: dict[str, Decimal] = {}
         for minute, amounts in self._revenue.get(project, {}).items():
             if since <= minute <= clock:
                 for currency, amount in amounts.items():
                     totals[currency] = totals.get(currency, Decimal(0)) + amount
-        if not totals:
-            return f"no revenue in the last {format_duration(window)}"
-        minutes = window / 60
-        parts = [
-            f"{float(total) / minutes:,.2f} {currency}/min, {float(total) / minutes * expected / 60:,.2f}"
-            f" {currency} over {format_duration(expected)}"
-            for currency, total in sorted(totals.items(), key=lambda item: -item[1])
-        ]
-        return f"revenue at stake (from the last {format_duration(window)}): " + "; ".join(parts)
+        return impact_text(totals, impact)
 
     # -- bookkeeping ------------------------------------------------------------------------------
 

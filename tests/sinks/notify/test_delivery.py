@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -34,9 +33,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from cosnap_metrics.broker import KafkaBroker
-from cosnap_metrics.processes import spawn, stop
 from schemas.records import AlertRecord, DeadLetter
-from tests.conftest import Pipeline, free_port, wait_for
+from tests.conftest import Pipeline, wait_for
+from tests.sinks.notify.alertmanager import running_alertmanager
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
@@ -47,36 +46,10 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     """Debian's `prometheus-alertmanager` on a free loopback port, clustering off; its base URL."""
-    binary = shutil.which("prometheus-alertmanager")
-    if binary is None:
-        pytest.fail("prometheus-alertmanager is not installed; `make test` installs Debian's package")
     config = tmp_path / "alertmanager.yml"
     config.write_text("route:\n  receiver: nowhere\nreceivers:\n  - name: nowhere\n")
-    url = f"http://127.0.0.1:{free_port()}"
-    log = tmp_path / "alertmanager.log"
-    with log.open("ab") as out:
-        process = spawn(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.path={tmp_path / 'alertmanager-data'}",
-                f"--web.listen-address={url.removeprefix('http://')}",
-                "--cluster.listen-address=",
-            ],
-            stdout=out,
-        )
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_for(ready, 20), log.read_text()
+    with running_alertmanager(config, tmp_path) as url:
         yield url
-    finally:
-        stop(process, timeout=10)
 
 
 @dataclass(frozen=True)
