@@ -59,6 +59,11 @@ class CommonSettings(BaseSettings):
     log_format: LogFormat = Field(
         default="json", description="Service logs: one JSON object per line, or text for a person to read"
     )
+    log_dir: Path | None = Field(
+        default=None,
+        description="Service logs go to <dir>/<service>.jsonl and only state changes and warnings to "
+        "stderr (the runner sets <data_dir>/logs); unset = every line to stderr",
+    )
     # Sentry's own variable names are accepted too, so an existing Sentry setup carries over.
     sentry_dsn: SecretStr = Field(
         default=SecretStr(""),
