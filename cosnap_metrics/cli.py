@@ -19,7 +19,7 @@ def _logging(service: str, settings: CommonSettings, secrets: Iterable[str] = ()
     from plumbing.logs import configure_logging
     from plumbing.sentry import init_sentry
 
-    configure_logging(service, settings.log_level, settings.log_format)
+    configure_logging(service, settings.log_level, settings.log_format, settings.log_dir)
     init_sentry(service, settings, secrets)
 
 
@@ -29,39 +29,75 @@ def _run(_args: argparse.Namespace) -> int:
     return run_pipeline(RunnerSettings())
 
 
+# The ingest's share of its stop deadline (plumbing/stopping.py) for requests still waiting for
+# Kafka; the producer's close then has CLOSE_FLUSH_S for the envelopes queued.
+INGEST_GRACEFUL_S = 2
+
+
 def _ingest(_args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    from types import FrameType
+
     import uvicorn
 
     from ingest.app import create_app
+    from plumbing.kafka import AckedProducer
+    from plumbing.outage import Outage, watch_kafka
+    from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 
     settings = IngestSettings()
     _ensure_dev_sentry_secret(settings)
     _logging("ingest", settings)
-    uvicorn.run(
-        create_app(settings),
+    log = logging.getLogger("cosnap.ingest")
+    producer = AckedProducer(
+        settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s, client_id="cosnap-ingest"
+    )
+
+    def held() -> str:
+        return f"{n} envelopes Kafka has not acknowledged" if (n := producer.queued()) else ""
+
+    watch_kafka(settings.kafka_bootstrap, Outage("Kafka", log, held))
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, stopped through a Shutdown: a deadline on the stop, and a second
+        signal exits at once."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            shutdown.request(sig)
+
+    config = uvicorn.Config(
+        create_app(settings, producer),
         host=settings.ingest_host,
         port=settings.ingest_port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go to the root logger's handler, as JSON
         access_log=False,  # the app logs each request with its request id (ingest/request_ids.py)
+        timeout_graceful_shutdown=INGEST_GRACEFUL_S,
     )
+    server = Server(config)
+    shutdown = Shutdown(lambda signum: uvicorn.Server.handle_exit(server, signum, None), held)
+    # uvicorn raises the signals it handled again once it has stopped, with the handlers it found:
+    # ignored, so that the stop ends with this function's exit status, not with the signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server.run()
+    if producer.unflushed:
+        log.error(
+            "stopped with %d envelopes Kafka did not acknowledge: their requests got no 202, "
+            "and their clients send them again",
+            producer.unflushed,
+        )
+        return EXIT_UNFLUSHED
     return 0
 
 
 def _streams(_args: argparse.Namespace) -> int:
-    import faust
-
-    from streams.app import create_app
+    from streams.app import run_worker
 
     settings = StreamsSettings()
     _logging("streams", settings)
-    app = create_app(settings)
-    # Faust would replace the logging configuration and draw a spinner on stdout; without the
-    # spinner it logs "[^Worker]: Ready" once started.
-    worker = faust.Worker(app, override_logging=False, quiet=True)
-    worker.spinner = None
-    worker.execute_from_commandline()
-    return 0
+    return run_worker(settings)
 
 
 def _sink(_args: argparse.Namespace) -> int:
@@ -79,15 +115,15 @@ def _sink(_args: argparse.Namespace) -> int:
 
     # chDB holds its data directory for one process: on the embedded store the query service
     # runs in the sink's process, and serves the sink's health beside the reads.
-    servers = start_query_service(settings, health) if settings.embedded_clickhouse else []
-    if not servers:
+    query = start_query_service(settings, health) if settings.embedded_clickhouse else None
+    if query is None:
         serve_status(settings.metrics_host, settings.sink_metrics_port, health)
     try:
-        run_until_signalled(sink)
+        return run_until_signalled(sink)
     finally:
-        for server in servers:
-            server.should_exit = True
-    return 0
+        if query is not None:
+            query.stop()
+        client.close()  # chDB's handles closed before the interpreter exits (QueryService.stop)
 
 
 def _notify(_args: argparse.Namespace) -> int:

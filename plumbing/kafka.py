@@ -19,6 +19,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from schemas.errors import CosnapError
 from schemas.topics import MAX_RECORD_BYTES
 
+CLOSE_FLUSH_S = 2.0  # longest a closing producer waits for acknowledgements
+
 
 class KafkaUnavailable(CosnapError):
     """Kafka did not acknowledge a record in time (refused, queue full, or timed out): nothing
@@ -75,8 +77,12 @@ class AckedProducer:
                 # A record not acknowledged by then fails with KafkaUnavailable.
                 "message.timeout.ms": int(timeout_s * 1000),
                 "queue.buffering.max.messages": queue_max_messages,
+                # After an outage the broker is tried again within a second of its return (the
+                # default waits up to 10 s between tries, so the ingest stayed unready as long).
+                "reconnect.backoff.max.ms": 1000,
             }
         )
+        self.unflushed = 0  # records close() could not deliver before its deadline
         self._running = True
         self._poller = threading.Thread(target=self._poll_forever, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -153,9 +159,18 @@ class AckedProducer:
             return False
         return True
 
+    def queued(self) -> int:
+        """Records handed over and not yet acknowledged (or failed)."""
+        return len(self._producer)
+
     def close(self) -> None:
-        """Deliver what is queued (up to the timeout), then stop the poller."""
-        self._producer.flush(self._timeout_s)
+        """Deliver what is queued, for at most CLOSE_FLUSH_S (a service stopping while Kafka is
+        down must not wait out the full timeout), then stop the poller. What was not delivered
+        is counted in `unflushed` and purged: its futures fail now, not at the timeout."""
+        self.unflushed = self._producer.flush(min(self._timeout_s, CLOSE_FLUSH_S))
+        if self.unflushed:
+            self._producer.purge()
+            self._producer.poll(0)  # serves the purged records' delivery reports
         self._running = False
         self._poller.join()
 

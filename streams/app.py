@@ -15,6 +15,8 @@ done by objects that are given the Kafka side:
   its checkpoint, and read back by the next owner; events too late for their pane go, one late
   record per events record, to `metrics.internal.late` once a checkpoint covers that record;
 - streams/publishing.py: what goes to Kafka, sent again until Kafka acknowledges it.
+
+`run_worker` runs it as `cosnap-metrics streams` does, stopped through plumbing/stopping.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import functools
 import gc
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,7 +35,9 @@ from faust.types import Message
 
 import streams.windows
 from plumbing.kafka import AckedProducer
+from plumbing.outage import Outage, watch_kafka
 from plumbing.status import serve_status
+from plumbing.stopping import Shutdown
 from schemas.records import request_ids_in
 from schemas.rules import load_rules
 from schemas.series import DEFAULT_SERIES
@@ -86,9 +91,38 @@ class Worker:
     folder: Folder
     emission: Emission
     status: WorkerStatus
+    kafka: Outage
+
+    def held(self) -> str:
+        """Records folded since their partition's last checkpoint, in words ("" when none): a
+        stop now leaves them to be folded again from the checkpoint. Any thread."""
+        folded = sum(len(state.unacked) for _, state in self.partitions.items())
+        return f"events records folded since the last checkpoint: {folded}" if folded else ""
 
 
-def create_app(settings: StreamsSettings) -> faust.App:
+def run_worker(settings: StreamsSettings) -> int:
+    """Run the worker until SIGTERM or SIGINT (`cosnap-metrics streams`). Faust's own stop with
+    Kafka down waits for a commit that never completes, blocking its event loop
+    (docs/findings.md): only the Shutdown's deadline ends it then."""
+    app, worker = create_app(settings)
+
+    class FaustWorker(faust.Worker):
+        def _schedule_shutdown(self, signal: signal.Signals) -> None:  # mode's SIGTERM/SIGINT handler
+            shutdown.request(signal)
+
+    # Faust would replace the logging configuration and draw a spinner on stdout; without the
+    # spinner it logs "[^Worker]: Ready" once started.
+    faust_worker = FaustWorker(app, override_logging=False, quiet=True)
+    faust_worker.spinner = None
+    shutdown = Shutdown(
+        lambda signum: faust.Worker._schedule_shutdown(faust_worker, signal.Signals(signum)), worker.held
+    )
+    faust_worker.execute_from_commandline()
+    return 0  # execute_from_commandline ends with SystemExit
+
+
+def create_app(settings: StreamsSettings) -> tuple[faust.App, Worker]:
+    """The Faust app of the worker, and the objects it is composed of."""
     topics = settings.topics
     app = _faust_app(settings)
     worker = _compose(settings, app)
@@ -128,8 +162,10 @@ def create_app(settings: StreamsSettings) -> faust.App:
 
     @app.task
     async def serve_metrics() -> None:
-        """The worker's /metrics and /health (Faust's web server is off)."""
+        """The worker's /metrics and /health (Faust's web server is off), and the watch on Kafka
+        that logs an outage as two lines and a reminder (aiokafka logs every reconnect)."""
         serve_status(settings.metrics_host, settings.streams_metrics_port, worker.status.health)
+        watch_kafka(settings.kafka_bootstrap, worker.kafka)
 
     async def forget_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         # Another worker resumes these partitions from their checkpoints.
@@ -139,7 +175,7 @@ def create_app(settings: StreamsSettings) -> faust.App:
                 worker.status.forget(tp.partition)
 
     app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]  # mode's signal typing
-    return app
+    return app, worker
 
 
 def _faust_app(settings: StreamsSettings) -> faust.App:
@@ -196,7 +232,8 @@ def _compose(settings: StreamsSettings, app: faust.App) -> Worker:
     checkpointer = Checkpointer(sender, topics.checkpoints, topics.events, late, ack, settings.checkpoint_s)
     emission = Emission(partitions, WindowPublisher(emitter, topics.aggregates), alerts, checkpointer)
     folder = Folder(partitions, alerts, DeadLetters(sender, topics.dead_letter), ack, emission.wake)
-    return Worker(partitions, folder, emission, WorkerStatus(settings.tick_s))
+    kafka = Outage("Kafka", log)
+    return Worker(partitions, folder, emission, WorkerStatus(settings.tick_s, kafka), kafka)
 
 
 def _logs_the_failed_record(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

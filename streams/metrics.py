@@ -16,6 +16,7 @@ from typing import Any
 from faust.types import TP
 from prometheus_client import Counter, Gauge, Histogram
 
+from plumbing.outage import Outage
 from schemas.health import ServiceHealth
 
 EVENTS_FOLDED = Counter(
@@ -90,8 +91,9 @@ class WorkerStatus:
     """What the worker's /health and lag gauges report. `ticked` and `forget` run on the event
     loop; `health` on the status server's threads, reading only what `ticked` replaces whole."""
 
-    def __init__(self, tick_s: float) -> None:
+    def __init__(self, tick_s: float, kafka: Outage | None = None) -> None:
         self._stalled_after = max(10.0, 20 * tick_s)
+        self._kafka = kafka
         self._ticked_at: float | None = None
         self._lag: dict[int, int] = {}
 
@@ -118,14 +120,19 @@ class WorkerStatus:
 
     def health(self) -> ServiceHealth:
         """Unhealthy before the first tick and when the timer stops ticking (the event loop is
-        stuck, so windows are not closed); healthy otherwise."""
+        stuck, so windows are not closed); degraded while Kafka is unreachable (the problem says
+        since when); healthy otherwise."""
         if self._ticked_at is None:
             return ServiceHealth(service="streams", status="unhealthy", problems=["starting: no tick yet"])
         since = time.monotonic() - self._ticked_at
         stalled = since > self._stalled_after
+        problems = [f"the timer last ticked {since:.0f}s ago"] if stalled else []
+        kafka = self._kafka.problem() if self._kafka is not None else None
+        if kafka is not None:
+            problems.append(kafka)
         return ServiceHealth(
             service="streams",
-            status="unhealthy" if stalled else "healthy",
-            problems=[f"the timer last ticked {since:.0f}s ago"] if stalled else [],
+            status="unhealthy" if stalled else "degraded" if problems else "healthy",
+            problems=problems,
             details={"seconds_since_tick": round(since, 3), "lag": {str(p): n for p, n in self._lag.items()}},
         )

@@ -4,6 +4,10 @@ Offsets are committed only after every row consumed so far has been inserted or,
 ClickHouse refused it for its content, written to the dead-letter topic; so a crash at any point
 replays (never loses) records, and the tables' replacing keys make a replay harmless. One bad
 row never holds back the others (sinks/clickhouse/writer.py); only a transient failure is retried.
+
+Every call to Kafka that can block has a deadline (`KAFKA_CALL_TIMEOUT_MS`): kafka-python's
+`commit()` without one retries for as long as the coordinator is unreachable, spinning a core,
+and a sink stopped while Kafka is down would never return (docs/findings.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
 from plumbing.backoff import Backoff
+from plumbing.outage import Outage, watch_kafka
 from schemas.health import ServiceHealth
 from schemas.records import (
     MAX_HEADER_REQUEST_IDS,
@@ -39,6 +44,8 @@ from sinks.clickhouse.writer import BatchWriter, RefusedRow
 log = logging.getLogger("cosnap.sink")
 
 RowBuilder = Callable[[bytes, int, int], list[bytes]]
+KAFKA_CALL_TIMEOUT_MS = 3_000  # commit, committed offsets, positions, close
+RECONNECT_BACKOFF_MAX_MS = 1_000  # a broker back from an outage is tried again within a second
 
 
 def _row_fields(row: bytes) -> dict[str, str]:
@@ -108,6 +115,11 @@ class TopicSink:
         self._max_rows = max_rows
         self._max_wait_s = max_wait_s
         self._stopping = threading.Event()
+        self._bootstrap = bootstrap
+        self.kafka = Outage("Kafka", log, self.held)
+        # Offsets of the last commit that went through: a stop with nothing new to commit is clean
+        # even when Kafka is down.
+        self._committed: dict[TopicPartition, int] = {}
         # What /health reports, read from the query service's threads: each is replaced whole.
         self._partitions: list[str] = []
         self._flushed_at: float | None = None  # wall time of the last flush that inserted every row
@@ -122,21 +134,37 @@ class TopicSink:
             # A sink killed without leaving the group holds its partitions until this runs out.
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         # No rebalance listener: rows of a revoked partition stay buffered and are inserted with
         # the next batch, while its new owner replays them from the last commit; the replacing
         # keys of the tables collapse the two copies. A commit covers owned partitions only.
         self._consumer.subscribe([*self._routes, *([corrections.topic] if corrections else [])])
         self._dead_letters = KafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", client_id=f"{group_id}-dlq"
+            bootstrap_servers=bootstrap,
+            acks="all",
+            client_id=f"{group_id}-dlq",
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def held(self) -> str:
+        """What the sink holds that is not in ClickHouse yet, in words ("" when nothing). Any thread."""
+        rows = sum(route.writer.pending for route in self._routes.values())
+        late = self._corrections.pending if self._corrections is not None else 0
+        return ", ".join(
+            [*([f"{rows} rows not inserted"] if rows else []), *([f"{late} late records"] if late else [])]
+        )
+
     def health(self) -> ServiceHealth:
-        """The consumer's side of the sink's /health: degraded while inserts fail. Any thread."""
+        """The consumer's side of the sink's /health: degraded while inserts fail or Kafka is
+        unreachable (the problem says since when). Any thread."""
         problems = [f"inserts failing: {self._insert_error}"] if self._insert_error else []
+        kafka = self.kafka.problem()
+        if kafka is not None:
+            problems.append(kafka)
         return ServiceHealth(
             service="sink",
             status="degraded" if problems else "healthy",
@@ -153,10 +181,11 @@ class TopicSink:
             return True
         return any(route.writer.due(self._max_rows, self._max_wait_s) for route in self._routes.values())
 
-    def flush_and_commit(self) -> None:
+    def flush_and_commit(self) -> bool:
         """Insert every pending row, dead-letter the rows ClickHouse refused for their content,
         then commit what was consumed. Retries failed inserts and dead-letter writes with backoff
-        until they succeed or the sink is stopped (then nothing is committed)."""
+        until they succeed or the sink is stopped (then nothing is committed). True when every
+        row is written and the offsets are committed."""
         failures = 0
         for route in self._routes.values():
             for delay in Backoff().delays():
@@ -170,7 +199,7 @@ class TopicSink:
                         log.error(
                             "stopping with %d rows not inserted: %s", route.writer.pending, exc, extra=context
                         )
-                        return
+                        return False
                     failures += 1
                     # The first failure goes to Sentry with its traceback; the retries are warnings.
                     log.log(
@@ -183,19 +212,31 @@ class TopicSink:
                     )
                     time.sleep(delay)
             if refused and not self._dead_letter_refused(route, refused):
-                return  # stopped before Kafka took them: nothing committed, the records replay
+                return False  # stopped before Kafka took them: nothing committed, the records replay
             route.origin.clear()
         self._insert_error = None
         if self._corrections is not None and not self._flush_corrections(self._corrections):
-            return
+            return False
         self._flushed_at = time.time()
+        return self._commit()
+
+    def _commit(self) -> bool:
+        """Commit the offsets consumed, unless the last commit holds them already; True when
+        they are committed."""
         try:
-            self._consumer.commit(self._offsets_to_commit())
+            offsets = self._offsets_to_commit()
+            if {tp: at.offset for tp, at in offsets.items()} == self._committed:
+                return True
+            self._consumer.commit(offsets, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
         except KafkaError as exc:
             # The rows are in ClickHouse; an offset not committed only means they are consumed
-            # and inserted again (collapsed by the replacing keys). Broker outages and a group
-            # that rebalanced meanwhile (CommitFailedError) both land here; the loop goes on.
+            # and inserted again (collapsed by the replacing keys). Broker outages (the commit
+            # times out) and a group that rebalanced meanwhile (CommitFailedError) both land
+            # here; the loop goes on.
             log.warning("offset commit failed, rows will be replayed: %r", exc)
+            return False
+        self._committed = {tp: at.offset for tp, at in offsets.items()}
+        return True
 
     def _flush_corrections(self, corrections: LateCorrections) -> bool:
         """Write the corrections of the late records whose events are stored. A failure leaves
@@ -206,6 +247,9 @@ class TopicSink:
         except SinkError as exc:
             self._insert_error = str(exc)
             log.warning("%s; %d late records wait for the next flush", exc, corrections.pending)
+            return True
+        except KafkaError as exc:  # the committed offsets of the events partitions, unreadable
+            log.warning("%r; %d late records wait for the next flush", exc, corrections.pending)
             return True
         if refused:  # rows built here from checked values: a refusal is a bug, set aside and logged
             letters: list[tuple[DeadLetter, list[str]]] = [
@@ -232,7 +276,9 @@ class TopicSink:
         """The sink group's committed offset of an events partition (None: none yet)."""
 
         def committed(partition: int) -> int | None:
-            offset = self._consumer.committed(TopicPartition(events_topic, partition))
+            offset = self._consumer.committed(
+                TopicPartition(events_topic, partition), timeout_ms=KAFKA_CALL_TIMEOUT_MS
+            )
             return None if offset is None else int(offset)
 
         return committed
@@ -242,7 +288,7 @@ class TopicSink:
         only up to its oldest record whose corrections are not written yet."""
         offsets = {}
         for tp in self._consumer.assignment():
-            offset = self._consumer.position(tp)
+            offset = self._consumer.position(tp, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
             if self._corrections is not None and tp.topic == self._corrections.topic:
                 pending = self._corrections.first_pending(tp.partition)
                 if pending is not None:
@@ -325,7 +371,10 @@ class TopicSink:
         )
         self._send_dead_letters([(dead_letter, request_ids)])
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Consume until `stop()`, then write out what is held. True when everything consumed
+        was inserted and committed; False says the next start consumes some of it again."""
+        watch_kafka(self._bootstrap, self.kafka)
         try:
             while not self._stopping.is_set():
                 try:
@@ -354,7 +403,10 @@ class TopicSink:
                         route.origin.add(record)
                 if self._due():
                     self.flush_and_commit()
-            self.flush_and_commit()
+            clean = self.flush_and_commit() and not self.held()
+            if not clean:
+                log.error("stopped with %s", self.held() or "offsets not committed (the rows are inserted)")
+            return clean
         finally:
-            self._consumer.close(autocommit=False)
-            self._dead_letters.close(timeout=10)
+            self._consumer.close(autocommit=False, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
+            self._dead_letters.close(timeout=KAFKA_CALL_TIMEOUT_MS / 1000)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
-from types import FrameType
 
 from clickhouse_connect.driver.client import Client
 
 from plumbing.clickhouse import connect
+from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
 from sinks.clickhouse.consumer import Route, TopicSink
@@ -71,13 +70,8 @@ def sink_health(client: Client, sink: TopicSink) -> ServiceHealth:
     return report.model_copy(update={"status": "unhealthy", "problems": problems})
 
 
-def run_until_signalled(sink: TopicSink) -> None:
-    """Consume until SIGTERM or SIGINT, then insert what is held, commit, and return."""
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: flushing and stopping", signum)
-        sink.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    sink.run()
+def run_until_signalled(sink: TopicSink) -> int:
+    """Consume until SIGTERM or SIGINT, then insert what is held, commit, and return the exit
+    status: 0 when all of it was written out, EXIT_UNFLUSHED when not (plumbing/stopping.py)."""
+    Shutdown(lambda _signum: sink.stop(), sink.held).install()
+    return 0 if sink.run() else EXIT_UNFLUSHED

@@ -16,14 +16,12 @@ reading the topic, and then every firing alert again each `notify_resend_s`, as 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from types import FrameType
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -32,7 +30,9 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from plumbing.backoff import Backoff
+from plumbing.outage import Outage, watch_kafka
 from plumbing.status import serve_status
+from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 from schemas.health import ServiceHealth
 from schemas.records import AlertRecord, DeadLetter
 from schemas.settings import NotifierSettings
@@ -40,6 +40,8 @@ from sinks.notify.metrics import DEAD_LETTERS, DELIVERIES, DELIVERY_SECONDS, RET
 from sinks.notify.targets import DELIVERED, AlertmanagerTarget, AlertTarget, WebhookTarget
 
 log = logging.getLogger("cosnap.notify")
+KAFKA_CALL_TIMEOUT_MS = 3_000  # commits and close: kafka-python's commit() waits forever without one
+RECONNECT_BACKOFF_MAX_MS = 1_000  # a broker back from an outage is tried again within a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,23 +120,36 @@ class Notifier:
             heartbeat_interval_ms=3_000,
             # A record may take all its tries on every target before the next poll.
             max_poll_interval_ms=600_000,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self._anchored: set[TopicPartition] = set()
         self._dead_letters = KafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", client_id=f"{group_id}-dlq"
+            bootstrap_servers=bootstrap,
+            acks="all",
+            client_id=f"{group_id}-dlq",
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
+        self.kafka = Outage("Kafka", log)
+        self.cut_short = False  # a record's delivery was stopped before every target took it
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def held(self) -> str:
+        """What the notifier has not finished, in words ("" when nothing)."""
+        return "an alert whose delivery was cut short" if self.cut_short else ""
 
     def health(self) -> ServiceHealth:
         """The notifier's /health: unhealthy until it owns partitions of the alerts topic (it
         delivers nothing before). Safe to call from any thread."""
         anchored = self._anchored
         problems = [] if anchored else [f"not consuming {self._alerts_topic} yet"]
+        kafka = self.kafka.problem()
+        if kafka is not None:
+            problems.append(kafka)
         return ServiceHealth(
             service="notify",
-            status="healthy" if anchored else "unhealthy",
+            status="unhealthy" if not anchored else "degraded" if problems else "healthy",
             problems=problems,
             details={
                 "targets": [target.name for target in self._targets],
@@ -170,7 +185,7 @@ class Notifier:
             for tp in new
         }
         try:
-            self._consumer.commit(starts)
+            self._consumer.commit(starts, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
         except KafkaError as exc:
             log.warning("could not commit the starting offsets, trying again: %r", exc)
             return
@@ -257,12 +272,15 @@ class Notifier:
 
     def _commit(self, partition: TopicPartition, next_offset: int) -> None:
         try:
-            self._consumer.commit({partition: OffsetAndMetadata(next_offset, "", -1)})
+            self._consumer.commit(
+                {partition: OffsetAndMetadata(next_offset, "", -1)}, timeout_ms=KAFKA_CALL_TIMEOUT_MS
+            )
         except KafkaError as exc:
             # The record was delivered; an uncommitted offset only delivers it again (deduplicated).
             log.warning("offset commit failed, the record will be delivered again: %r", exc)
 
     def run(self) -> None:
+        watch_kafka(self._bootstrap, self.kafka)
         try:
             self._subscribe_once_topic_known()
             if self._alertmanager is not None:
@@ -274,8 +292,8 @@ class Notifier:
             self._consume()
         finally:
             self._stopping.set()
-            self._consumer.close(autocommit=False)
-            self._dead_letters.close(timeout=10)
+            self._consumer.close(autocommit=False, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
+            self._dead_letters.close(timeout=KAFKA_CALL_TIMEOUT_MS / 1000)
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _consume(self) -> None:
@@ -298,6 +316,7 @@ class Notifier:
                         log.exception("delivering %s failed", source, extra=context)
                         raise
                     if not handled:
+                        self.cut_short = True
                         return
                     self._commit(tp, record.offset + 1)
 
@@ -323,7 +342,8 @@ def build_targets(settings: NotifierSettings) -> tuple[list[AlertTarget], Alertm
 
 
 def run_notifier(settings: NotifierSettings) -> int:
-    """Blocks until SIGTERM or SIGINT; a record being retried then is delivered again after restart."""
+    """Blocks until SIGTERM or SIGINT; a record being retried then is delivered again after
+    restart (and the exit status is EXIT_UNFLUSHED)."""
     try:
         targets, alertmanager = build_targets(settings)
     except ValueError as exc:
@@ -346,13 +366,11 @@ def run_notifier(settings: NotifierSettings) -> int:
         resend_s=settings.notify_resend_s,
     )
 
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        notifier.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    Shutdown(lambda _signum: notifier.stop(), notifier.held).install()
     serve_status(settings.metrics_host, settings.notify_metrics_port, notifier.health)
     log.info("delivering %s to %s", topics.alerts, ", ".join(target.name for target in targets))
     notifier.run()
+    if notifier.cut_short:
+        log.error("stopped with %s: it is delivered again at the next start", notifier.held())
+        return EXIT_UNFLUSHED
     return 0
