@@ -19,6 +19,8 @@ changes of its partitions, so the replay neither repeats nor forgets one (stream
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -26,8 +28,23 @@ from typing import Any
 import cramjam
 import orjson
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 PARTITION_HEADER = "cosnap-events-partition"
+
+
+class SourceUnavailable(Exception):
+    """A read of the checkpoints, events or alerts topic failed because Kafka did not answer (it
+    is down or restarting): the worker reads again later (streams/checkpointing.py, Restorer)."""
+
+
+@contextmanager
+def _kafka_answers(what: str) -> Iterator[None]:
+    """Raise SourceUnavailable for the errors of a broker that does not answer."""
+    try:
+        yield
+    except (KafkaError, TimeoutError, OSError) as exc:
+        raise SourceUnavailable(f"reading {what}: {exc!r}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +171,8 @@ def read_published_alerts(
 @dataclass(frozen=True, slots=True)
 class KafkaCheckpoints:
     """Where the worker restores partitions from (streams/checkpointing.py, CheckpointSource):
-    the reads above, on the topics of one deployment. Each call blocks."""
+    the reads above, on the topics of one deployment. Each call blocks, and raises
+    SourceUnavailable when Kafka does not answer."""
 
     bootstrap: str
     checkpoints_topic: str
@@ -162,10 +180,13 @@ class KafkaCheckpoints:
     alerts_topic: str
 
     def latest(self, partitions: list[int]) -> dict[int, Checkpoint]:
-        return load_latest(self.bootstrap, self.checkpoints_topic, partitions)
+        with _kafka_answers(self.checkpoints_topic):
+            return load_latest(self.bootstrap, self.checkpoints_topic, partitions)
 
     def records(self, partition: int, start: int, end: int) -> list[tuple[int, bytes]]:
-        return read_records(self.bootstrap, self.events_topic, partition, start, end)
+        with _kafka_answers(self.events_topic):
+            return read_records(self.bootstrap, self.events_topic, partition, start, end)
 
     def published_alerts(self, partitions: set[int], since: float | None) -> dict[int, list[dict[str, Any]]]:
-        return read_published_alerts(self.bootstrap, self.alerts_topic, partitions, since)
+        with _kafka_answers(self.alerts_topic):
+            return read_published_alerts(self.bootstrap, self.alerts_topic, partitions, since)

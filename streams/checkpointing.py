@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from streams.checkpoint import Checkpoint, encode
+from plumbing.backoff import Backoff
+from streams.checkpoint import Checkpoint, SourceUnavailable, encode
 from streams.envelope import decode
 from streams.partitions import EventsMessage, PartitionState, record_context
 from streams.publishing import LatePublisher, RecordSender
@@ -26,11 +27,13 @@ log = logging.getLogger("cosnap.streams")
 # Alert records are read back from this long before the oldest checkpoint was taken: a margin, so
 # that none published after a snapshot is missed.
 ALERTS_READ_BACK_S = 60
+T = TypeVar("T")
 
 
 class CheckpointSource(Protocol):
     """Where a restored partition's state is read from. Each call blocks (on Kafka: the
-    checkpoints, events and alerts topics), so it runs in a thread."""
+    checkpoints, events and alerts topics), so it runs in a thread, and raises
+    SourceUnavailable when the source does not answer."""
 
     def latest(self, partitions: list[int]) -> dict[int, Checkpoint]:
         """The newest checkpoint of each of `partitions` that has one."""
@@ -116,17 +119,34 @@ def _snapshot(state: PartitionState, outbox: list[bytes]) -> dict[str, Any]:
 class Restorer:
     """Builds the state of partitions a worker starts to own, as their previous owner left it:
     from each one's newest checkpoint, the records whose event ids it held, and the alert
-    changes it published after the checkpoint was taken."""
+    changes it published after the checkpoint was taken. A read the source cannot answer is
+    tried again until it can: the record waiting for the state must not be skipped (an agent
+    that raised would be restarted by Faust after it, and the record never folded)."""
 
-    def __init__(self, source: CheckpointSource, fresh: Callable[[], PartitionState]) -> None:
+    def __init__(
+        self, source: CheckpointSource, fresh: Callable[[], PartitionState], backoff: Backoff | None = None
+    ) -> None:
         """`fresh` makes the state of a partition without a checkpoint."""
         self._source = source
         self._fresh = fresh
+        self._backoff = backoff or Backoff(initial=0.5, cap=5.0)
+
+    async def _read(self, call: Callable[[], T]) -> T:
+        """`call` (a read of the source) in a thread, again after a wait until it answers."""
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.to_thread(call)
+            except SourceUnavailable as exc:
+                attempt += 1
+                delay = self._backoff.delay(attempt)
+                log.warning("partition state not read, trying again in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
 
     async def load(self, partitions: list[int]) -> dict[int, PartitionState]:
         """The state of each of `partitions`, whole: their records are folded from its
         `next_offset` on."""
-        found = await asyncio.to_thread(self._source.latest, partitions)
+        found = await self._read(lambda: self._source.latest(partitions))
         states: dict[int, PartitionState] = {}
         for partition in partitions:
             state = states[partition] = self._fresh()
@@ -138,7 +158,7 @@ class Restorer:
         # them back, so that replaying records neither repeats nor loses one.
         taken = [found[p].state.get("taken_at") if p in found else None for p in partitions]
         since = None if None in taken else min(t for t in taken if t is not None) - ALERTS_READ_BACK_S
-        published = await asyncio.to_thread(self._source.published_alerts, set(partitions), since)
+        published = await self._read(lambda: self._source.published_alerts(set(partitions), since))
         for partition, records in published.items():
             for record in records:
                 states[partition].alerts.apply_published(record)
@@ -155,7 +175,7 @@ class Restorer:
         up to the checkpoint), so that retries of their events are still recognised."""
         if held_from is None or held_from >= state.next_offset:
             return
-        records = await asyncio.to_thread(self._source.records, partition, held_from, state.next_offset)
+        records = await self._read(lambda: self._source.records(partition, held_from, state.next_offset))
         for offset, value in records:
             try:
                 state.windows.remember(decode(value), offset)

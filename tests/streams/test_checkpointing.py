@@ -14,7 +14,8 @@ from aiokafka.errors import KafkaError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.checkpoint import Checkpoint, decode, encode
+from plumbing.backoff import Backoff
+from streams.checkpoint import Checkpoint, SourceUnavailable, decode, encode
 from streams.checkpointing import Checkpointer, Restorer
 from streams.partitions import EventsMessage, PartitionState
 from streams.publishing import LatePublisher
@@ -165,6 +166,26 @@ def test_alert_records_are_read_back_from_a_minute_before_the_oldest_checkpoint(
     asyncio.run(Restorer(source, fresh).load([0, 1]))
 
     assert ("published_alerts", ({0, 1}, 840.0)) in source.calls
+
+
+def test_a_read_the_source_cannot_answer_is_tried_again_until_it_can() -> None:
+    class Flaky(FakeCheckpoints):
+        """Kafka down for the first two reads of the checkpoints."""
+
+        failures = 2
+
+        def latest(self, partitions: list[int]) -> dict[int, Checkpoint]:
+            if self.failures:
+                self.failures -= 1
+                raise SourceUnavailable("reading checkpoints: KafkaTimeoutError('Unable to bootstrap')")
+            return super().latest(partitions)
+
+    source = Flaky()
+    source.checkpoints[0] = Checkpoint(7, fresh().windows.to_state() | {"alerts": fresh().alerts.to_state()})
+
+    states = asyncio.run(Restorer(source, fresh, Backoff(initial=0.01, cap=0.01)).load([0]))
+
+    assert source.failures == 0 and states[0].next_offset == 7
 
 
 # (event number, seconds after T0 + 7 s x number): the copies of an event are stamped within half a
