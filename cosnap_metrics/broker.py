@@ -26,6 +26,7 @@ from kafka.errors import KafkaError
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.progress import ProgressLine
+from plumbing.outage import unreachable
 from plumbing.private_files import PRIVATE_UMASK, private_dir, replace_private
 
 
@@ -126,7 +127,8 @@ class KafkaBroker:
     """One KRaft node acting as broker and controller.
 
     `start()` formats storage on first use and blocks until the broker answers metadata
-    requests; `stop()` shuts it down (SIGTERM, then SIGKILL after the timeout).
+    requests; `stop()` shuts it down (SIGTERM, then SIGKILL after the timeout). After the broker
+    died, `start()` starts it again on the same data directory and ports (the runner's restart).
     """
 
     def __init__(self, config: BrokerConfig) -> None:
@@ -136,6 +138,11 @@ class KafkaBroker:
     @property
     def bootstrap(self) -> str:
         return self.config.bootstrap
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The broker's process while started (it may have exited since: `poll()` it)."""
+        return self._process
 
     def _java(self, main: str, *args: str, log: Path | None = None) -> list[str]:
         cfg = self.config
@@ -185,7 +192,9 @@ class KafkaBroker:
         if result.returncode != 0:
             raise RunnerError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 90.0, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Start the broker and wait until it answers; RunnerError if it exits first, does not
+        answer within `timeout` (it is then stopped) or `cancelled()` turns true meanwhile."""
         props = self._write_properties()
         self._format_storage(props)
         log_dir = private_dir(self.config.data_dir / "logs")
@@ -197,19 +206,36 @@ class KafkaBroker:
                 self._process = spawn(self._java("kafka.Kafka", str(props)), stdout=out)
         finally:
             os.umask(previous)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout, cancelled)
+        except RunnerError:
+            self.stop(timeout=5)
+            raise
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, cancelled: Callable[[], bool] = lambda: False) -> None:
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            if cancelled():
+                raise RunnerError("stopped before Kafka was ready")
             if self._process is not None and self._process.poll() is not None:
                 raise RunnerError(
                     f"Kafka exited with {self._process.returncode}; see {self.config.data_dir / 'logs'}"
                 )
+            closed = unreachable(self.bootstrap)
+            if closed is not None:  # not listening yet: a cheap probe, so `cancelled` is seen at once
+                last_error = ConnectionRefusedError(closed)
+                time.sleep(0.3)
+                continue
             try:
+                # Short timeouts and retries: a broker that just opened its port is seen within
+                # a second, not after the client's default backoff (up to 30 s).
                 admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap, client_id="cosnap-readiness", request_timeout_ms=3000
+                    bootstrap_servers=self.bootstrap,
+                    client_id="cosnap-readiness",
+                    request_timeout_ms=3000,
+                    bootstrap_timeout_ms=3000,
+                    reconnect_backoff_max_ms=500,
                 )
                 try:
                     admin.describe_cluster()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -38,6 +39,22 @@ def spawn(
         start_new_session=True,
         preexec_fn=_die_with_parent,  # runs before any thread of ours exists
     )
+
+
+def describe_exit(returncode: int) -> str:
+    """How a process ended, as a person reads it: `exit status 3`, `killed by SIGKILL`."""
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit status {returncode}"
+
+
+def signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send `sig` to the process group `process` leads (spawn starts each child in a session of
+    its own), unless it has exited already."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float) -> None:

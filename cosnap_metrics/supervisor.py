@@ -1,35 +1,84 @@
-"""`cosnap-metrics run`: the whole embedded pipeline from one command.
+"""`cosnap-metrics run`: the whole embedded pipeline from one command, supervised.
 
 Fetches and starts Apache Kafka, creates the topics, starts the sink (which owns chDB and
-serves reads), the Faust worker and the ingest API, prints where to reach them, and on Ctrl-C
-or SIGTERM stops every process it started, newest first, the broker last.
+serves reads), the Faust worker, the ingest API and, when alerts go beyond the topic, the
+notifier, and prints where to reach them. Then it watches every process it started:
+
+- a process that exits is noticed at once (SIGCHLD), reaped, named in one console line and
+  started again after a backoff (`RESTART_BACKOFF`): the broker on the same data directory and
+  ports, a service only while the broker is up (a service that died with the broker comes back
+  after it). A process that exits `MAX_FAILURES` times within `FAILURE_WINDOW_S` stops the whole
+  run, with the reason and exit status 1;
+- the services log to `<data dir>/logs/<service>.jsonl`; the console gets their state changes
+  and warnings only (plumbing/logs.py);
+- the runner's own `/metrics` and `/health` (`COSNAP_RUN_METRICS_PORT`) count the restarts.
+
+Ctrl-C or SIGTERM stops everything within `STOP_S`: the services first, together (each flushes
+under its own deadline, plumbing/stopping.py, and is killed if still there after
+`STOP_SERVICES_S`), then the broker. The exit status is 0 when every service wrote out what it
+held, 1 when one could not (the last lines say which, and what). A second Ctrl-C kills every
+process at once (exit status 130).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import httpx
+from prometheus_client import Counter, Gauge
 
 from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
 from cosnap_metrics.errors import RunnerError
-from cosnap_metrics.processes import spawn, stop
+from cosnap_metrics.processes import describe_exit, signal_group, spawn
 from cosnap_metrics.provision import ensure_topics
+from plumbing.backoff import Backoff
 from plumbing.keys import DEV_KEY_FILE, DEV_READ_KEY_FILE, KeyStore, ensure_dev_key, ensure_dev_read_key
+from plumbing.status import serve_status
+from plumbing.stopping import EXIT_SECOND_SIGNAL, EXIT_UNFLUSHED
+from schemas.health import ServiceHealth
 from schemas.settings import RunnerSettings
 
-SERVICES = ("sink", "streams", "ingest")  # start order; stopped in reverse
+SERVICES = ("sink", "streams", "ingest")  # start order
 EXAMPLE_QUERY = "SELECT type, count() FROM metrics.events GROUP BY type"
+BROKER = "kafka"
+
+RESTART_BACKOFF = Backoff(initial=1.0, cap=20.0)  # waits 0.5-1, 1-2, 2-4, 4-8 s, ... before a restart
+MAX_FAILURES = 5  # exits of one process within FAILURE_WINDOW_S that stop the run
+FAILURE_WINDOW_S = 300.0
+READY_WITHIN_S = 180.0  # from start to the banner
+STOP_SERVICES_S = 7.0  # the services' own deadline is 6 s (plumbing/stopping.py); then SIGKILL
+STOP_S = 10.0  # the broker stops in what is left, at least BROKER_STOP_MIN_S
+BROKER_STOP_MIN_S = 3.0
+CHECK_EVERY_S = 0.5  # the loop's pace when no signal wakes it
+
+RESTARTS = Counter(
+    "cosnap_run_restarts_total", "Processes the runner started again after they exited", ["process"]
+)
+UP = Gauge(
+    "cosnap_run_process_up",
+    "1 while the runner's process runs, 0 while it waits to be restarted",
+    ["process"],
+)
 
 
 def _port(bootstrap: str) -> int:
     return int(bootstrap.rsplit(":", 1)[1])
+
+
+def _say(line: str) -> None:
+    print(f"[run] {line}", flush=True)
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -38,13 +87,17 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> Non
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RunnerError(f"{url} never came up: its process exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if _answers(url):
+            return
         time.sleep(0.3)
     raise RunnerError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def services(settings: RunnerSettings) -> tuple[str, ...]:
@@ -62,16 +115,218 @@ def child_environment(settings: RunnerSettings) -> dict[str, str]:
     }
 
 
+@dataclass
+class Child:
+    """One supervised process: running (`process`), or waiting until `restart_at`."""
+
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    failures: deque[float] = field(default_factory=deque)  # monotonic times of its exits in the window
+    restart_at: float | None = None
+    last_exit: str | None = None
+
+    def failed(self, how: str) -> float:
+        """Record an exit; the wait before the restart. RunnerError when over the budget."""
+        now = time.monotonic()
+        self.process, self.last_exit = None, how
+        self.failures.append(now)
+        while self.failures[0] < now - FAILURE_WINDOW_S:
+            self.failures.popleft()
+        if len(self.failures) >= MAX_FAILURES:
+            raise RunnerError(
+                f"{self.name} exited {len(self.failures)} times within {FAILURE_WINDOW_S / 60:.0f} minutes "
+                f"(last: {how}); stopping"
+            )
+        delay = RESTART_BACKOFF.delay(len(self.failures))
+        self.restart_at = now + delay
+        UP.labels(self.name).set(0)
+        return delay
+
+
+class Signals:
+    """SIGINT and SIGTERM: the first asks to stop, the second kills every process at once
+    (`kill_all`). Any signal, SIGCHLD included, ends `wait()` at once, so an exit is noticed as
+    it happens. The handlers only set flags and send signals: a handler runs on the main thread
+    between two of its bytecodes, where taking a lock the loop may hold (an Event's) deadlocks."""
+
+    def __init__(self, kill_all: Callable[[], None]) -> None:
+        self.stopping = False
+        self.killed = False
+        self._kill_all = kill_all
+        self._wakeup, self._writer = socket.socketpair()
+        for end in (self._wakeup, self._writer):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # handled, so it wakes `wait`
+
+    def _stop(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.stopping and not self.killed:
+            self.killed = True
+            self._kill_all()
+        self.stopping = True
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a signal arrives or `timeout` seconds pass."""
+        select.select([self._wakeup], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while self._wakeup.recv(512):
+                pass
+
+
+class Supervisor:
+    """The broker and the services of one run, started and restarted; `stop()` ends them."""
+
+    def __init__(self, settings: RunnerSettings, broker: KafkaBroker, env: dict[str, str]) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._env = env
+        self._names = services(settings)
+        self.children = {name: Child(name) for name in (BROKER, *self._names)}
+        self.signals = Signals(self.kill_all)
+        self._health = ServiceHealth(service="run", status="unhealthy", problems=["starting"])
+
+    def health(self) -> ServiceHealth:
+        """The runner's /health (any thread): degraded while a process waits to be restarted."""
+        return self._health
+
+    def _publish(self) -> None:
+        problems = [
+            f"{child.name} is down ({child.last_exit}); restart {child.restarts + 1} pending"
+            for child in self.children.values()
+            if child.process is None
+        ]
+        details = {
+            child.name: {
+                "pid": child.process.pid if child.process else None,
+                "restarts": child.restarts,
+                "last_exit": child.last_exit,
+            }
+            for child in self.children.values()
+        }
+        self._health = ServiceHealth(
+            service="run", status="degraded" if problems else "healthy", problems=problems, details=details
+        )
+
+    def start_broker(self) -> None:
+        """Start (or start again) the broker and wait until it answers; RunnerError if not."""
+        self._broker.start(cancelled=lambda: self.signals.stopping)
+        self.children[BROKER].process = self._broker.process
+        UP.labels(BROKER).set(1)
+
+    def start_service(self, name: str) -> None:
+        self.children[name].process = spawn([sys.executable, "-m", "cosnap_metrics.cli", name], env=self._env)
+        UP.labels(name).set(1)
+
+    def start_services(self) -> None:
+        for name in self._names:
+            self.start_service(name)
+        self._publish()
+
+    def supervise(self, on_ready: Callable[[], None]) -> None:
+        """Watch and restart until a stop is asked (returns) or a process fails too often
+        (RunnerError). `on_ready` runs once, when the ingest and the sink first answer."""
+        started = time.monotonic()
+        ready = False
+        while not self.signals.stopping:
+            self.signals.wait(CHECK_EVERY_S)
+            self._reap()
+            self._restart_due()
+            if not ready and self.children[BROKER].process is not None:
+                ready = self._ready()
+                if ready:
+                    on_ready()
+                elif time.monotonic() - started > READY_WITHIN_S:
+                    raise RunnerError(f"the pipeline was not ready within {READY_WITHIN_S:.0f} s")
+
+    def _ready(self) -> bool:
+        settings = self._settings
+        ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
+        return _answers(f"{settings.query_url}/health") and _answers(f"{ingest}/health/ready")
+
+    def _reap(self) -> None:
+        for child in self.children.values():
+            if child.process is None or child.process.poll() is None:
+                continue
+            how = describe_exit(child.process.returncode)
+            delay = child.failed(how)
+            after = (
+                " once Kafka is back"
+                if child.name != BROKER and self.children[BROKER].process is None
+                else ""
+            )
+            _say(f"{child.name} exited ({how}); restarting in {delay:.1f} s{after}")
+            self._publish()
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        broker = self.children[BROKER]
+        if broker.process is None and broker.restart_at is not None and now >= broker.restart_at:
+            self._restart_broker(broker)
+        if broker.process is None:
+            return  # the services come back after the broker
+        for name in self._names:
+            child = self.children[name]
+            if child.process is None and child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                RESTARTS.labels(name).inc()
+                self.start_service(name)
+                _say(f"{name} started again (restart {child.restarts})")
+                self._publish()
+
+    def _restart_broker(self, broker: Child) -> None:
+        broker.restarts += 1
+        RESTARTS.labels(BROKER).inc()
+        began = time.monotonic()
+        _say(f"starting Kafka again on {self._broker.bootstrap} (restart {broker.restarts})")
+        try:
+            self.start_broker()
+        except RunnerError as exc:
+            if self.signals.stopping:
+                return
+            delay = broker.failed(str(exc))
+            _say(f"Kafka did not start: {exc}; trying again in {delay:.1f} s")
+        else:
+            _say(f"Kafka ready again, {time.monotonic() - began:.1f} s after its start")
+        self._publish()
+
+    def kill_all(self) -> None:
+        """SIGKILL every process now (a second Ctrl-C); `stop()` then reaps them."""
+        processes = [child.process for child in self.children.values()] + [self._broker.process]
+        for process in processes:  # the broker's is there while it starts, before it is a child's
+            if process is not None:
+                signal_group(process, signal.SIGKILL)
+
+    def stop(self) -> list[str]:
+        """Stop the services together, then the broker, within STOP_S; what was not written
+        out, one entry per service that could not (empty: a clean stop)."""
+        began = time.monotonic()
+        running = {n: c.process for n in self._names if (c := self.children[n]).process is not None}
+        for process in running.values():
+            signal_group(process, signal.SIGTERM)
+        unclean = []
+        for name, process in running.items():
+            try:
+                code = process.wait(max(began + STOP_SERVICES_S - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                signal_group(process, signal.SIGKILL)
+                code = process.wait()
+                unclean.append(f"{name} did not stop within {STOP_SERVICES_S:.0f} s and was killed")
+                continue
+            if code == EXIT_UNFLUSHED:
+                unclean.append(f"{name} could not write out all it held (its last line says what)")
+            elif code != 0:
+                unclean.append(f"{name} ended with {describe_exit(code)}")
+        self._broker.stop(timeout=max(began + STOP_S - time.monotonic(), BROKER_STOP_MIN_S))
+        for child in self.children.values():
+            child.process = None
+        return unclean
+
+
 def run_pipeline(settings: RunnerSettings) -> int:
-    """Blocks until Ctrl-C/SIGTERM or until a service dies; returns the exit status."""
-    stopping = threading.Event()
-
-    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-
+    """Blocks until Ctrl-C/SIGTERM, or until a process fails too often; returns the exit status."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     libs = fetch_kafka(settings.kafka_version, settings.kafka_cache_dir)
@@ -80,57 +335,59 @@ def run_pipeline(settings: RunnerSettings) -> int:
             libs, data_dir / "kafka", _port(settings.kafka_bootstrap), settings.kafka_controller_port
         )
     )
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    log_dir = settings.log_dir or data_dir / "logs"
+    env = child_environment(settings) | {"COSNAP_LOG_DIR": str(log_dir.resolve())}
+    supervisor = Supervisor(settings, broker, env)
+    serve_status(settings.metrics_host, settings.run_metrics_port, supervisor.health)
+    code = 0
     try:
         print(f"[kafka] starting Apache Kafka {settings.kafka_version} on {broker.bootstrap}", flush=True)
-        broker.start()
+        supervisor.start_broker()
         created = ensure_topics(broker.bootstrap, settings.topics)
         print(f"[kafka] ready; topics created: {', '.join(created) or 'none (all present)'}", flush=True)
         keys = KeyStore(settings.keys_file)
         write_key = ensure_dev_key(keys, data_dir)
         read_key = ensure_dev_read_key(keys, data_dir)
-
-        env = child_environment(settings)
-        for name in services(settings):
-            children[name] = spawn([sys.executable, "-m", "cosnap_metrics.cli", name], env=env)
-        wait_http(f"{settings.query_url}/health", children["sink"], 120)
-        ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
-        wait_http(f"{ingest}/health/ready", children["ingest"], 120)
-        print(
-            "\n"
-            f"  Cosnap Metrics is running (data in {data_dir})\n"
-            f"  ingest API   {ingest}/v1/events\n"
-            f"  API docs     {ingest}/docs\n"
-            f"  dashboard    {settings.query_url}/dashboard\n"
-            f"  health       {ingest}/health/detailed\n"
-            f"  metrics      {ingest}/metrics, {settings.query_url}/metrics, streams and notifier on "
-            f":{settings.streams_metrics_port} and :{settings.notify_metrics_port}\n"
-            f"  write key    {write_key}   (also in {data_dir / DEV_KEY_FILE})\n"
-            f"  ClickHouse   {settings.clickhouse_http_url or 'off'}   user default, password the read key\n"
-            f"  read key     {read_key}   (also in {data_dir / DEV_READ_KEY_FILE})\n"
-            f"  query        .venv/bin/cosnap-metrics query '{EXAMPLE_QUERY}'\n"
-            f"  demo traffic .venv/bin/cosnap-metrics demo --minutes 5 --rate 200\n"
-            f"  alerts       .venv/bin/cosnap-metrics alerts tail\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        while not stopping.wait(0.5):
-            for name, process in children.items():
-                if process.poll() is not None:
-                    print(
-                        f"[run] {name} exited with {process.returncode}; stopping",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return 1
-        return 0
+        supervisor.start_services()
+        supervisor.supervise(lambda: _banner(settings, data_dir, log_dir, write_key, read_key))
     except RunnerError as exc:
-        print(f"[run] {exc}", file=sys.stderr, flush=True)
-        return 1
+        _say(str(exc))
+        code = 0 if supervisor.signals.stopping else 1  # a stop asked while Kafka started
     finally:
-        print("[run] stopping", flush=True)
-        for name in reversed(services(settings)):
-            if name in children:
-                stop(children[name], timeout=30)
-        broker.stop()
-        print("[run] stopped", flush=True)
+        began = time.monotonic()
+        _say("stopping")
+        unclean = supervisor.stop()
+        took = time.monotonic() - began
+        if supervisor.signals.killed:
+            _say(f"killed every process after a second signal ({took:.1f} s)")
+            code = EXIT_SECOND_SIGNAL
+        elif unclean:
+            _say(f"stopped in {took:.1f} s, not cleanly: {'; '.join(unclean)}")
+            code = code or 1
+        else:
+            _say(f"stopped in {took:.1f} s")
+    return code
+
+
+def _banner(settings: RunnerSettings, data_dir: Path, log_dir: Path, write_key: str, read_key: str) -> None:
+    ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    print(
+        "\n"
+        f"  Cosnap Metrics is running (data in {data_dir})\n"
+        f"  ingest API   {ingest}/v1/events\n"
+        f"  API docs     {ingest}/docs\n"
+        f"  dashboard    {settings.query_url}/dashboard\n"
+        f"  health       {ingest}/health/detailed\n"
+        f"  metrics      {ingest}/metrics, {settings.query_url}/metrics, streams and notifier on "
+        f":{settings.streams_metrics_port} and :{settings.notify_metrics_port}\n"
+        f"  supervisor   http://{settings.metrics_host}:{settings.run_metrics_port}/health (restarts)\n"
+        f"  logs         {log_dir}/<service>.jsonl (here: state changes and warnings)\n"
+        f"  write key    {write_key}   (also in {data_dir / DEV_KEY_FILE})\n"
+        f"  ClickHouse   {settings.clickhouse_http_url or 'off'}   user default, password the read key\n"
+        f"  read key     {read_key}   (also in {data_dir / DEV_READ_KEY_FILE})\n"
+        f"  query        .venv/bin/cosnap-metrics query '{EXAMPLE_QUERY}'\n"
+        f"  demo traffic .venv/bin/cosnap-metrics demo --minutes 5 --rate 200\n"
+        f"  alerts       .venv/bin/cosnap-metrics alerts tail\n"
+        "  Ctrl-C stops everything (a second Ctrl-C at once).\n",
+        flush=True,
+    )

@@ -22,9 +22,10 @@ def http_status(status: HealthStatus) -> int:
 
 
 class ServiceHealth(BaseModel):
-    """`GET /health` of a worker process: whether it does its job, and the state it does it with."""
+    """`GET /health` of a worker process (or of the runner, `run`: the processes it supervises):
+    whether it does its job, and the state it does it with."""
 
-    service: Literal["sink", "streams", "notify"]
+    service: Literal["sink", "streams", "notify", "run"]
     status: HealthStatus
     problems: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(

@@ -242,3 +242,9 @@ class RunnerSettings(IngestSettings, StreamsSettings, SinkSettings, NotifierSett
         description="Broker jars fetched from Maven Central, shared by every checkout",
     )
     kafka_controller_port: int = 9093
+    run_metrics_port: int = Field(
+        default=8128,
+        ge=0,
+        le=65535,
+        description="The runner's /metrics and /health: its processes and their restarts; 0 = off",
+    )

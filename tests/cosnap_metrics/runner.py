@@ -1,0 +1,91 @@
+"""`cosnap-metrics run` started as a user starts it, for the tests of the runner: on free ports,
+its console in a file, and the processes it started found through /proc."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import free_port
+
+CLI = str(Path(sys.executable).parent / "cosnap-metrics")
+
+
+def runner_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a run on its own data directory and free loopback ports."""
+    return (
+        os.environ
+        | {
+            "COSNAP_DATA_DIR": str(data_dir),
+            "COSNAP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+            "COSNAP_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "COSNAP_INGEST_PORT": str(free_port()),
+            "COSNAP_QUERY_URL": f"http://127.0.0.1:{free_port()}",
+            "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
+            "COSNAP_STREAMS_METRICS_PORT": str(free_port()),
+            "COSNAP_NOTIFY_METRICS_PORT": str(free_port()),
+            "COSNAP_RUN_METRICS_PORT": str(free_port()),
+        }
+        | extra
+    )
+
+
+def launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The console script, as `make run` starts it, writing its console to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen([CLI, "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Launch the runner and wait for its banner; the runner and the development write key."""
+    runner = launch(env, log)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        match = re.search(r"write key\s+(cmk_\S+)", text)
+        if match:
+            return runner, match.group(1)
+        assert runner.poll() is None, text[-3000:]
+        time.sleep(0.3)
+    raise AssertionError(log.read_text(errors="replace")[-3000:])
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        listed = task / "children"
+        found |= set(map(int, listed.read_text().split())) if listed.exists() else set()
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    for child in children(pid):
+        found |= {child, *descendants(child)}
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited and not reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def child_running(runner: subprocess.Popen[bytes], name: str) -> int | None:
+    """The pid of the runner's child `name` (`kafka`, or a service: `sink`, `ingest`, ...)."""
+    wanted = "kafka.Kafka" if name == "kafka" else f"cosnap_metrics.cli {name}"
+    for pid in children(runner.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except FileNotFoundError:
+            continue
+        if wanted in command and alive(pid):
+            return pid
+    return None
