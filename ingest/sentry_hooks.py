@@ -323,6 +323,19 @@ class SentryHooks:
         return JSONResponse({"received": became, "accepted": accepted, "rejected": rejected})
 
 
+# Sentry's webhook body as its documentation shows it, for the OpenAPI document.
+_BODY = {
+    "type": "object",
+    "required": ["action", "data"],
+    "properties": {
+        "action": {"type": "string"},
+        "actor": {"type": "object"},
+        "data": {"type": "object"},
+        "installation": {"type": "object"},
+    },
+}
+
+
 def sentry_router(state: IngestState, settings: IngestSettings) -> APIRouter:
     """The route Sentry's integration posts its webhooks to."""
     hooks = SentryHooks(state, settings)
@@ -330,7 +343,13 @@ def sentry_router(state: IngestState, settings: IngestSettings) -> APIRouter:
 
     @router.post(
         "/v1/integrations/sentry/{project}",
-        responses={401: {"description": "Signature or timestamp refused"}},
+        responses={
+            400: {
+                "description": "A signed body that is not a JSON object, or an unknown metric alert action"
+            },
+            401: {"description": "Signature or timestamp refused"},
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _BODY}}}},
     )
     async def sentry_webhook(request: Request, project: str) -> JSONResponse:
         """A webhook of a Sentry integration of `project` (metric_alert, event_alert, issue, error)."""
