@@ -102,9 +102,11 @@ class Worker:
 
 def run_worker(settings: StreamsSettings) -> int:
     """Run the worker until SIGTERM or SIGINT (`cosnap-metrics streams`). Faust's own stop with
-    Kafka down waits for a commit that never completes, blocking its event loop
-    (docs/findings.md): only the Shutdown's deadline ends it then."""
+    Kafka down waits 60 s for a consumer thread that has already died (docs/findings.md): the
+    Shutdown's deadline ends it sooner."""
     app, worker = create_app(settings)
+    # From the start, not once Faust is ready: an outage while it starts is told too.
+    watch_kafka(settings.kafka_bootstrap, worker.kafka)
 
     class FaustWorker(faust.Worker):
         def _schedule_shutdown(self, signal: signal.Signals) -> None:  # mode's SIGTERM/SIGINT handler
@@ -162,10 +164,8 @@ def create_app(settings: StreamsSettings) -> tuple[faust.App, Worker]:
 
     @app.task
     async def serve_metrics() -> None:
-        """The worker's /metrics and /health (Faust's web server is off), and the watch on Kafka
-        that logs an outage as two lines and a reminder (aiokafka logs every reconnect)."""
+        """The worker's /metrics and /health (Faust's web server is off)."""
         serve_status(settings.metrics_host, settings.streams_metrics_port, worker.status.health)
-        watch_kafka(settings.kafka_bootstrap, worker.kafka)
 
     async def forget_revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
         # Another worker resumes these partitions from their checkpoints.

@@ -9,6 +9,7 @@ runner where one can follow another."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.cosnap_metrics.runner import alive, child_running, children, descendants, launch, runner_env, start
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
@@ -144,9 +145,9 @@ def _kill_and_recover(run: Run, name: str) -> dict[str, float]:
     # Started again (a new process, reaped the old: no zombie among the runner's children).
     assert wait_for(lambda: child_running(run.runner, name) not in (None, pid), timeout=60), name
     assert all(alive(child) for child in children(run.runner.pid))
-    if name == "streams":
-        streams_health = f"http://127.0.0.1:{run.env['COSNAP_STREAMS_METRICS_PORT']}/health"
-        assert wait_for(lambda: run.answers(streams_health), timeout=60), "the new worker is not healthy"
+    if name in ("streams", "notify"):
+        health = f"http://127.0.0.1:{run.env[f'COSNAP_{name.upper()}_METRICS_PORT']}/health"
+        assert wait_for(lambda: run.answers(health), timeout=60), f"the new {name} is not healthy"
     return {"ready_s": ready_s, "lands_s": lands_s, "console_lines": len(outage)}
 
 
@@ -169,6 +170,7 @@ def _ports(env: dict[str, str]) -> set[int]:
             "COSNAP_KAFKA_CONTROLLER_PORT",
             "COSNAP_INGEST_PORT",
             "COSNAP_STREAMS_METRICS_PORT",
+            "COSNAP_NOTIFY_METRICS_PORT",
             "COSNAP_RUN_METRICS_PORT",
         )
     }
@@ -194,8 +196,10 @@ def _stop_with_the_broker_dead(run: Run) -> dict[str, float]:
     assert gone_s <= STOPPED_WITHIN_S, f"processes left {gone_s:.1f} s after SIGTERM"
     assert _listening(_ports(run.env)) == set()
     said = run.lines()[stopping:]
-    # The exit status says whether the stop was clean, and the last line what was not written out.
+    # Every service stopped by itself (none was killed at the runner's deadline); the exit status
+    # says whether the stop was clean, and the last line what was not written out.
     verdict = said[-1]
+    assert "was killed" not in verdict, said
     if code == 0:
         assert verdict.startswith("[run] stopped in "), said
     else:  # and the service's own line says what it could not write out
@@ -207,20 +211,21 @@ def _stop_with_the_broker_dead(run: Run) -> dict[str, float]:
 def test_every_process_killed_comes_back_nothing_accepted_is_lost_and_sigterm_stops_all(
     tmp_path: Path,
 ) -> None:
-    env = runner_env(tmp_path / "data")
+    # A webhook target, so that the runner starts the notifier too (no alert fires: it gets nothing).
+    secret = "whsec_" + base64.b64encode(bytes(24)).decode()
+    hook = {"COSNAP_WEBHOOK_URLS": f"http://127.0.0.1:{free_port()}/hook", "COSNAP_WEBHOOK_SECRET": secret}
+    env = runner_env(tmp_path / "data", **hook)
     runner, write_key = start(env, tmp_path / "run.log")
     run = Run(runner, env, tmp_path / "run.log", write_key)
     figures = {}
     try:
-        for name in ("kafka", "streams", "sink", "ingest"):
+        names = ("kafka", "streams", "sink", "ingest", "notify")
+        for name in names:
             figures[name] = _kill_and_recover(run, name)
         restarts = httpx.get(f"http://127.0.0.1:{env['COSNAP_RUN_METRICS_PORT']}/health", timeout=10).json()
-        assert {name: child["restarts"] for name, child in restarts["details"].items()} == {
-            "kafka": 1,
-            "sink": 1,
-            "streams": 1,
-            "ingest": 1,
-        }
+        assert {name: child["restarts"] for name, child in restarts["details"].items()} == dict.fromkeys(
+            names, 1
+        )
         figures["stop"] = _stop_with_the_broker_dead(run)
     finally:
         if runner.poll() is None:
