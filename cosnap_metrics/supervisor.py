@@ -105,12 +105,22 @@ def services(settings: RunnerSettings) -> tuple[str, ...]:
     return SERVICES + (("notify",) if settings.notify_enabled else ())
 
 
+def _supervisor_url(settings: RunnerSettings) -> str:
+    """Where the services reach the runner's /health (the ingest shows it in /health/detailed)."""
+    if not settings.run_metrics_port:
+        return ""
+    # A runner listening on every interface is reached on loopback.
+    host = "127.0.0.1" if settings.metrics_host in ("", "0.0.0.0", "::") else settings.metrics_host  # noqa: S104
+    return f"http://{host}:{settings.run_metrics_port}/health"
+
+
 def child_environment(settings: RunnerSettings) -> dict[str, str]:
     """The environment every service process gets: the runner's, with resolved locations."""
     return os.environ | {
         "COSNAP_DATA_DIR": str(settings.data_dir.resolve()),
         "COSNAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "COSNAP_TOPIC_PREFIX": settings.topic_prefix,
+        "COSNAP_SUPERVISOR_URL": _supervisor_url(settings),
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -105,6 +105,19 @@ async def check_clickhouse(settings: IngestSettings, client: httpx.AsyncClient) 
     return ClickHouseHealth(answers=True, via=via)
 
 
+async def check_supervisor(settings: IngestSettings, client: httpx.AsyncClient) -> ServiceHealth | None:
+    """The report of the runner that started this ingest (its processes, their restarts), or None
+    when it runs on its own; a runner that does not answer is a report saying so."""
+    if not settings.supervisor_url:
+        return None
+    try:
+        return ServiceHealth.model_validate_json((await client.get(settings.supervisor_url)).content)
+    except (httpx.HTTPError, ValidationError) as exc:
+        return ServiceHealth(
+            service="run", status="unhealthy", problems=[f"the runner does not answer: {exc!r}"]
+        )
+
+
 def resident_bytes() -> int:
     """The process's resident set size (Linux: /proc/self/statm counts pages)."""
     with open("/proc/self/statm") as statm:
@@ -167,10 +180,13 @@ class DetailedHealthCheck:
     async def _check(self) -> DetailedHealth:
         settings = self._settings
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-            (kafka, lags), clickhouse = await asyncio.gather(
-                self._kafka(), check_clickhouse(settings, client)
+            (kafka, lags), clickhouse, supervisor = await asyncio.gather(
+                self._kafka(), check_clickhouse(settings, client), check_supervisor(settings, client)
             )
         status, problems = verdict(kafka, clickhouse, lags, settings.health_max_lag)
+        if supervisor is not None and supervisor.problems:
+            problems += [f"run: {problem}" for problem in supervisor.problems]
+            status = "degraded" if status == "healthy" else status
         return DetailedHealth(
             status=status,
             problems=problems,
@@ -179,4 +195,5 @@ class DetailedHealthCheck:
             clickhouse=clickhouse,
             consumer_lag=lags,
             memory=MemoryHealth(rss_bytes=resident_bytes()),
+            supervisor=supervisor,
         )

@@ -65,7 +65,8 @@ class MemoryHealth(BaseModel):
 class DetailedHealth(BaseModel):
     """Kafka unreachable or a pipeline topic missing: `unhealthy` (503). ClickHouse not answering,
     the sink's inserts failing, or a group lagging over `COSNAP_HEALTH_MAX_LAG`: `degraded` (200;
-    events are still accepted and wait in Kafka). Otherwise `healthy`."""
+    events are still accepted and wait in Kafka). A process of `cosnap-metrics run` waiting to be
+    restarted: `degraded` too. Otherwise `healthy`."""
 
     status: HealthStatus
     problems: list[str] = Field(default_factory=list)
@@ -74,3 +75,7 @@ class DetailedHealth(BaseModel):
     clickhouse: ClickHouseHealth
     consumer_lag: list[GroupLag]
     memory: MemoryHealth
+    supervisor: ServiceHealth | None = Field(
+        default=None,
+        description="Under `cosnap-metrics run`: the runner's report, each process with its restarts",
+    )

@@ -121,6 +121,11 @@ class IngestSettings(CommonSettings):
         default=10_000, ge=0, description="/health/detailed is degraded when a consumer group lags more"
     )
     health_cache_s: float = Field(default=2.0, ge=0, description="How long /health/detailed reuses a report")
+    supervisor_url: str = Field(
+        default="",
+        description="The /health of the `cosnap-metrics run` that started this ingest (set by the runner): "
+        "/health/detailed shows its processes and their restarts; empty = not supervised",
+    )
     segment_mapping_file: Path = Field(
         default=DEFAULT_SEGMENT_MAPPING, description="How Segment messages become events (YAML)"
     )

@@ -13,6 +13,7 @@ import base64
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -226,6 +227,19 @@ def test_every_process_killed_comes_back_nothing_accepted_is_lost_and_sigterm_st
         assert {name: child["restarts"] for name, child in restarts["details"].items()} == dict.fromkeys(
             names, 1
         )
+        # The ingest's /health/detailed shows the runner's processes and their restarts too.
+        detailed = httpx.get(f"{run.ingest}/health/detailed", timeout=30).json()
+        assert detailed["supervisor"]["details"] == restarts["details"]
+        # Whatever was killed, every final window equals a recount of the events stored.
+        reconcile = subprocess.run(
+            [sys.executable, "-m", "cosnap_metrics.cli", "reconcile"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+        assert " windows match metrics.events" in reconcile.stdout.strip().splitlines()[-1]
         figures["stop"] = _stop_with_the_broker_dead(run)
     finally:
         if runner.poll() is None:
