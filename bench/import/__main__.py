@@ -30,24 +30,16 @@ import os
 import random
 import re
 import resource
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
 import orjson
 
 from bench.kafka import Bench, bench_kafka
+from bench.services import Services
 from cosnap_metrics.demo import CosnapTraffic
-from cosnap_metrics.processes import spawn, stop
-from cosnap_metrics.supervisor import wait_http
-from plumbing.keys import KeyStore, ensure_dev_key
-from tests.conftest import free_port
-
-SERVICES = ("sink", "streams", "ingest")
 
 
 def write_events(path: Path, events: int, days: float, seed: int) -> int:
@@ -69,76 +61,6 @@ def write_events(path: Path, events: int, days: float, seed: int) -> int:
         if chunk:
             out.write(b"\n".join(chunk) + b"\n")
     return path.stat().st_size
-
-
-class Services:
-    """The pipeline's services as child processes, their logs in the bench's directory."""
-
-    def __init__(self, bench: Bench) -> None:
-        self.work = bench.work
-        self.data = bench.work / "data"
-        self.data.mkdir()
-        ingest_port = free_port()
-        self.ingest_url = f"http://127.0.0.1:{ingest_port}"
-        self.query_url = f"http://127.0.0.1:{free_port()}"
-        self.env = os.environ | {
-            "COSNAP_DATA_DIR": str(self.data),
-            "COSNAP_KAFKA_BOOTSTRAP": bench.bootstrap,
-            "COSNAP_TOPIC_PREFIX": bench.topics.prefix,
-            "COSNAP_INGEST_PORT": str(ingest_port),
-            "COSNAP_QUERY_URL": self.query_url,
-            "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
-            "COSNAP_STREAMS_METRICS_PORT": str(free_port()),
-            "COSNAP_SINK_METRICS_PORT": str(free_port()),
-            "COSNAP_NOTIFY_METRICS_PORT": str(free_port()),
-            "COSNAP_RATE_LIMIT_EVENTS_PER_S": "0",
-            "COSNAP_LOG_LEVEL": "WARNING",
-            "PYTHONUNBUFFERED": "1",
-        }
-        ensure_dev_key(KeyStore(self.data / "write-keys.json"), self.data)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self) -> None:
-        for name in SERVICES:
-            with (self.work / f"{name}.log").open("ab") as log:
-                self.processes[name] = spawn(
-                    [sys.executable, "-m", "cosnap_metrics.cli", name], env=self.env, stdout=log
-                )
-        wait_http(f"{self.query_url}/health", self.processes["sink"], 120)
-        wait_http(f"{self.ingest_url}/health/ready", self.processes["ingest"], 120)
-
-    def dead(self) -> list[str]:
-        return [name for name, process in self.processes.items() if process.poll() is not None]
-
-    def tail(self, name: str, lines: int = 20) -> str:
-        text = (self.work / f"{name}.log").read_text(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def query(self, sql: str) -> list[list[Any]]:
-        token = (self.data / "query-token").read_text().strip()
-        response = httpx.post(
-            f"{self.query_url}/v1/query",
-            json={"sql": sql},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=120,
-        )
-        response.raise_for_status()
-        rows: list[list[Any]] = response.json()["rows"]
-        return rows
-
-    def cli(self, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cosnap_metrics.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def stop(self) -> None:
-        for name in reversed(SERVICES):
-            if name in self.processes:
-                stop(self.processes[name], 30)
 
 
 def children_cpu() -> float:

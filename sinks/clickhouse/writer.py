@@ -1,7 +1,9 @@
 """Batched inserts: rows are added as they are consumed and inserted in one go on flush.
 
 Rows are JSONEachRow lines, so ClickHouse parses them in C++ (faster than a columnar insert of
-Python values: docs/findings.md).
+Python values: docs/findings.md). They are handed over in chunks of LINES_PER_CHUNK, not joined
+into one block first, and the tables' replacing keys are left to merges and FINAL rather than
+applied to each inserted block (`optimize_on_insert=0`): BENCHMARKS.md, "Sink".
 
 A batch is never held back by one of its rows. When ClickHouse refuses an insert for what the
 rows hold (`CONTENT_ERRORS`), the batch is split in halves, and halves of the halves, until every
@@ -27,7 +29,12 @@ from sinks.clickhouse.metrics import BATCH_ROWS, INSERT_ERRORS, INSERT_SECONDS, 
 INSERT_SETTINGS = {
     "date_time_input_format": "best_effort",
     "input_format_skip_unknown_fields": "1",
+    # Every table the sink writes is a ReplacingMergeTree read with FINAL (or through a view that
+    # reads it FINAL): collapsing each block's copies at insert too cost a third of the insert's
+    # CPU and changed no answer.
+    "optimize_on_insert": "0",
 }
+LINES_PER_CHUNK = 2000
 
 # ClickHouse errors that are about the rows inserted, not the store, by name: clickhouse-connect
 # sets it on its exceptions (`name`), from chDB and from a server alike; else it is the last
@@ -151,11 +158,15 @@ class BatchWriter:
         )
 
     def _insert(self, lines: list[bytes]) -> None:
+        chunks = (
+            b"\n".join(lines[low : low + LINES_PER_CHUNK]) + b"\n"
+            for low in range(0, len(lines), LINES_PER_CHUNK)
+        )
         with self._insert_seconds.time():
             self._client.raw_insert(
                 self.table,
                 self._columns,
-                insert_block=b"\n".join(lines),
+                insert_block=chunks,
                 fmt="JSONEachRow",
                 settings=INSERT_SETTINGS,
             )
