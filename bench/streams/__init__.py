@@ -97,9 +97,10 @@ class AggregateTally:
 
 
 class AggregateReader:
-    """Reads the aggregates topic from the beginning on a thread of its own and tallies it."""
+    """Reads the aggregates topic (or `topic`, holding windows keyed and written as the worker
+    writes them) from the beginning on a thread of its own and tallies it."""
 
-    def __init__(self, bench: Bench, ignore_from: str, partitions: int = 6) -> None:
+    def __init__(self, bench: Bench, ignore_from: str, partitions: int = 6, topic: str | None = None) -> None:
         self.tally = AggregateTally(ignore_from)
         self._consumer = Consumer(
             {
@@ -110,7 +111,7 @@ class AggregateReader:
             }
         )
         self._consumer.assign(
-            [TopicPartition(bench.topics.aggregates, p, OFFSET_BEGINNING) for p in range(partitions)]
+            [TopicPartition(topic or bench.topics.aggregates, p, OFFSET_BEGINNING) for p in range(partitions)]
         )
         self._running = True
         self._thread = threading.Thread(target=self._run, name="aggregates", daemon=True)
