@@ -87,6 +87,9 @@ bench: setup native
 	-$(BIN)/python -m bench.streams.memory
 	$(BIN)/python -m bench.alerts
 	$(BIN)/python -m bench.import
+	$(BIN)/python -m bench.sink
+	-$(BIN)/python -m bench.peers
+	-$(BIN)/python -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) build streams/*.so .cosnap-data .pytest_cache .mypy_cache .ruff_cache $(CLICKHOUSE_JS)/node_modules $(CLICKHOUSE_GO)/clickhouse-go-read \

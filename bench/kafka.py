@@ -27,6 +27,7 @@ class Bench:
     topics: Topics
     work: Path
     progress: ProgressLine  # a line per phase or round on stderr; results go to stdout
+    broker_pid: int = 0  # the Java broker's process
 
 
 @contextmanager
@@ -49,7 +50,8 @@ def bench_kafka(name: str) -> Iterator[Bench]:
         broker.start()
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
         ensure_topics(broker.bootstrap, topics)
-        yield Bench(broker.bootstrap, topics, work, progress)
+        process = broker.process
+        yield Bench(broker.bootstrap, topics, work, progress, process.pid if process is not None else 0)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +42,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     non_202: int
+    answers: dict[str, int] = field(default_factory=dict)  # requests per HTTP status, "error" for none
 
 
 def build_loadgen(cache: Path) -> Path:
@@ -76,7 +77,10 @@ def load(
         argv += ["-rate", f"{rate:.1f}"]
     out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     non_202 = out["errors"] + sum(n for code, n in out["statuses"].items() if code != "202")
-    return Load(out["per_second"], out["p50_ms"], out["p99_ms"], non_202)
+    answers = {str(code): n for code, n in out["statuses"].items()} | (
+        {"error": out["errors"]} if out["errors"] else {}
+    )
+    return Load(out["per_second"], out["p50_ms"], out["p99_ms"], non_202, answers)
 
 
 def event(i: int) -> dict[str, object]:

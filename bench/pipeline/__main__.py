@@ -1,0 +1,294 @@
+"""The highest rate the whole pipeline holds with fresh data, on one machine.
+
+    python -m bench.pipeline [--rates 5000,10000,15000,20000,25000,30000] [--hold 60]
+
+Starts a real Apache Kafka broker and the pipeline as `make run` starts it (the sink on embedded
+chDB with its query service, the streams worker, the ingest API), all on this machine with the
+load generator. For each rate, in rising order, until one is not held:
+
+- bench/loadgen posts 100-event batches of demo traffic (bench/alerts' background body: the
+  server stamps ids and times, so each copy is fresh events) open-loop at the rate for `--hold`
+  seconds; beside it a probe event with an id of its own is posted every half second, and the
+  lag of the sink's and the worker's consumer groups on the events topic is read every 2 s;
+- afterwards, from `metrics.events` (through the sink's query service): each probe's
+  `inserted_at` (set by ClickHouse as the row is inserted) against the moment its 202 arrived,
+  and, for every event received during the hold, `inserted_at - received_at` (received_at is
+  stamped before the 202, so this is an upper bound of 202 -> queryable);
+- how long the sink's and the worker's lag take to drain to zero once the load stops;
+- the CPU each process used over the hold (the sink, the worker, the ingest, the broker, the
+  load generator), from /proc.
+
+A rate is held when the load generator kept it (>= 98 %, every answer 202), the p99 of both
+freshness figures is <= 5 s, every probe is in the table, and no backlog was left when the load
+ended (no growing lag): the sink's lag is 0 within 5 s of the end, the worker's within 10 s (it
+commits offsets with its checkpoints, every 5 s). The issue's bar holds each rate for 5 minutes;
+this first cut holds `--hold` seconds (60 by default), as BENCHMARKS.md says. Exit status 1
+when no rate is held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from bench.alerts.__main__ import BATCH, background_body
+from bench.ingest.__main__ import build_loadgen, load
+from bench.kafka import Bench, Offsets, bench_kafka
+from bench.services import Services
+from schemas.settings import RunnerSettings
+from schemas.topics import EVENT_PARTITIONS
+
+FRESH_P99_S = 5.0
+DRAIN_S = 5.0
+CHECKPOINT_S = 5.0  # the worker commits its offsets with its checkpoints, at most this often
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each process, of this one (probes, lag reads) and of its finished children
+    (the load generator)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {name: cpu_seconds(pid) for name, pid in pids.items()} | {
+        "loadgen": children.ru_utime + children.ru_stime,
+        "bench": own.ru_utime + own.ru_stime,
+    }
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
+class Lag:
+    """The consumer groups' lag (records) on the events topic, sampled every 2 s on a thread."""
+
+    offsets: dict[str, Offsets]
+    samples: dict[str, list[int]] = field(default_factory=dict)
+    _running: bool = True
+
+    def lag(self, name: str) -> int:
+        offsets = self.offsets[name]
+        ends, committed = offsets.ends(), offsets.committed()
+        return sum(ends[p] - committed[p] for p in ends)
+
+    def run(self) -> None:
+        while self._running:
+            for name in self.offsets:
+                self.samples.setdefault(name, []).append(self.lag(name))
+            time.sleep(2)
+
+    def stop(self) -> None:
+        self._running = False
+
+
+@dataclass(frozen=True)
+class Step:
+    rate: int
+    achieved: float
+    non_202: int
+    answers: dict[str, int]
+    post_p99_ms: float
+    probes: int
+    probes_found: int
+    probe_p50_s: float
+    probe_p99_s: float
+    events: int
+    event_p50_s: float
+    event_p99_s: float
+    max_lag: dict[str, int]
+    cpu: dict[str, float]  # cores used over the hold, per process
+    drained_s: dict[str, float]  # after the load's end, until the group's lag was 0 (60: never)
+
+    @property
+    def held(self) -> bool:
+        return (
+            self.achieved >= 0.98 * self.rate
+            and self.non_202 == 0
+            and self.probes_found == self.probes
+            and self.probe_p99_s <= FRESH_P99_S
+            and self.event_p99_s <= FRESH_P99_S
+            and self.drained_s.get("sink", 60) <= DRAIN_S
+            and self.drained_s.get("worker", 60) <= DRAIN_S + CHECKPOINT_S
+        )
+
+
+def probe_loop(ingest: str, key: str, stop: threading.Event, posted: dict[str, float]) -> None:
+    """A probe event every half second; `posted` maps its id to the moment its 202 arrived."""
+    with httpx.Client(base_url=ingest, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        while not stop.is_set():
+            event_id = f"probe-{uuid.uuid4().hex}"
+            body = {"event_id": event_id, "type": "feature", "feature": "bench.probe", "action": "x"}
+            response = client.post("/v1/events", json=body)
+            if response.status_code == 202:
+                posted[event_id] = time.time()
+            stop.wait(0.5)
+
+
+def run_step(bench: Bench, services: Services, loadgen: Path, rate: int, hold: int) -> Step:
+    lag = Lag(
+        {
+            "sink": Offsets(
+                bench.bootstrap, bench.topics.events, EVENT_PARTITIONS, f"{bench.topics.internal}sink"
+            ),
+            "worker": Offsets(
+                bench.bootstrap, bench.topics.events, EVENT_PARTITIONS, f"{bench.topics.internal}streams"
+            ),
+        }
+    )
+    posted: dict[str, float] = {}
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=probe_loop, args=(services.ingest_url, services.write_key, stop, posted)),
+        threading.Thread(target=lag.run),
+    ]
+    pids = {name: process.pid for name, process in services.processes.items()} | {"kafka": bench.broker_pid}
+    cpu_before = cpu_now(pids)
+    began = time.time()
+    for thread in threads:
+        thread.start()
+    try:
+        done = load(
+            loadgen,
+            f"{services.ingest_url}/v1/events",
+            services.write_key,
+            bench.work / "body.json",
+            hold,
+            64,
+            rate / BATCH,
+        )
+    finally:
+        stop.set()
+        lag.stop()
+        for thread in threads:
+            thread.join()
+    ended = time.time()
+    cpu_after = cpu_now(pids)
+    cpu = {name: (cpu_after[name] - cpu_before[name]) / (ended - began) for name in cpu_after}
+    drained: dict[str, float] = {}
+    drain_began = time.monotonic()
+    while len(drained) < len(lag.offsets) and time.monotonic() - drain_began < 60:
+        for name in lag.offsets:
+            if name not in drained and lag.lag(name) == 0:
+                drained[name] = time.monotonic() - drain_began
+        time.sleep(0.1)
+    for offsets in lag.offsets.values():
+        offsets.close()
+    time.sleep(2)  # the probes' rows are in (the sink committed after inserting them)
+
+    ids = ", ".join(f"'{event_id}'" for event_id in posted)
+    found = {
+        row[0]: float(row[1]) / 1000
+        for row in services.query(
+            "SELECT event_id, toUnixTimestamp64Milli(min(inserted_at)) FROM metrics.events "  # noqa: S608
+            f"WHERE event_id IN ({ids}) GROUP BY event_id"
+        )
+    }
+    probe = [found[event_id] - at for event_id, at in posted.items() if event_id in found]
+    # Every event received during the hold: from its received_at (before its 202) to its insert.
+    [[count, fresh]] = services.query(
+        "SELECT count(), quantiles(0.5, 0.99)(toUnixTimestamp64Milli(inserted_at) - "  # noqa: S608
+        "toUnixTimestamp64Milli(received_at)) FROM metrics.events "
+        f"WHERE received_at >= fromUnixTimestamp64Milli({int(began * 1000)}) "
+        f"AND received_at < fromUnixTimestamp64Milli({int(ended * 1000)})"
+    )
+    return Step(
+        rate=rate,
+        achieved=done.requests_per_s * BATCH,
+        non_202=done.non_202,
+        answers=done.answers,
+        post_p99_ms=done.p99_ms,
+        probes=len(posted),
+        probes_found=len(probe),
+        probe_p50_s=statistics.median(probe) if probe else float("nan"),
+        probe_p99_s=p99(probe),
+        events=int(count),
+        event_p50_s=fresh[0] / 1000,
+        event_p99_s=fresh[1] / 1000,
+        max_lag={name: max(samples, default=0) for name, samples in lag.samples.items()},
+        cpu=cpu,
+        drained_s={name: drained.get(name, 60.0) for name in lag.offsets},
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rates", default="5000,10000,15000,20000,25000,30000", help="events/s, rising")
+    parser.add_argument("--hold", type=int, default=60, help="seconds of load at each rate")
+    args = parser.parse_args()
+    rates = [int(rate) for rate in args.rates.split(",")]
+    loadgen = build_loadgen(RunnerSettings().kafka_cache_dir.parent / "loadgen")
+
+    steps: list[Step] = []
+    with bench_kafka("pipeline") as bench:
+        background_body(bench.work / "body.json")
+        services = Services(bench)
+        try:
+            bench.progress.note("starting the sink (chDB), the streams worker and the ingest API")
+            services.start()
+            for rate in rates:
+                bench.progress.note(f"{rate:,} events/s for {args.hold} s")
+                step = run_step(bench, services, loadgen, rate, args.hold)
+                steps.append(step)
+                print(
+                    f"{rate:>7,} ev/s: achieved {step.achieved:,.0f} (answers {step.answers}, post p99 "
+                    f"{step.post_p99_ms:.0f} ms); probes {step.probes_found}/{step.probes} 202 -> queryable "
+                    f"p50 {step.probe_p50_s:.2f} s p99 {step.probe_p99_s:.2f} s; {step.events:,} events "
+                    f"received -> queryable p50 {step.event_p50_s:.2f} s p99 {step.event_p99_s:.2f} s; "
+                    f"max lag (records) {step.max_lag}; lag 0 after the load's end in "
+                    f"{', '.join(f'{k} {v:.1f} s' for k, v in step.drained_s.items())}; "
+                    f"cores used: {', '.join(f'{k} {v:.2f}' for k, v in step.cpu.items())}; "
+                    f"{'held' if step.held else 'NOT held'}",
+                    flush=True,
+                )
+                if dead := services.dead():
+                    raise SystemExit(f"{', '.join(dead)} exited:\n{services.tail(dead[0])}")
+                if not step.held:
+                    break
+        finally:
+            services.stop()
+
+    held = [step.rate for step in steps if step.held]
+    print(f"\nhighest rate held for {args.hold} s: {max(held, default=0):,} events/s")
+    print(
+        "\n| rate ev/s | achieved | 202 -> queryable p50 / p99 (probes) | received -> queryable p50 / p99 "
+        "(all events) | max lag sink / worker (records) | lag 0 after the load, sink / worker | held |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for s in steps:
+        print(
+            f"| {s.rate:,} | {s.achieved:,.0f} | {s.probe_p50_s:.2f} / {s.probe_p99_s:.2f} s | "
+            f"{s.event_p50_s:.2f} / {s.event_p99_s:.2f} s | {s.max_lag.get('sink', 0)} / "
+            f"{s.max_lag.get('worker', 0)} | {s.drained_s['sink']:.1f} / {s.drained_s['worker']:.1f} s | "
+            f"{'yes' if s.held else 'no'} |"
+        )
+    names = list(steps[0].cpu) if steps else []
+    print(f"\n| rate ev/s | cores used: {' | '.join(names)} |")
+    print(f"|---|{'---|' * len(names)}")
+    for s in steps:
+        print(f"| {s.rate:,} | {' | '.join(f'{s.cpu[name]:.2f}' for name in names)} |")
+    print(f"\nmeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores")
+    return 0 if held else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
