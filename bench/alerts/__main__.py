@@ -54,7 +54,8 @@ PROBE_RULE = {
 def background_body(path: Path) -> None:
     """100 demo events without failures (the background must not fire), no ids, no timestamps:
     the server stamps each copy, so repeating the body is a steady stream of fresh events."""
-    traffic, events = CosnapTraffic(random.Random(5)), []
+    traffic = CosnapTraffic(random.Random(5))
+    events: list[dict[str, Any]] = []
     while len(events) < BATCH:
         event = traffic.event()
         if FAILURES.isdisjoint((event.get("tags") or {}).values()):

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.kafka import Bench, bench_kafka
 from bench.streams import AggregateReader, Worker, end_offsets
