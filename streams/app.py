@@ -112,6 +112,10 @@ def run_worker(settings: StreamsSettings) -> int:
         def _schedule_shutdown(self, signal: signal.Signals) -> None:  # mode's SIGTERM/SIGINT handler
             shutdown.request(signal)
 
+        @property
+        def shortlabel(self) -> str:  # the label of its log lines: "[^Worker]: Ready", as Faust's own
+            return "Worker"
+
     # Faust would replace the logging configuration and draw a spinner on stdout; without the
     # spinner it logs "[^Worker]: Ready" once started.
     faust_worker = FaustWorker(app, override_logging=False, quiet=True)
