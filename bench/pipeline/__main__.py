@@ -14,12 +14,17 @@ load generator. For each rate, in rising order, until one is not held:
   `inserted_at` (set by ClickHouse as the row is inserted) against the moment its 202 arrived,
   and, for every event received during the hold, `inserted_at - received_at` (received_at is
   stamped before the 202, so this is an upper bound of 202 -> queryable);
+- how long after its probe's 202 each probe's alert (the probe rule of bench/alerts, added to
+  the default rules) arrived on the alerts topic, and how long after its end each minute window
+  the worker wrote during the hold was written (final: the bar allows lateness + grace, 30 s,
+  plus 5 s);
 - how long the sink's and the worker's lag take to drain to zero once the load stops;
 - the CPU each process used over the hold (the sink, the worker, the ingest, the broker, the
   load generator), from /proc.
 
 A rate is held when the load generator kept it (>= 98 %, every answer 202), the p99 of both
-freshness figures is <= 5 s, every probe is in the table, and no backlog was left when the load
+freshness figures is <= 5 s, every probe is in the table and fired its alert with p99 <= 2 s,
+the minute windows were final within 35 s of their end at p99, and no backlog was left when the load
 ended (no growing lag): the sink's lag is 0 within 5 s of the end, the worker's within 10 s (it
 commits offsets with its checkpoints, every 5 s). The issue's bar holds each rate for 5 minutes;
 this first cut holds `--hold` seconds (60 by default), as BENCHMARKS.md says. Exit status 1
@@ -41,15 +46,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import yaml
 
-from bench.alerts.__main__ import BATCH, background_body
+from bench.alerts.__main__ import BATCH, PROBE_RULE, background_body
 from bench.ingest.__main__ import build_loadgen, load
 from bench.kafka import Bench, Offsets, bench_kafka
 from bench.services import Services
-from schemas.settings import RunnerSettings
+from bench.streams import AggregateReader
+from schemas.rules import DEFAULT_RULES
+from schemas.settings import RunnerSettings, StreamsSettings
 from schemas.topics import EVENT_PARTITIONS
+from tests.conftest import AlertListener
 
 FRESH_P99_S = 5.0
+ALERT_P99_S = 2.0
+# A minute window is final once the watermark (newest event time - lateness) passes its end plus
+# the grace: under steady traffic that many seconds after its end. Bar: within 5 s of that.
+FINAL_AFTER_S = StreamsSettings().window_lateness_s + StreamsSettings().window_grace_s
+FINAL_SLACK_S = 5.0
 DRAIN_S = 5.0
 CHECKPOINT_S = 5.0  # the worker commits its offsets with its checkpoints, at most this often
 
@@ -115,6 +129,12 @@ class Step:
     event_p99_s: float
     max_lag: dict[str, int]
     cpu: dict[str, float]  # cores used over the hold, per process
+    alerts_found: int  # probes whose alert fired
+    alert_p50_s: float
+    alert_p99_s: float
+    minute_windows: int  # written during the hold
+    final_p50_s: float  # seconds after their end
+    final_p99_s: float
     drained_s: dict[str, float]  # after the load's end, until the group's lag was 0 (60: never)
 
     @property
@@ -125,24 +145,44 @@ class Step:
             and self.probes_found == self.probes
             and self.probe_p99_s <= FRESH_P99_S
             and self.event_p99_s <= FRESH_P99_S
+            and self.alerts_found == self.probes
+            and self.alert_p99_s <= ALERT_P99_S
+            # None is final within a first short hold: the first windows close ~30 s after the
+            # first minute boundary.
+            and (self.minute_windows == 0 or self.final_p99_s <= FINAL_AFTER_S + FINAL_SLACK_S)
             and self.drained_s.get("sink", 60) <= DRAIN_S
             and self.drained_s.get("worker", 60) <= DRAIN_S + CHECKPOINT_S
         )
 
 
 def probe_loop(ingest: str, key: str, stop: threading.Event, posted: dict[str, float]) -> None:
-    """A probe event every half second; `posted` maps its id to the moment its 202 arrived."""
+    """A probe event every half second; `posted` maps its id to the moment its 202 arrived. Each
+    fires its own group of the probe rule (bench/alerts: any `bench.probe` event, by `probe`)."""
     with httpx.Client(base_url=ingest, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         while not stop.is_set():
             event_id = f"probe-{uuid.uuid4().hex}"
-            body = {"event_id": event_id, "type": "feature", "feature": "bench.probe", "action": "x"}
+            body = {
+                "event_id": event_id,
+                "type": "feature",
+                "feature": "bench.probe",
+                "action": "x",
+                "tags": {"probe": event_id},
+            }
             response = client.post("/v1/events", json=body)
             if response.status_code == 202:
                 posted[event_id] = time.time()
             stop.wait(0.5)
 
 
-def run_step(bench: Bench, services: Services, loadgen: Path, rate: int, hold: int) -> Step:
+def run_step(
+    bench: Bench,
+    services: Services,
+    loadgen: Path,
+    rate: int,
+    hold: int,
+    windows: AggregateReader,
+    alerts: AlertListener,
+) -> Step:
     lag = Lag(
         {
             "sink": Offsets(
@@ -202,6 +242,14 @@ def run_step(bench: Bench, services: Services, loadgen: Path, rate: int, hold: i
         )
     }
     probe = [found[event_id] - at for event_id, at in posted.items() if event_id in found]
+    fired = {
+        record["labels"]["probe"]: at
+        for at, record in list(alerts.records)
+        if record["rule"] == PROBE_RULE["name"] and record["state"] == "firing"
+    }
+    alerted = [fired[event_id] - at for event_id, at in posted.items() if event_id in fired]
+    # The minute windows the worker wrote during the hold, each this long after its end.
+    final = [late for written, late in list(windows.tally.minute_closed) if began <= written <= ended]
     # Every event received during the hold: from its received_at (before its 202) to its insert.
     [[count, fresh]] = services.query(
         "SELECT count(), quantiles(0.5, 0.99)(toUnixTimestamp64Milli(inserted_at) - "  # noqa: S608
@@ -224,6 +272,12 @@ def run_step(bench: Bench, services: Services, loadgen: Path, rate: int, hold: i
         event_p99_s=fresh[1] / 1000,
         max_lag={name: max(samples, default=0) for name, samples in lag.samples.items()},
         cpu=cpu,
+        alerts_found=len(alerted),
+        alert_p50_s=statistics.median(alerted) if alerted else float("nan"),
+        alert_p99_s=p99(alerted),
+        minute_windows=len(final),
+        final_p50_s=statistics.median(final) if final else float("nan"),
+        final_p99_s=p99(final),
         drained_s={name: drained.get(name, 60.0) for name in lag.offsets},
     )
 
@@ -241,13 +295,18 @@ def main() -> int:
     steps: list[Step] = []
     with bench_kafka("pipeline") as bench:
         background_body(bench.work / "body.json")
-        services = Services(bench)
+        rules = yaml.safe_load(DEFAULT_RULES.read_text())
+        rules["rules"].append(PROBE_RULE)
+        (bench.work / "rules.yaml").write_text(yaml.safe_dump(rules))
+        services = Services(bench, env={"COSNAP_RULES_FILE": str(bench.work / "rules.yaml")})
+        windows = AggregateReader(bench, ignore_from="9999")
+        alerts = AlertListener(bench.bootstrap, bench.topics.alerts)
         try:
             bench.progress.note("starting the sink (chDB), the streams worker and the ingest API")
             services.start()
             for rate in rates:
                 bench.progress.note(f"{rate:,} events/s for {args.hold} s")
-                step = run_step(bench, services, loadgen, rate, args.hold)
+                step = run_step(bench, services, loadgen, rate, args.hold, windows, alerts)
                 steps.append(step)
                 print(
                     f"{rate:>7,} ev/s: achieved {step.achieved:,.0f} (answers {step.answers}, post p99 "
@@ -256,6 +315,9 @@ def main() -> int:
                     f"received -> queryable p50 {step.event_p50_s:.2f} s p99 {step.event_p99_s:.2f} s; "
                     f"max lag (records) {step.max_lag}; lag 0 after the load's end in "
                     f"{', '.join(f'{k} {v:.1f} s' for k, v in step.drained_s.items())}; "
+                    f"alerts {step.alerts_found}/{step.probes} 202 -> firing p50 {step.alert_p50_s:.2f} s "
+                    f"p99 {step.alert_p99_s:.2f} s; {step.minute_windows:,} minute windows final "
+                    f"p50 {step.final_p50_s:.1f} s p99 {step.final_p99_s:.1f} s after their end; "
                     f"cores used: {', '.join(f'{k} {v:.2f}' for k, v in step.cpu.items())}; "
                     f"{'held' if step.held else 'NOT held'}",
                     flush=True,
@@ -266,18 +328,22 @@ def main() -> int:
                     break
         finally:
             services.stop()
+            windows.close()
+            alerts.close()
 
     held = [step.rate for step in steps if step.held]
     print(f"\nhighest rate held for {args.hold} s: {max(held, default=0):,} events/s")
     print(
         "\n| rate ev/s | achieved | 202 -> queryable p50 / p99 (probes) | received -> queryable p50 / p99 "
-        "(all events) | max lag sink / worker (records) | lag 0 after the load, sink / worker | held |"
+        "(all events) | alert 202 -> firing p50 / p99 | minute windows final after their end p50 / p99 | "
+        "max lag sink / worker (records) | lag 0 after the load, sink / worker | held |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s in steps:
         print(
             f"| {s.rate:,} | {s.achieved:,.0f} | {s.probe_p50_s:.2f} / {s.probe_p99_s:.2f} s | "
-            f"{s.event_p50_s:.2f} / {s.event_p99_s:.2f} s | {s.max_lag.get('sink', 0)} / "
+            f"{s.event_p50_s:.2f} / {s.event_p99_s:.2f} s | {s.alert_p50_s:.2f} / {s.alert_p99_s:.2f} s | "
+            f"{s.final_p50_s:.1f} / {s.final_p99_s:.1f} s | {s.max_lag.get('sink', 0)} / "
             f"{s.max_lag.get('worker', 0)} | {s.drained_s['sink']:.1f} / {s.drained_s['worker']:.1f} s | "
             f"{'yes' if s.held else 'no'} |"
         )

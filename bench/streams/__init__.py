@@ -94,6 +94,8 @@ class AggregateTally:
     last_minute_at: float = 0.0  # when this process received the newest data minute window
     last_minute_written: float = 0.0  # when the worker wrote it (its Kafka CreateTime)
     newest_emitted_at: str = ""  # the worker's own clock when it closed that window
+    # Every minute window, closers' included: (when the worker wrote it, seconds after its end).
+    minute_closed: list[tuple[float, float]] = field(default_factory=list)
 
 
 class AggregateReader:
@@ -126,6 +128,11 @@ class AggregateReader:
                     continue
                 series, granularity, start = key.decode().split("|")
                 tally.records[granularity] += 1
+                if granularity == "1m":
+                    written = message.timestamp()[1] / 1000
+                    tally.minute_closed.append(
+                        (written, written - datetime.fromisoformat(start).timestamp() - 60)
+                    )
                 if granularity != "1m" or start[:19] >= tally.ignore_from[:19]:
                     continue
                 window = orjson.loads(value)
