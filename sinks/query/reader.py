@@ -251,16 +251,20 @@ class Reader:
                 raise QueryRefused(f"refused: the engine's parser reads {count} statement(s) of class {kind}")
         return statement
 
-    def run(self, sql: str, ticket: str | None = None) -> QueryResult:
-        """Run one read; QueryRefused, ReadersBusy, ReadLimitHit, ReadCancelled or ReadFailed."""
-        statement = self.check(sql)
+    def _take_session(self) -> Client:
+        """An idle read session, or ReadersBusy when all `max_concurrent` are taken."""
         try:
-            session = self._idle.get_nowait()
+            return self._idle.get_nowait()
         except queue.Empty:
             raise ReadersBusy(
                 f"all {self.limits.max_concurrent} read sessions are busy (COSNAP_QUERY_MAX_CONCURRENT); "
                 "retry shortly"
             ) from None
+
+    def run(self, sql: str, ticket: str | None = None) -> QueryResult:
+        """Run one read; QueryRefused, ReadersBusy, ReadLimitHit, ReadCancelled or ReadFailed."""
+        statement = self.check(sql)
+        session = self._take_session()
         try:
             result = session.query(f"/* {_TICKET}{ticket or new_ticket()} */ {statement}")
         except DatabaseError as exc:
@@ -316,18 +320,12 @@ class Reader:
         taking one of the `max_concurrent` read slots; the errors of `run`."""
         if self._engine is None:
             raise ReadFailed(
-                "the ClickHouse HTTP interface serves the embedded store only", "NOT_IMPLEMENTED"
+                "the ClickHouse HTTP interface serves the embedded store only", "NOT_IMPLEMENTED", 48
             )
         unformatted, named_format = split_format(read.sql)
         output_format = named_format or read.output_format
         statement = self.check(unformatted)
-        try:
-            slot = self._idle.get_nowait()
-        except queue.Empty:
-            raise ReadersBusy(
-                f"all {self.limits.max_concurrent} read sessions are busy (COSNAP_QUERY_MAX_CONCURRENT); "
-                "retry shortly"
-            ) from None
+        slot = self._take_session()  # a read slot: its session stays unused
         try:
             try:
                 session = self._raw_session(read)
