@@ -120,7 +120,8 @@ class TopicSink:
         # Offsets of the last commit that went through: a stop with nothing new to commit is clean
         # even when Kafka is down.
         self._committed: dict[TopicPartition, int] = {}
-        # What /health reports, read from the query service's threads: each is replaced whole.
+        # What /health reports, read from other threads (the query service's or the status
+        # server's): each is replaced whole.
         self._partitions: list[str] = []
         self._flushed_at: float | None = None  # wall time of the last flush that inserted every row
         self._insert_error: str | None = None  # why the inserts of the current flush fail
