@@ -1,4 +1,4 @@
--- Tables of DESIGN §3.4. Analysts query these names: add columns in later migrations, rename none.
+-- The tables of docs/reference.md, "ClickHouse tables". Analysts query these names: add columns in later migrations, rename none.
 
 -- One row per accepted event. ReplacingMergeTree on (project, event_id) makes a redelivered or
 -- retried event collapse to one row; query with FINAL (or GROUP BY event_id) for exact counts.

@@ -1,4 +1,4 @@
--- One row per alert state change of metrics.alerts.v1 (DESIGN §3.4). A record delivered twice
+-- One row per alert state change of metrics.alerts.v1 (docs/reference.md, "ClickHouse tables"). A record delivered twice
 -- (a sink replay) collapses on (fingerprint, starts_at, state): query with FINAL for history.
 CREATE TABLE IF NOT EXISTS {database}.alerts
 (
