@@ -14,19 +14,26 @@ from schemas.health import ServiceHealth
 from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
 
 
-def _logging(service: str, settings: CommonSettings, secrets: Iterable[str] = ()) -> None:
-    """First thing of every service: its logs (JSON lines by default) and, with a DSN, Sentry."""
+def _logging(
+    service: str, settings: CommonSettings, args: argparse.Namespace, secrets: Iterable[str] = ()
+) -> None:
+    """First thing of every service: its logs (JSON lines by default; `--log-format` overrides
+    COSNAP_LOG_FORMAT and, under the runner, puts every line on the console) and, with a DSN,
+    Sentry."""
     from plumbing.logs import configure_logging
     from plumbing.sentry import init_sentry
 
-    configure_logging(service, settings.log_level, settings.log_format, settings.log_dir)
+    log_format = args.log_format or settings.log_format
+    configure_logging(
+        service, settings.log_level, log_format, settings.log_dir, console_share=args.log_format is None
+    )
     init_sentry(service, settings, secrets)
 
 
-def _run(_args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     from cosnap_metrics.supervisor import run_pipeline
 
-    return run_pipeline(RunnerSettings())
+    return run_pipeline(RunnerSettings(), args.log_format)
 
 
 # The ingest's share of its stop deadline (plumbing/stopping.py) for requests still waiting for
@@ -34,7 +41,7 @@ def _run(_args: argparse.Namespace) -> int:
 INGEST_GRACEFUL_S = 2
 
 
-def _ingest(_args: argparse.Namespace) -> int:
+def _ingest(args: argparse.Namespace) -> int:
     import logging
     import signal
     from types import FrameType
@@ -48,7 +55,7 @@ def _ingest(_args: argparse.Namespace) -> int:
 
     settings = IngestSettings()
     _ensure_dev_sentry_secret(settings)
-    _logging("ingest", settings)
+    _logging("ingest", settings, args)
     log = logging.getLogger("cosnap.ingest")
     producer = AckedProducer(
         settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s, client_id="cosnap-ingest"
@@ -92,21 +99,21 @@ def _ingest(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _streams(_args: argparse.Namespace) -> int:
+def _streams(args: argparse.Namespace) -> int:
     from streams.app import run_worker
 
     settings = StreamsSettings()
-    _logging("streams", settings)
+    _logging("streams", settings, args)
     return run_worker(settings)
 
 
-def _sink(_args: argparse.Namespace) -> int:
-    from plumbing.status import answering, serve_status
+def _sink(args: argparse.Namespace) -> int:
+    from plumbing.status import serve_status
     from sinks.clickhouse.service import create_sink, open_store, run_until_signalled, sink_health
     from sinks.query.service import start_query_service
 
     settings = SinkSettings()
-    _logging("sink", settings)
+    _logging("sink", settings, args)
     client = open_store(settings)
     sink = create_sink(settings, client)
 
@@ -115,7 +122,7 @@ def _sink(_args: argparse.Namespace) -> int:
 
     # chDB holds its data directory for one process: on the embedded store the query service
     # runs in the sink's process, and serves the sink's health beside the reads.
-    query = start_query_service(settings, answering(health)) if settings.embedded_clickhouse else None
+    query = start_query_service(settings, health) if settings.embedded_clickhouse else None
     if query is None:
         serve_status(settings.metrics_host, settings.sink_metrics_port, health)
     try:
@@ -126,13 +133,13 @@ def _sink(_args: argparse.Namespace) -> int:
         client.close()  # chDB's handles closed before the interpreter exits (QueryService.stop)
 
 
-def _notify(_args: argparse.Namespace) -> int:
+def _notify(args: argparse.Namespace) -> int:
     from plumbing.sentry import secret_forms
     from schemas.settings import NotifierSettings
     from sinks.notify.notifier import run_notifier
 
     settings = NotifierSettings()
-    _logging("notify", settings, secret_forms(settings.webhook_secret.get_secret_value()))
+    _logging("notify", settings, args, secret_forms(settings.webhook_secret.get_secret_value()))
     return run_notifier(settings)
 
 
@@ -173,6 +180,28 @@ def _query(args: argparse.Namespace) -> int:
     else:
         print(format_tsv(result))
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cosnap_metrics.validate import DEFAULT_LISTEN, Target, parse_listen, validate, webhook_secret
+    from plumbing.keys import DEV_KEY_FILE
+
+    settings = RunnerSettings()
+    key = args.write_key
+    if key is None:
+        key_file = settings.data_dir / DEV_KEY_FILE
+        if not key_file.exists():
+            print(f"error: no write key: give --write-key ({key_file} does not exist)", file=sys.stderr)
+            return 2
+        key = key_file.read_text().strip()
+    try:
+        listen = parse_listen(args.webhook_listen or DEFAULT_LISTEN)
+    except ValueError as exc:
+        print(f"error: --webhook-listen: {exc}", file=sys.stderr)
+        return 2
+    url = (args.url or f"http://{settings.ingest_host}:{settings.ingest_port}").rstrip("/")
+    target = Target(url, key, webhook_secret(settings, args.webhook_secret), listen)
+    return validate(settings, target, sys.stdout, timeout_s=args.timeout)
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -373,17 +402,24 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosnap-metrics", description="Cosnap Metrics event pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        help="every log line to the console in this format (default: COSNAP_LOG_FORMAT; under `run`, "
+        "only warnings, state changes and a status line)",
+    )
     commands.add_parser(
-        "run", help="run the whole embedded pipeline (Kafka, sink, streams, ingest)"
+        "run", parents=[logs], help="run the whole embedded pipeline (Kafka, sink, streams, ingest)"
     ).set_defaults(func=_run)
-    commands.add_parser("ingest", help="run the ingest API").set_defaults(func=_ingest)
-    commands.add_parser("streams", help="run the Faust worker").set_defaults(func=_streams)
+    commands.add_parser("ingest", parents=[logs], help="run the ingest API").set_defaults(func=_ingest)
+    commands.add_parser("streams", parents=[logs], help="run the Faust worker").set_defaults(func=_streams)
     commands.add_parser(
-        "sink", help="run the ClickHouse sink (and, on chDB, the query service)"
+        "sink", parents=[logs], help="run the ClickHouse sink (and, on chDB, the query service)"
     ).set_defaults(func=_sink)
     commands.add_parser("topics", help="create the pipeline's Kafka topics").set_defaults(func=_topics)
     commands.add_parser(
-        "notify", help="deliver the alerts topic to Alertmanager and signed webhooks"
+        "notify", parents=[logs], help="deliver the alerts topic to Alertmanager and signed webhooks"
     ).set_defaults(func=_notify)
 
     alerts = commands.add_parser("alerts", help="alert state changes").add_subparsers(
@@ -426,6 +462,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an event may take from its 202 to its window in the store (default 15)",
     )
     reconcile.set_defaults(func=_reconcile)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a running deployment end to end: health, synthetic events, a signed alert",
+        description="Check the health endpoints, post one synthetic event of each type (tagged "
+        "synthetic=true) and read them back from ClickHouse, and receive the alert they fire "
+        "(rule cosnap_validate), verifying its webhook signature. One PASS/FAIL line per step; exit "
+        "status 0 only when every step passed, 1 otherwise, 2 usage error.",
+    )
+    validate.add_argument("--url", help="ingest API base URL (default: this machine's, from COSNAP_INGEST_*)")
+    validate.add_argument(
+        "--write-key", help="a write key (default: the development key in the data directory)"
+    )
+    validate.add_argument(
+        "--webhook-listen",
+        metavar="HOST:PORT",
+        help="where to receive the alert: the address COSNAP_VALIDATE_WEBHOOK_URL of the notifier "
+        "names (default 127.0.0.1:8129, where `run` sends it)",
+    )
+    validate.add_argument(
+        "--webhook-secret",
+        help="the notifier's COSNAP_WEBHOOK_SECRET (default: that variable, or the runner's "
+        "<data dir>/validate-webhook-secret)",
+    )
+    validate.add_argument(
+        "--timeout", type=float, default=90.0, metavar="S", help="wait this long for the row and the alert"
+    )
+    validate.set_defaults(func=_validate)
 
     demo = commands.add_parser("demo", help="post realistic Cosnap traffic to the ingest API")
     demo.add_argument("--minutes", type=float, default=5.0)

@@ -9,8 +9,11 @@ notifier, and prints where to reach them. Then it watches every process it start
   ports, a service only while the broker is up (a service that died with the broker comes back
   after it). A process that exits `MAX_FAILURES` times within `FAILURE_WINDOW_S` stops the whole
   run, with the reason and exit status 1;
-- the services log to `<data dir>/logs/<service>.jsonl`; the console gets their state changes
-  and warnings only (plumbing/logs.py);
+- the services log to `<data dir>/logs/<service>.jsonl`; the console gets their warnings and
+  state changes only (plumbing/logs.py), and after the banner a line when a service's health
+  changes and a status line every few seconds (cosnap_metrics/console.py). With
+  `--log-format json` the console gets every line of every service as JSON instead, and no
+  status line;
 - the runner's own `/metrics` and `/health` (`COSNAP_RUN_METRICS_PORT`) count the restarts.
 
 Ctrl-C or SIGTERM stops everything within `STOP_S`: the services first, together (each flushes
@@ -22,8 +25,10 @@ process at once (exit status 130).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import secrets
 import select
 import signal
 import socket
@@ -38,15 +43,20 @@ from types import FrameType
 
 import httpx
 from prometheus_client import Counter, Gauge
+from pydantic import SecretStr
 
 from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.console import Console, Endpoints
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import describe_exit, signal_group, spawn
 from cosnap_metrics.provision import ensure_topics
+from cosnap_metrics.validate import DEFAULT_LISTEN, SECRET_FILE
 from plumbing.backoff import Backoff
 from plumbing.keys import DEV_KEY_FILE, DEV_READ_KEY_FILE, KeyStore, ensure_dev_key, ensure_dev_read_key
+from plumbing.private_files import create_private
 from plumbing.status import serve_status
 from plumbing.stopping import EXIT_SECOND_SIGNAL, EXIT_UNFLUSHED
+from plumbing.webhooks import SECRET_PREFIX
 from schemas.health import ServiceHealth
 from schemas.settings import RunnerSettings
 
@@ -105,13 +115,31 @@ def services(settings: RunnerSettings) -> tuple[str, ...]:
     return SERVICES + (("notify",) if settings.notify_enabled else ())
 
 
+def _status_host(settings: RunnerSettings) -> str:
+    """Where this machine reaches the status ports: loopback when they listen on every interface."""
+    return "127.0.0.1" if settings.metrics_host in ("", "0.0.0.0", "::") else settings.metrics_host  # noqa: S104
+
+
 def _supervisor_url(settings: RunnerSettings) -> str:
     """Where the services reach the runner's /health (the ingest shows it in /health/detailed)."""
     if not settings.run_metrics_port:
         return ""
-    # A runner listening on every interface is reached on loopback.
-    host = "127.0.0.1" if settings.metrics_host in ("", "0.0.0.0", "::") else settings.metrics_host  # noqa: S104
-    return f"http://{host}:{settings.run_metrics_port}/health"
+    return f"http://{_status_host(settings)}:{settings.run_metrics_port}/health"
+
+
+def endpoints(settings: RunnerSettings) -> dict[str, Endpoints]:
+    """The health and metrics endpoints of every service the runner starts (a status port of 0
+    is off: that service is left out)."""
+    ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    found = {
+        "sink": Endpoints(f"{settings.query_url}/health", f"{settings.query_url}/metrics"),
+        "ingest": Endpoints(f"{ingest}/health/ready", f"{ingest}/metrics"),
+    }
+    for name, port in (("streams", settings.streams_metrics_port), ("notify", settings.notify_metrics_port)):
+        if port and name in services(settings):
+            status = f"http://{_status_host(settings)}:{port}"
+            found[name] = Endpoints(f"{status}/health", f"{status}/metrics")
+    return found
 
 
 def child_environment(settings: RunnerSettings) -> dict[str, str]:
@@ -189,10 +217,17 @@ class Signals:
 class Supervisor:
     """The broker and the services of one run, started and restarted; `stop()` ends them."""
 
-    def __init__(self, settings: RunnerSettings, broker: KafkaBroker, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        broker: KafkaBroker,
+        env: dict[str, str],
+        log_format: str | None = None,
+    ) -> None:
         self._settings = settings
         self._broker = broker
         self._env = env
+        self._log_args = ["--log-format", log_format] if log_format else []
         self._names = services(settings)
         self.children = {name: Child(name) for name in (BROKER, *self._names)}
         self.signals = Signals(self.kill_all)
@@ -227,7 +262,9 @@ class Supervisor:
         UP.labels(BROKER).set(1)
 
     def start_service(self, name: str) -> None:
-        self.children[name].process = spawn([sys.executable, "-m", "cosnap_metrics.cli", name], env=self._env)
+        self.children[name].process = spawn(
+            [sys.executable, "-m", "cosnap_metrics.cli", name, *self._log_args], env=self._env
+        )
         UP.labels(name).set(1)
 
     def start_services(self) -> None:
@@ -335,8 +372,28 @@ class Supervisor:
         return unclean
 
 
-def run_pipeline(settings: RunnerSettings) -> int:
-    """Blocks until Ctrl-C/SIGTERM, or until a process fails too often; returns the exit status."""
+def with_validation_receiver(
+    settings: RunnerSettings, data_dir: Path
+) -> tuple[RunnerSettings, dict[str, str]]:
+    """The settings with the notifier sending the validation rule's alerts to `cosnap-metrics
+    validate`'s default receiver (unless COSNAP_VALIDATE_WEBHOOK_URL names another), signed with
+    COSNAP_WEBHOOK_SECRET or, without one, a secret kept in `<data dir>/validate-webhook-secret`;
+    and the environment the services need for it."""
+    url = settings.validate_webhook_url or f"http://{DEFAULT_LISTEN}/"
+    secret = settings.webhook_secret.get_secret_value()
+    if not secret:
+        path = data_dir / SECRET_FILE
+        if not path.exists():
+            create_private(path, f"{SECRET_PREFIX}{base64.b64encode(secrets.token_bytes(32)).decode()}\n")
+        secret = path.read_text().strip()
+    updated = settings.model_copy(update={"validate_webhook_url": url, "webhook_secret": SecretStr(secret)})
+    return updated, {"COSNAP_VALIDATE_WEBHOOK_URL": url, "COSNAP_WEBHOOK_SECRET": secret}
+
+
+def run_pipeline(settings: RunnerSettings, log_format: str | None = None) -> int:
+    """Blocks until Ctrl-C/SIGTERM, or until a process fails too often; returns the exit status.
+    `log_format` (`json`): every line of every service on the console in that format, and no
+    status line; None: the services' warnings and state changes, and the status line."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     libs = fetch_kafka(settings.kafka_version, settings.kafka_cache_dir)
@@ -346,9 +403,11 @@ def run_pipeline(settings: RunnerSettings) -> int:
         )
     )
     log_dir = settings.log_dir or data_dir / "logs"
-    env = child_environment(settings) | {"COSNAP_LOG_DIR": str(log_dir.resolve())}
-    supervisor = Supervisor(settings, broker, env)
+    settings, validation = with_validation_receiver(settings, data_dir)
+    env = child_environment(settings) | {"COSNAP_LOG_DIR": str(log_dir.resolve())} | validation
+    supervisor = Supervisor(settings, broker, env, log_format)
     serve_status(settings.metrics_host, settings.run_metrics_port, supervisor.health)
+    console = Console(endpoints(settings), sys.stdout)
     code = 0
     try:
         print(f"[kafka] starting Apache Kafka {settings.kafka_version} on {broker.bootstrap}", flush=True)
@@ -359,11 +418,18 @@ def run_pipeline(settings: RunnerSettings) -> int:
         write_key = ensure_dev_key(keys, data_dir)
         read_key = ensure_dev_read_key(keys, data_dir)
         supervisor.start_services()
-        supervisor.supervise(lambda: _banner(settings, data_dir, log_dir, write_key, read_key))
+
+        def ready() -> None:
+            _banner(settings, data_dir, log_dir, write_key, read_key)
+            if log_format is None:
+                console.start()
+
+        supervisor.supervise(ready)
     except RunnerError as exc:
         _say(str(exc))
         code = 0 if supervisor.signals.stopping else 1  # a stop asked while Kafka started
     finally:
+        console.stop()
         began = time.monotonic()
         _say("stopping")
         unclean = supervisor.stop()
@@ -391,7 +457,7 @@ def _banner(settings: RunnerSettings, data_dir: Path, log_dir: Path, write_key: 
         f"  metrics      {ingest}/metrics, {settings.query_url}/metrics, streams and notifier on "
         f":{settings.streams_metrics_port} and :{settings.notify_metrics_port}\n"
         f"  supervisor   http://{settings.metrics_host}:{settings.run_metrics_port}/health (restarts)\n"
-        f"  logs         {log_dir}/<service>.jsonl (here: state changes and warnings)\n"
+        f"  logs         {log_dir}/<service>.jsonl (here: state changes, warnings, a status line)\n"
         f"  write key    {write_key}   (also in {data_dir / DEV_KEY_FILE})\n"
         f"  ClickHouse   {settings.clickhouse_http_url or 'off'}   user default, password the read key\n"
         f"  read key     {read_key}   (also in {data_dir / DEV_READ_KEY_FILE})\n"

@@ -1,10 +1,13 @@
 """Logs of every service: one JSON object per line on stderr, or text for a person to read.
 
 Under `cosnap-metrics run` (`COSNAP_LOG_DIR` set) every record goes to the service's own file,
-`<dir>/<service>.jsonl` (JSON lines, rotated), and stderr, the runner's terminal, gets only what
+`<dir>/<service>.jsonl` (JSON lines, rotated at `LOG_FILE_BYTES`, 20 MiB, `LOG_FILES_KEPT`
+older files kept: at most 80 MiB a service), and stderr, the runner's terminal, gets only what
 a person should read there (`ConsoleFilter`): the services' state changes and their warnings,
-each kind at most once a minute. The libraries' reconnect chatter (aiokafka, kafka-python, Faust,
-librdkafka) stays in the file.
+each kind at most once a minute. The libraries' chatter (aiokafka, kafka-python, Faust,
+librdkafka, uvicorn) stays in the file. A service started with `--log-format json` (the
+runner's `--log-format json` passes it on; docker-compose sets it) writes every record to
+stderr as JSON as well.
 
 A JSON line holds `timestamp` (UTC, milliseconds), `level`, `logger`, `message` and `service`,
 then the context the call passed in `extra=` (`request_id`, `request_ids`, `topic`, `partition`,
@@ -134,11 +137,17 @@ class ConsoleFilter(logging.Filter):
 
 
 def configure_logging(
-    service: str, level: LogLevel, log_format: LogFormat, log_dir: Path | None = None
+    service: str,
+    level: LogLevel,
+    log_format: LogFormat,
+    log_dir: Path | None = None,
+    *,
+    console_share: bool = True,
 ) -> None:
     """Send every record of the process (libraries' too, Python warnings, uncaught exceptions)
-    to stderr in `log_format`; with `log_dir`, to `<log_dir>/<service>.jsonl` instead and only
-    the console's share (ConsoleFilter) to stderr. Called once, first thing, by each service
+    to stderr in `log_format`; with `log_dir`, to `<log_dir>/<service>.jsonl` too, and to stderr
+    only the console's share (ConsoleFilter) unless `console_share` is False (`--log-format`
+    given: every record there in `log_format`). Called once, first thing, by each service
     command."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service) if log_format == "json" else TextFormatter())
@@ -150,8 +159,9 @@ def configure_logging(
             log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILES_KEPT
         )
         to_file.setFormatter(JsonFormatter(service))
-        handler.setFormatter(ConsoleFormatter(service, log_file))
-        handler.addFilter(ConsoleFilter())
+        if console_share:
+            handler.setFormatter(ConsoleFormatter(service, log_file))
+            handler.addFilter(ConsoleFilter())
         handlers.append(to_file)
     root = logging.getLogger()
     root.handlers[:] = handlers

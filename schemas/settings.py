@@ -175,6 +175,11 @@ class SinkSettings(CommonSettings):
     )
 
 
+# The rule of default-rules.yaml that only `cosnap-metrics validate`'s synthetic event fires: the
+# notifier sends its alerts, and only those, to COSNAP_VALIDATE_WEBHOOK_URL.
+VALIDATE_RULE = "cosnap_validate"
+
+
 class NotifierSettings(CommonSettings):
     """Where `cosnap-metrics notify` delivers the records of the alerts topic, and how hard it tries."""
 
@@ -187,6 +192,11 @@ class NotifierSettings(CommonSettings):
     )
     webhook_secret: SecretStr = Field(
         default=SecretStr(""), description="Standard Webhooks signing secret, whsec_<base64>"
+    )
+    validate_webhook_url: str = Field(
+        default="",
+        description="The receiver of `cosnap-metrics validate`: gets only the alerts of its rule "
+        "(cosnap_validate), signed with COSNAP_WEBHOOK_SECRET; empty = off",
     )
     alert_generator_url: str = Field(
         default="",
@@ -218,7 +228,7 @@ class NotifierSettings(CommonSettings):
             return [url.strip() for url in text.split(",") if url.strip()]
         return value
 
-    @field_validator("alertmanager_url", "webhook_urls")
+    @field_validator("alertmanager_url", "webhook_urls", "validate_webhook_url")
     @classmethod
     def _http_only(cls, value: str | list[str]) -> str | list[str]:
         for url in [value] if isinstance(value, str) else value:
@@ -228,6 +238,8 @@ class NotifierSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        # Not for COSNAP_VALIDATE_WEBHOOK_URL: the runner supplies its secret (the notifier
+        # refuses to start without one).
         if self.webhook_urls and not self.webhook_secret.get_secret_value():
             raise ValueError("COSNAP_WEBHOOK_SECRET (whsec_<base64>) is needed with COSNAP_WEBHOOK_URLS")
         if self.notify_backoff_max_s < self.notify_backoff_s:
@@ -237,7 +249,7 @@ class NotifierSettings(CommonSettings):
     @property
     def notify_enabled(self) -> bool:
         """Whether anything besides the alerts topic receives alerts (then the runner starts `notify`)."""
-        return bool(self.alertmanager_url or self.webhook_urls)
+        return bool(self.alertmanager_url or self.webhook_urls or self.validate_webhook_url)
 
 
 class RunnerSettings(IngestSettings, StreamsSettings, SinkSettings, NotifierSettings):

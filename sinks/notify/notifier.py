@@ -35,9 +35,15 @@ from plumbing.status import serve_status
 from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 from schemas.health import ServiceHealth
 from schemas.records import AlertRecord, DeadLetter
-from schemas.settings import NotifierSettings
+from schemas.settings import VALIDATE_RULE, NotifierSettings
 from sinks.notify.metrics import DEAD_LETTERS, DELIVERIES, DELIVERY_SECONDS, RETRIES
-from sinks.notify.targets import DELIVERED, AlertmanagerTarget, AlertTarget, WebhookTarget
+from sinks.notify.targets import (
+    DELIVERED,
+    AlertmanagerTarget,
+    AlertTarget,
+    ValidationTarget,
+    WebhookTarget,
+)
 
 log = logging.getLogger("cosnap.notify")
 KAFKA_CALL_TIMEOUT_MS = 3_000  # commits and close: kafka-python's commit() waits forever without one
@@ -338,6 +344,12 @@ def build_targets(settings: NotifierSettings) -> tuple[list[AlertTarget], Alertm
     targets += [
         WebhookTarget(url, secret, timeout=settings.notify_timeout_s) for url in settings.webhook_urls
     ]
+    if settings.validate_webhook_url:
+        targets.append(
+            ValidationTarget(
+                settings.validate_webhook_url, secret, VALIDATE_RULE, timeout=settings.notify_timeout_s
+            )
+        )
     return targets, alertmanager
 
 

@@ -140,3 +140,18 @@ class WebhookTarget:
             "webhook-signature": sign(self._secret, delivery_id, timestamp, raw),
         }
         return post(self._client, self._url, raw, headers)
+
+
+class ValidationTarget(WebhookTarget):
+    """The receiver of `cosnap-metrics validate` (COSNAP_VALIDATE_WEBHOOK_URL): a signed webhook
+    for the alerts of `rule` only; any other alert is taken without a request."""
+
+    def __init__(self, url: str, secret: str, rule: str, *, timeout: float) -> None:
+        super().__init__(url, secret, timeout=timeout)
+        self.name = f"validation webhook {display_url(url)}"
+        self._rule = rule
+
+    def send(self, alert: AlertRecord, raw: bytes, delivery_id: str) -> Attempt:
+        if alert.rule != self._rule:
+            return DELIVERED
+        return super().send(alert, raw, delivery_id)
