@@ -173,6 +173,14 @@ class SinkSettings(CommonSettings):
         description="/metrics and /health with a ClickHouse server (the query service has them with chDB); "
         "0 = off",
     )
+    # How long the sink's tables keep rows (docs/reference.md, "Retention"): days after the row's
+    # event time or window start, each applied as the table's TTL at sink start; 0 = kept forever.
+    retention_events_days: int = Field(
+        default=90, ge=0, description="metrics.events and metrics.late_events, by event time; 0 = forever"
+    )
+    retention_10s_days: int = Field(default=7, ge=0, description="10-second windows of metrics.aggregates")
+    retention_1m_days: int = Field(default=90, ge=0, description="1-minute windows of metrics.aggregates")
+    retention_1h_days: int = Field(default=730, ge=0, description="1-hour windows of metrics.aggregates")
 
 
 # The rule of default-rules.yaml that only `cosnap-metrics validate`'s synthetic event fires: the

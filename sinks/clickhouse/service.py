@@ -13,6 +13,7 @@ from schemas.settings import SinkSettings
 from sinks.clickhouse.consumer import Route, TopicSink
 from sinks.clickhouse.corrections import LateCorrections
 from sinks.clickhouse.ddl import apply_migrations
+from sinks.clickhouse.retention import apply_retention
 from sinks.clickhouse.rows import (
     AGGREGATE_COLUMNS,
     ALERT_COLUMNS,
@@ -29,11 +30,13 @@ log = logging.getLogger("cosnap.sink")
 
 
 def open_store(settings: SinkSettings) -> Client:
-    """A client on the configured ClickHouse, with every migration applied."""
+    """A client on the configured ClickHouse, with every migration applied and the tables'
+    retention set as configured."""
     client = connect(settings.resolved_clickhouse_url)
     applied = apply_migrations(client, settings.clickhouse_database)
     if applied:
         log.info("applied migrations %s", ", ".join(applied))
+    apply_retention(client, settings)
     return client
 
 

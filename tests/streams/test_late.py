@@ -131,8 +131,10 @@ def post(client: httpx.Client, events: list[dict[str, Any]], **body: Any) -> Non
 
 def event_time_pipeline(pipeline: Pipeline) -> None:
     """The worker's clock follows event time only (no wall-clock idle), so the test decides
-    which events are late: those posted after newer ones closed their 10-second window."""
+    which events are late: those posted after newer ones closed their 10-second window. The
+    10-second windows are kept past the 29 days of the latest events (7 days by default)."""
     pipeline.env |= {
+        "COSNAP_RETENTION_10S_DAYS": "31",
         "COSNAP_WINDOW_LATENESS_S": "0",
         "COSNAP_WINDOW_GRACE_S": "1",
         "COSNAP_WATERMARK_IDLE_S": "86400",
