@@ -108,7 +108,7 @@ def _streams(args: argparse.Namespace) -> int:
 
 
 def _sink(args: argparse.Namespace) -> int:
-    from plumbing.status import serve_status
+    from plumbing.status import answering, serve_status
     from sinks.clickhouse.service import create_sink, open_store, run_until_signalled, sink_health
     from sinks.query.service import start_query_service
 
@@ -122,7 +122,7 @@ def _sink(args: argparse.Namespace) -> int:
 
     # chDB holds its data directory for one process: on the embedded store the query service
     # runs in the sink's process, and serves the sink's health beside the reads.
-    query = start_query_service(settings, health) if settings.embedded_clickhouse else None
+    query = start_query_service(settings, answering(health)) if settings.embedded_clickhouse else None
     if query is None:
         serve_status(settings.metrics_host, settings.sink_metrics_port, health)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,8 +29,9 @@ from ingest.sentry_hooks import sentry_router
 from plumbing.kafka import AckedProducer, KafkaUnavailable, RecordProducer
 from plumbing.keys import KeyStore
 from plumbing.metrics_route import add_metrics_route
+from plumbing.status import elapsed_ms, process_health
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse, Rejection
-from schemas.health import DetailedHealth, http_status
+from schemas.health import Check, DetailedHealth, Liveness, Readiness, http_status
 from schemas.settings import IngestSettings
 
 _PREFLIGHT = {
@@ -193,16 +195,22 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             return Response(status_code=403)
         return Response(status_code=204, headers=cors(origin) | _PREFLIGHT)
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process serves requests."""
-        return {"status": "ok"}
+    @app.get("/health", response_model=Liveness)
+    async def health() -> JSONResponse:
+        """Liveness: the process serves requests (always 200), with its uptime, version and memory."""
+        answer = Liveness(**process_health({}).model_dump())
+        return JSONResponse(answer.model_dump(mode="json"))
 
-    @app.get("/health/ready")
+    @app.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
     async def ready() -> JSONResponse:
         """Readiness: 200 once Kafka answers, 503 before."""
+        started = time.perf_counter()
         ok = await asyncio.to_thread(state.running.producer.ready, 2.0)
-        return JSONResponse({"status": "ready" if ok else "unavailable"}, status_code=200 if ok else 503)
+        kafka = Check(status="healthy" if ok else "unhealthy", responseTime=elapsed_ms(started))
+        answer = Readiness(
+            **process_health({"kafka": kafka}).model_dump(), status="ready" if ok else "unavailable"
+        )
+        return JSONResponse(answer.model_dump(mode="json"), status_code=200 if ok else 503)
 
     @app.get(
         "/health/detailed",

@@ -1,6 +1,6 @@
 """`GET /health/detailed` of the ingest API: Kafka, the pipeline's topics, ClickHouse, the lag of
 the pipeline's consumer groups and the process's memory, folded into one status
-(schemas.health.DetailedHealth says the rule).
+(schemas.health.DetailedHealth says the rule), each check timed.
 
 The checks block (kafka-python's admin client, HTTP), so they run on a worker thread or
 asynchronously, each with a bounded timeout; a report is reused for `health_cache_s`, so a
@@ -10,9 +10,9 @@ scraper polling the endpoint costs one round of checks per period however often 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from datetime import UTC, datetime
+from collections.abc import Awaitable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -21,18 +21,20 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from plumbing.status import elapsed_ms, process_health, with_memory
 from schemas.health import (
+    Check,
     ClickHouseHealth,
     DetailedHealth,
     GroupLag,
     HealthStatus,
     KafkaHealth,
-    MemoryHealth,
     ServiceHealth,
 )
 from schemas.settings import IngestSettings
 from schemas.topics import Topics
 
+T = TypeVar("T")
 TIMEOUT_S = 2.0  # per Kafka request and per HTTP call; a round of checks ends within ~3 of them
 
 
@@ -118,12 +120,6 @@ async def check_supervisor(settings: IngestSettings, client: httpx.AsyncClient) 
         )
 
 
-def resident_bytes() -> int:
-    """The process's resident set size (Linux: /proc/self/statm counts pages)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def verdict(
     kafka: KafkaHealth, clickhouse: ClickHouseHealth, lags: list[GroupLag], max_lag: int
 ) -> tuple[HealthStatus, list[str]]:
@@ -148,6 +144,34 @@ def verdict(
     if fatal:
         return "unhealthy", problems
     return ("degraded" if problems else "healthy"), problems
+
+
+def check_statuses(
+    kafka: KafkaHealth, clickhouse: ClickHouseHealth, supervisor: ServiceHealth | None
+) -> dict[str, HealthStatus]:
+    """Each check's own status, by the rule of `verdict`: Kafka unreachable or topics missing is
+    unhealthy, its lag unknown degraded; ClickHouse not answering or the sink not healthy is
+    degraded; the runner's report as it says."""
+    statuses: dict[str, HealthStatus] = {
+        "kafka": "unhealthy"
+        if not kafka.reachable or kafka.missing_topics
+        else "degraded"
+        if kafka.error
+        else "healthy",
+        "clickhouse": "degraded"
+        if not clickhouse.answers or (clickhouse.sink is not None and clickhouse.sink.status != "healthy")
+        else "healthy",
+    }
+    if supervisor is not None:
+        statuses["supervisor"] = supervisor.status
+    return statuses
+
+
+async def timed(check: Awaitable[T]) -> tuple[T, float]:
+    """`check`'s result and how long it took, in milliseconds."""
+    started = time.perf_counter()
+    result = await check
+    return result, elapsed_ms(started)
 
 
 class DetailedHealthCheck:
@@ -180,20 +204,33 @@ class DetailedHealthCheck:
     async def _check(self) -> DetailedHealth:
         settings = self._settings
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-            (kafka, lags), clickhouse, supervisor = await asyncio.gather(
-                self._kafka(), check_clickhouse(settings, client), check_supervisor(settings, client)
+            (
+                ((kafka, lags), kafka_ms),
+                (clickhouse, clickhouse_ms),
+                (supervisor, supervisor_ms),
+            ) = await asyncio.gather(
+                timed(self._kafka()),
+                timed(check_clickhouse(settings, client)),
+                timed(check_supervisor(settings, client)),
             )
+        took = {"kafka": kafka_ms, "clickhouse": clickhouse_ms, "supervisor": supervisor_ms}
+        checks = {
+            name: Check(status=status, responseTime=took[name])
+            for name, status in check_statuses(kafka, clickhouse, supervisor).items()
+        }
         status, problems = verdict(kafka, clickhouse, lags, settings.health_max_lag)
         if supervisor is not None and supervisor.problems:
             problems += [f"run: {problem}" for problem in supervisor.problems]
             status = "degraded" if status == "healthy" else status
+        facts = process_health(checks)
+        status, problems = with_memory(status, problems, facts.memory)
         return DetailedHealth(
+            **facts.model_dump(),
             status=status,
             problems=problems,
-            checked_at=datetime.now(UTC),
+            checked_at=facts.timestamp,
             kafka=kafka,
             clickhouse=clickhouse,
             consumer_lag=lags,
-            memory=MemoryHealth(rss_bytes=resident_bytes()),
             supervisor=supervisor,
         )

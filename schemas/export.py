@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse
-from schemas.health import DetailedHealth, ServiceHealth
+from schemas.health import DetailedHealth, ServiceHealthAnswer
 from schemas.records import AlertRecord, DeadLetter, Envelope, LateEvents, WindowAggregate
 from schemas.rules import RuleFile
 
@@ -35,7 +35,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "alert.schema.json": ("A record of metrics.alerts.v1", AlertRecord),
         "rules.schema.json": ("An alert rules file (YAML), see schemas/default-rules.yaml", RuleFile),
         "health-detailed.schema.json": ("The body of the ingest API's GET /health/detailed", DetailedHealth),
-        "service-health.schema.json": ("GET /health of the sink, streams worker and notifier", ServiceHealth),
+        "service-health.schema.json": (
+            "GET /health of the sink, streams worker and notifier",
+            ServiceHealthAnswer,
+        ),
     }
     out = {}
     for name, (title, source) in sources.items():
