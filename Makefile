@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go segment-node
+.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go segment-node check docker-compose
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -51,6 +51,17 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+# tests/test_compose.py checks docker-compose.yml with Debian's docker-compose (`config`, no
+# Docker engine needed). `make run` does not need it.
+docker-compose:
+	@command -v docker-compose >/dev/null || { apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
+
+# Lint, types and the tests that need no Kafka broker (those marked `kafka` or `e2e` are left
+# out): under a minute (README, "Tests").
+check: lint prometheus docker-compose
+	$(BIN)/pytest -q -m "not kafka and not e2e"
+
 # The dashboard test drives Debian's Chromium through its chromedriver (no browser download).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -qq \
@@ -78,7 +89,7 @@ segment-node: $(SEGMENT_NODE)/node_modules/.package-lock.json
 $(SEGMENT_NODE)/node_modules/.package-lock.json: $(SEGMENT_NODE)/package-lock.json
 	npm ci --prefix $(SEGMENT_NODE) --no-audit --no-fund --loglevel=error
 
-test: lint native alertmanager browser prometheus clickhouse-js clickhouse-go segment-node
+test: lint native alertmanager browser prometheus docker-compose clickhouse-js clickhouse-go segment-node
 	$(BIN)/pytest
 
 bench: setup native

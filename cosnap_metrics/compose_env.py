@@ -8,18 +8,22 @@ passwords are already in ClickHouse's and Grafana's volumes), readable by its ow
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from plumbing.private_files import create_private
+from plumbing.webhooks import SECRET_PREFIX
 
 # The variables docker-compose.yml requires, and what each is the password of.
 COMPOSE_PASSWORDS: dict[str, str] = {
     "CLICKHOUSE_PASSWORD": "ClickHouse user `cosnap`: the pipeline's writer (sink) and the query CLI",
     "CLICKHOUSE_GRAFANA_PASSWORD": "ClickHouse user `grafana`: read-only, the dashboards' datasource",
     "GRAFANA_ADMIN_PASSWORD": "Grafana's `admin` on http://127.0.0.1:3000",
+    "WEBHOOK_SECRET": "Standard Webhooks secret (whsec_): the notifier signs with it, `validate` verifies",
 }
+PROJECT_NAME = "cosnap-metrics"  # the volumes are cosnap-metrics_kafka-data, ...
 # Optional: where the ports are published (127.0.0.1 when unset).
 _BINDS = {
     "COSNAP_BIND": "ClickHouse, Grafana and Alertmanager",
@@ -35,7 +39,10 @@ def new_password() -> str:
 
 def compose_env(passwords: Mapping[str, str]) -> str:
     """The text of `.env` with `passwords` (one for each of COMPOSE_PASSWORDS)."""
-    lines = ["# docker-compose.yml reads these; written by `cosnap-metrics compose-env`. Keep it private."]
+    lines = [
+        "# docker-compose.yml reads these; written by `cosnap-metrics compose-env`. Keep it private.",
+        f"COMPOSE_PROJECT_NAME={PROJECT_NAME}",
+    ]
     for name, purpose in COMPOSE_PASSWORDS.items():
         lines += [f"# {purpose}", f"{name}={passwords[name]}"]
     lines.append("# Published on 127.0.0.1 unless set (an address of this machine, or 0.0.0.0 for all):")
@@ -46,6 +53,8 @@ def compose_env(passwords: Mapping[str, str]) -> str:
 def write_compose_env(path: Path) -> None:
     """Write `path` with new passwords, mode 0600; FileExistsError if it exists (nothing is
     changed then)."""
-    text = compose_env({name: new_password() for name in COMPOSE_PASSWORDS})
+    passwords = {name: new_password() for name in COMPOSE_PASSWORDS}
+    passwords["WEBHOOK_SECRET"] = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+    text = compose_env(passwords)
     if not create_private(path, text):
         raise FileExistsError(path)

@@ -47,7 +47,7 @@ def test_pipeline_services_use_known_settings_and_commands() -> None:
     known = {f"COSNAP_{field.upper()}" for field in RunnerSettings.model_fields}
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     pipeline = {name: s for name, s in services.items() if s.get("build") == "."}
-    assert set(pipeline) == {"topics", "sink", "streams", "ingest", "notify"}
+    assert set(pipeline) == {"topics", "sink", "streams", "ingest", "notify", "validate"}
     for name, service in pipeline.items():
         assert set(service["environment"]) <= known, name
         assert service["command"][0] in commands, name
@@ -287,6 +287,7 @@ def test_compose_env_writes_every_password_the_compose_requires_privately_and_on
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     written = env_file.read_text()
     env = dict(line.split("=", 1) for line in written.splitlines() if line and not line.startswith("#"))
+    assert env.pop("COMPOSE_PROJECT_NAME") == "cosnap-metrics"
     assert set(env) == required == set(COMPOSE_PASSWORDS)
     assert len(set(env.values())) == len(env) and all(len(value) >= 43 for value in env.values())
     resolved = yaml.safe_load(interpolate(text, env))
@@ -296,3 +297,66 @@ def test_compose_env_writes_every_password_the_compose_requires_privately_and_on
     again = compose_env()
     assert again.returncode == 1 and "exists" in again.stderr
     assert env_file.read_text() == written
+
+
+# --- Prometheus: every component scraped, rules on the pipeline's own health; compose valid ---
+
+PROMETHEUS = ROOT / "plumbing" / "prometheus"
+
+
+def test_the_prometheus_of_compose_is_the_tested_version_scraping_every_component_with_valid_rules() -> None:
+    services = _compose()["services"]
+    debian = subprocess.run(["prometheus", "--version"], capture_output=True, text=True, check=True)
+    tested = re.search(r"version (\d+\.\d+\.\d+)", debian.stdout + debian.stderr)
+    assert tested is not None
+    assert services["prometheus"]["image"] == f"prom/prometheus:v{tested[1]}"
+    config = PROMETHEUS / "prometheus.yml"
+    for command in (
+        ["promtool", "check", "config", str(config)],
+        ["promtool", "check", "rules", str(PROMETHEUS / "pipeline-rules.yml")],
+        ["promtool", "test", "rules", str(PROMETHEUS / "pipeline-rules.test.yml")],
+    ):
+        check = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+    settings = RunnerSettings()
+    ports = {
+        "ingest": settings.ingest_port,
+        "streams": settings.streams_metrics_port,
+        "sink": settings.sink_metrics_port,
+        "notify": settings.notify_metrics_port,
+    }
+    scraped = {
+        target
+        for job in yaml.safe_load(config.read_text())["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert {f"{name}:{port}" for name, port in ports.items()} <= scraped
+    assert all(services[name]["environment"]["COSNAP_METRICS_HOST"] == "0.0.0.0" for name in ports)  # noqa: S104
+    # The rules use metric names the services really export.
+    exported = set()
+    for package in ("ingest", "streams", "sinks"):
+        for source in (ROOT / package).rglob("*.py"):
+            exported |= set(re.findall(r'"(cosnap_[a-z_]+)"', source.read_text()))
+    used = set(re.findall(r"cosnap_[a-z_]+", (PROMETHEUS / "pipeline-rules.yml").read_text())) - {"cosnap_"}
+    assert used and used <= exported, used - exported
+
+
+def test_docker_compose_config_accepts_the_file_with_the_env_compose_env_writes(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    subprocess.run(
+        [sys.executable, "-m", "cosnap_metrics.cli", "compose-env", "--file", str(env_file)], check=True
+    )
+    config = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert config.returncode == 0, config.stderr
+    resolved = yaml.safe_load(config.stdout)
+    assert {"prometheus", "validate", "notify"} <= set(resolved["services"])
+    assert (
+        resolved["services"]["notify"]["environment"]["COSNAP_VALIDATE_WEBHOOK_URL"]
+        == "http://validate:8129/"
+    )
