@@ -19,6 +19,7 @@ from ingest.batch import TimePolicy, parse_events, split_body
 from ingest.body import check_content_type, decode_body, decompress, read_capped
 from ingest.envelopes import EnvelopePacker
 from ingest.errors import IngestError, ServiceUnavailable, UnsupportedMediaType
+from ingest.guide_metrics import GUIDE_PATHS, guide_router
 from ingest.health import DetailedHealthCheck
 from ingest.intake import IngestState, Kafka, cors, header_key
 from ingest.limits import RateLimiter
@@ -195,6 +196,9 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
             return Response(status_code=403)
         return Response(status_code=204, headers=cors(origin) | _PREFLIGHT)
 
+    for path in GUIDE_PATHS:  # browsers post the guide's format too
+        app.add_api_route(path, preflight, methods=["OPTIONS"], status_code=204, include_in_schema=False)
+
     @app.get("/health", response_model=Liveness)
     async def health() -> JSONResponse:
         """Liveness: the process serves requests (always 200), with its uptime, version and memory."""
@@ -223,6 +227,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         return JSONResponse(report.model_dump(mode="json"), status_code=http_status(report.status))
 
     app.include_router(segment_router(state, settings.segment_mapping_file))
+    app.include_router(guide_router(state))
     app.include_router(sentry_router(state, settings))
     add_metrics_route(app)
 

@@ -159,10 +159,11 @@ def _number_text(value: Any) -> orjson.Fragment:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def dumps_exact(value: Any) -> bytes:
-    """`value` as JSON, numbers read by `decode_exact` written as they were sent. Raises
+def dumps_exact(value: Any, *, sort_keys: bool = False) -> bytes:
+    """`value` as JSON, numbers read by `decode_exact` written as they were sent; with
+    `sort_keys`, the keys of every object in order, so that equal values are equal bytes. Raises
     orjson.JSONEncodeError for what JSON cannot hold (more than 254 levels of nesting)."""
-    return orjson.dumps(value, default=_number_text)
+    return orjson.dumps(value, default=_number_text, option=orjson.OPT_SORT_KEYS if sort_keys else None)
 
 
 def json_path(value: Any, *keys: str) -> Any:

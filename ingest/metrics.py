@@ -19,6 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ingest.body import Unparseable
 
 RejectReason = Literal["unparseable", "invalid", "timestamp", "duplicate"]
+# Why a part of an accepted object of the monitoring guide's format was not kept (ingest/guide_metrics.py).
+GuideDropReason = Literal[
+    "too_many_tags", "bad_key", "long_value", "nested_value", "null_value", "bad_metadata", "unknown_field"
+]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
 
@@ -38,6 +42,11 @@ EVENTS_ACCEPTED = Counter(
 EVENTS_REJECTED = Counter(
     "cosnap_ingest_events_rejected_total",
     "Events refused one by one and sent to the dead-letter topic, by reason class",
+    ["reason"],
+)
+GUIDE_DROPPED = Counter(
+    "cosnap_ingest_guide_dropped_total",
+    "Metadata entries and unknown fields of accepted monitoring-guide metrics that were not kept, by reason",
     ["reason"],
 )
 ENVELOPE_EVENTS = Histogram(

@@ -17,6 +17,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
@@ -49,7 +50,42 @@ EventId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=
 TagKey = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 TagValue = Annotated[str, StringConstraints(max_length=200), AfterValidator(_nfc)]
 Source = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")]
-Unit = Literal["ms", "s", "bytes", "count", "percent"]
+KNOWN_UNITS = ("ms", "s", "bytes", "count", "percent")
+# Spellings of the known units, compared in lower case, written as the known unit.
+_UNIT_SPELLINGS = {
+    spelling: unit
+    for unit, spellings in {
+        "ms": ("ms", "msec", "msecs", "millisecond", "milliseconds"),
+        "s": ("s", "sec", "secs", "second", "seconds"),
+        "bytes": ("byte", "bytes"),
+        "count": ("count", "counts"),
+        "percent": ("percent", "%", "pct", "percentage"),
+    }.items()
+    for spelling in spellings
+}
+
+
+def _known_unit(value: Any) -> Any:
+    """A known unit's spelling as the unit (`"Milliseconds"` -> `"ms"`); another unit as sent,
+    without surrounding spaces."""
+    if not isinstance(value, str):
+        return value
+    unit = value.strip()
+    return _UNIT_SPELLINGS.get(unit.lower(), unit)
+
+
+# One of KNOWN_UNITS (any of their spellings), or another short unit kept as sent ("fps", "MB").
+Unit = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=32, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    BeforeValidator(_known_unit),
+    AfterValidator(_nfc),
+    Field(
+        description="ms, s, bytes, count or percent (milliseconds, sec, %, ... are written as these), "
+        "or another unit of at most 32 characters, kept as sent",
+        examples=list(KNOWN_UNITS),
+    ),
+]
 EventType = Literal["revenue", "conversion", "feature", "performance"]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse
+from schemas.guide import GuideMetricsDoc
 from schemas.health import DetailedHealth, ServiceHealthAnswer
 from schemas.records import AlertRecord, DeadLetter, Envelope, LateEvents, WindowAggregate
 from schemas.rules import RuleFile
@@ -28,6 +29,10 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "event-batch.schema.json": ("A batch body of POST /v1/events", EventBatch),
         "ingest-response.schema.json": ("The 202/400 body of POST /v1/events", IngestResponse),
         "error-response.schema.json": ("A refused request (4xx, 503)", ErrorResponse),
+        "guide-metrics.schema.json": (
+            "The body of POST /api/analytics/metrics (the monitoring guide's format)",
+            GuideMetricsDoc,
+        ),
         "envelope.schema.json": ("A record of metrics.events.v1", Envelope),
         "window-aggregate.schema.json": ("A record of metrics.aggregates.v1", WindowAggregate),
         "dead-letter.schema.json": ("A record of metrics.dead-letter.v1", DeadLetter),
