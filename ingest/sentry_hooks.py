@@ -7,8 +7,11 @@ under a client secret of the project's Sentry integrations (compared in constant
 
 - `metric_alert` (`critical`, `warning`, `resolved`) and `event_alert` (`triggered`) become alert
   records on the alerts topic, which the sink stores and the notifier delivers as the pipeline's
-  own: labels `alertname` (the Sentry rule's name), `severity`, `project`, `source: sentry` and
-  Sentry's ids; a link back; the revenue at stake (`impact`).
+  own: labels `alertname` (the Sentry rule's name), `severity`, `project`, `source: sentry`,
+  Sentry's ids and the routing labels (`channels` of the severity, `page`); a link back; the
+  revenue at stake (`impact`). The severity is the monitoring guide's: the `category` tag first
+  (payment, security: critical; external, database: high), then the count (more than 50 errors:
+  critical, 20: high, 5: medium, else low), then Sentry's own (critical; warning is high).
 - `error` (`created`) and `issue` (`created`, `unresolved`) are counted as performance events of
   the metrics `sentry.errors` and `sentry.issues` (value 1, unit `count`), so that alert rules
   count errors as they count anything; `issue` `resolved`, `archived` and `ignored` resolve the
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,15 +42,28 @@ from ingest.body import json_path, read_capped
 from ingest.errors import BadRequest, Unauthorized
 from ingest.intake import IngestState
 from schemas.records import AlertRecord, alert_fingerprint, request_ids_header
-from schemas.rules import AlertState, Impact, Severity, impact_text
+from schemas.rules import CHANNELS_BY_SEVERITY, AlertState, BusinessImpact, Impact, Severity, routing_labels
 from schemas.settings import IngestSettings
 
 _ALERT_RESOURCES = frozenset({"metric_alert", "event_alert"})
 _COUNTED = {("error", "created"): "sentry.errors", ("issue", "created"): "sentry.issues"}
 _COUNTED |= {("issue", "unresolved"): "sentry.issues"}
 _ISSUE_CLOSED = frozenset({"resolved", "archived", "ignored"})
-_SEVERITIES: tuple[Severity, ...] = ("critical", "warning")
-_IMPACT = Impact()  # revenue per minute over the last hour, over an episode of 30 minutes
+_IMPACT = Impact()  # revenue per minute over the last hour, over an episode of 30 minutes; pages above 1000
+# The monitoring guide's severities of Sentry's alerts: by the `category` tag, else by the count.
+_BY_CATEGORY: dict[str, Severity] = {
+    "payment": "critical",
+    "security": "critical",
+    "external": "high",
+    "database": "high",
+}
+_BY_COUNT: tuple[tuple[float, Severity], ...] = ((50, "critical"), (20, "high"), (5, "medium"))
+_BY_ACTION: dict[str, Severity] = {"critical": "critical", "warning": "high", "fatal": "critical"}
+# The severities each kind of alert can fire at: a resolution resolves them all (it does not say
+# which one fired). Issue alerts have no count, so only a category or Sentry's level decides.
+_METRIC_SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low")
+_ISSUE_SEVERITIES: tuple[Severity, ...] = ("critical", "high")
+_LEADING_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s")
 
 
 def _text(value: Any, default: str = "") -> str:
@@ -66,6 +83,48 @@ def _time(value: Any, default: datetime) -> datetime:
     return default
 
 
+def _tags(*sources: Any) -> dict[str, str]:
+    """Tags from Sentry's shapes: an object, a list of [key, value] pairs (an event's), or a
+    search query (`category:payment level:error`, an alert rule's); later sources win."""
+    tags: dict[str, str] = {}
+    for source in sources:
+        if isinstance(source, dict):
+            tags |= {str(k): v for k, v in source.items() if isinstance(v, str)}
+        elif isinstance(source, list):
+            tags |= {
+                pair[0]: pair[1]
+                for pair in source
+                if isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            }
+        elif isinstance(source, str):
+            terms = [term for term in source.split() if ":" in term and not term.startswith("!")]
+            tags |= dict(term.split(":", 1) for term in terms)
+    return tags
+
+
+def severity_of(tags: dict[str, str], count: float | None, sentry: Severity) -> Severity:
+    """The monitoring guide's severity of a Sentry alert: its `category` tag (payment, security:
+    critical; external, database: high), else its count (> 50 critical, > 20 high, > 5 medium,
+    else low), else Sentry's own (`sentry`)."""
+    by_category = _BY_CATEGORY.get(tags.get("category", ""))
+    if by_category is not None:
+        return by_category
+    if count is None:
+        return sentry
+    return next((severity for above, severity in _BY_COUNT if count > above), "low")
+
+
+def _count(*sources: Any) -> float | None:
+    """The number of events an alert counts: a numeric `count`, or the leading number of Sentry's
+    `description_text` ("1000 events in the last 10 minutes")."""
+    for source in sources:
+        if isinstance(source, int | float) and not isinstance(source, bool):
+            return float(source)
+        if isinstance(source, str) and (found := _LEADING_COUNT.match(source)):
+            return float(found[1])
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Alert:
     """What an alert webhook says, before it becomes records."""
@@ -77,7 +136,8 @@ class _Alert:
     threshold: float
     starts_at: datetime
     ends_at: datetime | None
-    graded: bool = False  # a metric alert: moves between warning and critical within an incident
+    severities: tuple[Severity, ...]  # those it may fire at: a resolution resolves each
+    graded: bool = False  # a metric alert: moves between severities within an incident
 
 
 def _metric_alert(payload: dict[str, Any], action: str, now: datetime) -> _Alert:
@@ -96,6 +156,11 @@ def _metric_alert(payload: dict[str, Any], action: str, now: datetime) -> _Alert
         None,
     )
     started = _time(json_path(incident, "date_started") or json_path(incident, "date_detected"), now)
+    tags = _tags(json_path(rule, "query"), json_path(incident, "tags"), json_path(data, "tags"))
+    count = _count(
+        json_path(incident, "count"), json_path(data, "count"), json_path(data, "description_text")
+    )
+    severities = (severity_of(tags, None, "critical"),) if tags.get("category") in _BY_CATEGORY else None
     return _Alert(
         rule_name=name,
         labels={
@@ -107,10 +172,11 @@ def _metric_alert(payload: dict[str, Any], action: str, now: datetime) -> _Alert
             "description": _text(json_path(data, "description_text")),
             "sentry_url": _text(json_path(data, "web_url")),
         },
-        firing=None if action == "resolved" else action,  # type: ignore[arg-type]  # checked above
+        firing=None if action == "resolved" else severity_of(tags, count, _BY_ACTION[action]),
         threshold=float(threshold) if isinstance(threshold, int | float) else 0.0,
         starts_at=started,
         ends_at=_time(json_path(incident, "date_closed"), now) if action == "resolved" else None,
+        severities=severities or _METRIC_SEVERITIES,
         graded=True,
     )
 
@@ -133,10 +199,11 @@ def _event_alert(payload: dict[str, Any], now: datetime) -> _Alert:
             "sentry_rule": rule,
             "sentry_url": _text(json_path(event, "web_url")),
         },
-        firing="critical" if level == "fatal" else "warning",
+        firing=severity_of(_tags(json_path(event, "tags")), None, _BY_ACTION.get(level, "high")),
         threshold=0.0,
         starts_at=_time(json_path(event, "datetime") or json_path(event, "timestamp"), now),
         ends_at=None,
+        severities=_ISSUE_SEVERITIES,
     )
 
 
@@ -153,35 +220,36 @@ def _issue_closed(payload: dict[str, Any], now: datetime) -> _Alert:
         threshold=0.0,
         starts_at=_time(json_path(issue, "firstSeen"), now),
         ends_at=now,
+        severities=_ISSUE_SEVERITIES,
     )
 
 
-def _records(project: str, alert: _Alert, impact: str, now: datetime) -> list[AlertRecord]:
+def _records(project: str, alert: _Alert, impact: BusinessImpact | str, now: datetime) -> list[AlertRecord]:
     """The state changes an alert webhook makes. Alertmanager tells alerts apart by their labels,
     severity included, and a Sentry alert that resolves does not say at which severity it fired:
-    so a resolution resolves both severities, and a metric alert's warning resolves the critical
-    alert it may follow (a resolution of an alert that was not firing changes nothing in
-    Alertmanager). A critical alert leaves its warning to Alertmanager's inhibition rule."""
+    so a resolution resolves every severity the alert may have fired at, and a metric alert that
+    fires at one severity resolves the others (its incident's earlier grades; a resolution of an
+    alert that was not firing changes nothing in Alertmanager). `impact`: the figures, or why
+    they are unknown."""
     records = []
-    for severity in _SEVERITIES:
+    for severity in alert.severities:  # the firing one is among them
         state: AlertState = "firing" if severity == alert.firing else "resolved"
-        if (
-            state == "resolved"
-            and alert.firing is not None
-            and (alert.firing == "critical" or not alert.graded)
-        ):
+        if state == "resolved" and alert.firing is not None and not alert.graded:
             continue
         labels = {"alertname": alert.rule_name, "severity": severity, "project": project, "source": "sentry"}
         labels |= {key: value for key, value in alert.labels.items() if value}
         annotations = {key: value for key, value in alert.annotations.items() if value}
+        figures = impact if isinstance(impact, BusinessImpact) and state == "firing" else None
+        if state == "firing":
+            annotations |= {"impact": impact} if isinstance(impact, str) else impact.annotations(_IMPACT)
         records.append(
             AlertRecord(
                 fingerprint=alert_fingerprint(labels),
                 rule="sentry",
                 state=state,
                 severity=severity,
-                labels=labels,
-                annotations=annotations | ({"impact": impact} if state == "firing" else {}),
+                labels=labels | routing_labels(severity, CHANNELS_BY_SEVERITY[severity], figures, _IMPACT),
+                annotations=annotations,
                 value=None,
                 threshold=alert.threshold,
                 starts_at=alert.starts_at,
@@ -249,9 +317,9 @@ class SentryHooks:
         if not matched:
             raise Unauthorized("Sentry-Hook-Signature does not match a client secret of this project")
 
-    async def _impact(self, project: str) -> str:
+    async def _impact(self, project: str) -> BusinessImpact | str:
         """The revenue at stake, as the pipeline's own alerts state it: the project's revenue
-        over the last hour in metrics.events, read through the query service."""
+        over the last hour in metrics.events, read through the query service; else why not."""
         sql = (
             "SELECT currency, toString(sum(amount)) FROM metrics.events FINAL "  # noqa: S608  # hex literal
             f"WHERE project = unhex('{project.encode().hex()}') AND type = 'revenue' "
@@ -269,7 +337,7 @@ class SentryHooks:
             totals = {str(row[0]): Decimal(str(row[1])) for row in answer.json()["rows"]}
         except (OSError, httpx.HTTPError, ValueError, KeyError, TypeError, InvalidOperation) as exc:
             return f"revenue at stake unknown (the query service did not answer: {type(exc).__name__})"
-        return impact_text(totals, _IMPACT)
+        return BusinessImpact(totals)
 
     async def receive(self, request: Request, project: str) -> JSONResponse:
         received_at = datetime.now(UTC)

@@ -21,7 +21,7 @@ from schemas.events import (
     PerformanceEvent,
     RevenueEvent,
 )
-from schemas.rules import AlertState, Severity
+from schemas.rules import ROUTING_LABELS, AlertState, SeverityName
 
 Granularity = Literal["10s", "1m", "1h"]
 GRANULARITY_SECONDS: dict[Granularity, int] = {"10s": 10, "1m": 60, "1h": 3600}
@@ -240,16 +240,20 @@ class DeadLetter(BaseModel):
 
 def alert_fingerprint(labels: dict[str, str]) -> str:
     """An alert's fingerprint, stable across episodes, restarts and releases: a hash of its
-    sorted labels (the streams worker's alerts and those the ingest takes from Sentry)."""
-    return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    sorted labels but those that only route it (`channels`, `page`), for the streams worker's
+    alerts and those the ingest takes from Sentry."""
+    named = {key: value for key, value in labels.items() if key not in ROUTING_LABELS}
+    return hashlib.sha256(orjson.dumps(named, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 class AlertRecord(BaseModel):
     """A state change of one alert on `metrics.alerts.v1`; key = `fingerprint`. Public, versioned.
 
     One `firing` and one `resolved` record per episode. `labels` identify the alert (Alertmanager's
-    labels: alertname, severity, project, the rule's group_by values and its own labels);
-    `fingerprint` is derived from them and stays the same across episodes and restarts.
+    labels: alertname, severity, project, the rule's group_by values and its own labels, and the
+    routing labels `channels` and `page`); `fingerprint` is derived from them but the routing labels
+    and stays the same across episodes and restarts. A `severity` of `warning` (records written
+    before there were five severities) reads as `high`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -258,7 +262,7 @@ class AlertRecord(BaseModel):
     fingerprint: str = Field(description="sha256 of the sorted labels, first 16 hex digits")
     rule: str
     state: AlertState
-    severity: Severity
+    severity: SeverityName
     labels: dict[str, str]
     annotations: dict[str, str] = Field(
         description="summary, description, runbook_url, impact: texts for the person on call"

@@ -11,6 +11,7 @@ alerts (a resolve threshold against flapping, a minimum sample size).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -61,7 +63,43 @@ Duration = Annotated[
 OneOrMany = str | list[str]
 Aggregate = Literal["count", "sum", "avg", "min", "max", "p50", "p90", "p95", "p99", "rate", "ratio"]
 Comparison = Literal[">", ">=", "<", "<="]
-Severity = Literal["info", "warning", "critical"]
+Severity = Literal["critical", "high", "medium", "low", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
+
+
+def _severity(value: Any) -> Any:
+    # Rules files and alert records from before there were five severities say "warning".
+    return "high" if value == "warning" else value
+
+
+SeverityName = Annotated[
+    Severity,
+    BeforeValidator(_severity),
+    WithJsonSchema(
+        {"enum": [*SEVERITIES, "warning"], "type": "string", "description": "warning = high (older files)"}
+    ),
+]
+# Where an alert goes (docs/reference.md, "Routing"): the receivers of the shipped Alertmanager
+# configuration, sinks/notify/alertmanager/alertmanager.yml.
+Channel = Literal[
+    "slack-critical",
+    "slack-high",
+    "slack-monitoring",
+    "email-oncall",
+    "email-team",
+    "email-security",
+    "phone-oncall",
+]
+CHANNELS_BY_SEVERITY: dict[Severity, tuple[Channel, ...]] = {
+    "critical": ("slack-critical", "email-oncall", "phone-oncall"),
+    "high": ("slack-high",),
+    "medium": ("slack-monitoring",),
+    "low": ("email-team",),
+    "info": (),
+}
+PAGING_CHANNEL: Channel = "phone-oncall"
+# Labels that route an alert rather than name it: left out of its fingerprint (schemas/records.py).
+ROUTING_LABELS = ("channels", "page")
 AlertName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 # The event fields a rule may match on and group by, besides tags.
 MATCH_FIELDS = ("name", "currency", "funnel", "step", "feature", "action", "metric", "unit", "source")
@@ -106,29 +144,107 @@ class Baseline(BaseModel):
     days: int = Field(ge=1, le=28)
 
 
+class ConversionStep(BaseModel):
+    """A funnel step whose conversion the impact states: `step`'s events over `of`'s (the step
+    before it) in the project, over the impact window against the window before it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    funnel: str = Field(min_length=1)
+    step: str = Field(min_length=1)
+    of: str = Field(min_length=1, description="the funnel step before `step`")
+
+
 class Impact(BaseModel):
-    """Business impact for the annotation: the project's revenue per minute over `revenue_window`
-    (per currency), times `expected_duration` of an episode."""
+    """Business impact for the annotations: the project's revenue per minute over `revenue_window`
+    (per currency), times `expected_duration` of an episode (the revenue at stake); the distinct
+    users of the rule's events in its window; a funnel step's conversion against the window before.
+    A critical alert whose revenue at stake exceeds `page_above` in a currency pages (label
+    `page="true"`), when the rule's channels include phone-oncall."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     revenue_window: Duration = 3600
     expected_duration: Duration = 1800
+    page_above: float = Field(default=1000, ge=0, description="revenue at stake that pages, per currency")
+    conversion: ConversionStep | None = None
 
 
-def impact_text(totals: dict[str, Decimal], impact: Impact) -> str:
-    """The business-impact annotation of an alert: the project's revenue per minute over the
-    impact window (`totals` per currency over that window), and over an expected episode."""
-    window, expected = impact.revenue_window, impact.expected_duration
-    if not totals:
-        return f"no revenue in the last {format_duration(window)}"
-    minutes = window / 60
-    parts = [
-        f"{float(total) / minutes:,.2f} {currency}/min, {float(total) / minutes * expected / 60:,.2f}"
-        f" {currency} over {format_duration(expected)}"
-        for currency, total in sorted(totals.items(), key=lambda item: -item[1])
-    ]
-    return f"revenue at stake (from the last {format_duration(window)}): " + "; ".join(parts)
+@dataclass(frozen=True, slots=True)
+class BusinessImpact:
+    """What an alert's impact is made of, as measured when its state changed."""
+
+    revenue: dict[str, Decimal]  # per currency over the impact window
+    users: int | None = None  # distinct users of the rule's events in its window; None: unknown
+    users_capped: bool = False  # more than counted: the count is a lower bound
+    conversion: tuple[float | None, float | None] | None = None  # (now, the window before) ratios
+
+    def at_stake(self, impact: Impact) -> dict[str, float]:
+        """Revenue at stake per currency: revenue per minute over the window x the expected episode."""
+        return {
+            currency: float(total) / impact.revenue_window * impact.expected_duration
+            for currency, total in self.revenue.items()
+        }
+
+    def pages(self, impact: Impact) -> bool:
+        """Whether the revenue at stake exceeds `page_above` in some currency."""
+        return any(stake > impact.page_above for stake in self.at_stake(impact).values())
+
+    def annotations(self, impact: Impact) -> dict[str, str]:
+        """`impact` (one sentence) and its parts: `revenue_at_stake`, `users_affected`,
+        `conversion_impact` (those measured)."""
+        window, expected = impact.revenue_window, impact.expected_duration
+        stakes = self.at_stake(impact)
+        if stakes:
+            per_minute = [
+                f"{float(total) / window * 60:,.2f} {currency}/min, {stakes[currency]:,.2f} {currency}"
+                f" over {format_duration(expected)}"
+                for currency, total in sorted(self.revenue.items(), key=lambda item: -item[1])
+            ]
+            revenue = f"revenue at stake (from the last {format_duration(window)}): " + "; ".join(per_minute)
+        else:
+            revenue = f"no revenue in the last {format_duration(window)}"
+        out = {"impact": revenue}
+        if stakes:
+            out["revenue_at_stake"] = "; ".join(
+                f"{stake:.2f} {currency}" for currency, stake in sorted(stakes.items())
+            )
+        if self.users is not None:
+            out["users_affected"] = f"{self.users}{'+' if self.users_capped else ''}"
+            out["impact"] += f"; {out['users_affected']} users affected"
+        if impact.conversion is not None and self.conversion is not None:
+            step = impact.conversion
+            now, before = self.conversion
+            name = f"{step.funnel} {step.of} -> {step.step}"
+            if now is None:
+                text = f"{name}: no {step.of} in the last {format_duration(window)}"
+            elif before is None:
+                text = f"{name} {now:.1%} (no {step.of} in the {format_duration(window)} before)"
+            else:
+                change = f"{now / before - 1:+.0%}" if before else "n/a"
+                text = f"{name} {now:.1%} against {before:.1%} the {format_duration(window)} before"
+                text += f" ({change})"
+            out["conversion_impact"] = text
+            out["impact"] += f"; conversion {text}"
+        return out
+
+
+def routing_labels(
+    severity: Severity, channels: tuple[Channel, ...], figures: BusinessImpact | None, impact: Impact | None
+) -> dict[str, str]:
+    """The labels Alertmanager routes on (docs/reference.md, "Routing"): `channels`, comma-separated,
+    and `page="true"` when the alert is critical, may page (phone-oncall among its channels) and
+    its revenue at stake exceeds `impact.page_above`."""
+    labels = {"channels": ",".join(channels)} if channels else {}
+    if (
+        severity == "critical"
+        and PAGING_CHANNEL in channels
+        and figures is not None
+        and impact is not None
+        and figures.pages(impact)
+    ):
+        labels["page"] = "true"
+    return labels
 
 
 class Annotations(BaseModel):
@@ -166,7 +282,10 @@ class Rule(BaseModel):
     )
     baseline: Baseline | None = None
     group_by: list[str] = Field(default_factory=list, description="tag keys or event fields")
-    severity: Severity = "warning"
+    severity: SeverityName = "high"
+    channels: list[Channel] | None = Field(
+        default=None, description="where it goes; by default the severity's (docs/reference.md, Routing)"
+    )
     labels: dict[TagKey, str] = Field(default_factory=dict)
     annotations: Annotations
     impact: Impact | None = None
@@ -183,7 +302,7 @@ class Rule(BaseModel):
             raise ValueError("a baseline compares counts or sums of windows of at most one day")
         if self.resolve_threshold is not None and _holds(self.op, self.resolve_threshold, self.threshold):
             raise ValueError("resolve_threshold must lie on the safe side of threshold")
-        reserved = {"alertname", "severity", "project"}
+        reserved = {"alertname", "severity", "project", *ROUTING_LABELS}
         if reserved & set(self.labels) or reserved & set(self.group_by):
             raise ValueError(f"labels and group_by may not redefine {sorted(reserved)}")
         return self
@@ -208,6 +327,11 @@ class Rule(BaseModel):
             except (KeyError, ValueError, IndexError) as exc:
                 problems.append(f"{self.name}: annotation {name}: {exc!r}")
         return problems
+
+    @property
+    def delivery_channels(self) -> tuple[Channel, ...]:
+        """The rule's channels, or its severity's."""
+        return CHANNELS_BY_SEVERITY[self.severity] if self.channels is None else tuple(self.channels)
 
     @property
     def horizon(self) -> int:

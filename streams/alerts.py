@@ -33,7 +33,17 @@ from decimal import Decimal
 from typing import Any, cast
 
 from schemas.records import alert_fingerprint as fingerprint
-from schemas.rules import MATCH_FIELDS, PANE_S, Impact, Match, Rule, RuleFile, format_duration, impact_text
+from schemas.rules import (
+    MATCH_FIELDS,
+    PANE_S,
+    BusinessImpact,
+    Impact,
+    Match,
+    Rule,
+    RuleFile,
+    format_duration,
+    routing_labels,
+)
 from schemas.series import OVERFLOW
 from streams.envelope import EVENT_TYPES, Event
 from streams.series import Series
@@ -42,6 +52,7 @@ from streams.windows import Accumulator, Batch, Folded, epoch, iso
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
 _REVENUE_BUCKET_S = 60
+MAX_USERS_PER_PANE = 1000  # distinct user ids kept per group and pane for `users_affected`
 
 GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
 
@@ -142,6 +153,7 @@ class _Compiled:
     denominator: _Matcher | None
     sketch: bool  # percentile rules keep a sketch per pane
     horizon: int  # rule.horizon, read for every event
+    users: int  # whose user ids a rule with impact keeps: 0 the numerator's, 1 the denominator's; -1 none
 
     def group_of(self, event: Event) -> tuple[str, ...]:
         tags = event.tags
@@ -286,10 +298,12 @@ class AlertGroup:
     panes: dict[int, list[Accumulator | None]] = field(default_factory=dict)
     settled: _Settled | None = None  # forgotten when a pane in its range changes
     hours: dict[int, Decimal] = field(default_factory=dict)  # baseline rules: hour start -> total
+    users: dict[int, set[str]] = field(default_factory=dict)  # rules with impact: pane start -> user ids
     status: str = "inactive"  # inactive | pending | firing
     since: float = 0.0  # pending: when the condition began to hold; firing: when it fired
     clear_since: float | None = None  # firing with keep_firing_for: when the value became clear
     changed_at: float = -math.inf  # event-time clock of the last state change
+    page: bool = False  # the episode pages (label page="true"): decided when it fires, kept to resolve
 
 
 class AlertEngine:
@@ -301,16 +315,23 @@ class AlertEngine:
                 None if rule.of is None else _Matcher.of(rule.of),
                 rule.aggregate in _QUANTILES,
                 rule.horizon,
+                _users_of(rule),
             )
             for rule in rules.rules
         }
         self._by_type: dict[str, list[_Compiled]] = {}
         for compiled in self._compiled.values():
             self._by_type.setdefault(compiled.rule.match.type, []).append(compiled)
-        impacts = [r.impact.revenue_window for r in rules.rules if r.impact is not None]
-        self._revenue_window = max(impacts, default=0)
+        impacts = [r.impact for r in rules.rules if r.impact is not None]
+        self._revenue_window = max((impact.revenue_window for impact in impacts), default=0)
         # project -> minute -> currency -> revenue: for the business impact of an alert.
         self._revenue: dict[str, dict[int, dict[str, Decimal]]] = {}
+        # The funnel steps (series names "funnel:step") whose conversion an impact states, counted
+        # per project and minute over two impact windows (the window, and the one before it).
+        steps = [impact.conversion for impact in impacts if impact.conversion is not None]
+        self._steps = frozenset(f"{s.funnel}:{name}" for s in steps for name in (s.step, s.of))
+        self._steps_window = 2 * max((i.revenue_window for i in impacts if i.conversion), default=0)
+        self._conversions: dict[str, dict[int, dict[str, int]]] = {}
         self._groups: dict[GroupKey, AlertGroup] = {}
         self._group_counts: dict[tuple[str, str], int] = {}
         self._idle = idle_s
@@ -332,6 +353,8 @@ class AlertEngine:
             series = batch.series
             if series.kind == "revenue" and self._revenue_window:
                 self._add_revenue(project, series.key[3], batch.start, Decimal(batch.nanos).scaleb(-9))
+            elif series.kind == "conversion" and series.key[2] in self._steps:
+                self._add_conversions(project, series.key[2], batch.start, len(batch.events))
             plans = cast("tuple[_Plan, ...] | None", series.rule_plans)
             if plans is None:
                 plans = self._plan(series)
@@ -414,6 +437,8 @@ class AlertEngine:
                     pane[index] = Accumulator.of_batch(batch, compiled.sketch)
                 else:
                     acc.add_batch(batch)
+                if index == compiled.users:
+                    _add_users(group, start, batch)
         rule = compiled.rule
         if rule.baseline is not None and numerator:
             hour = start // 3600 * 3600
@@ -429,6 +454,11 @@ class AlertEngine:
                 return (compiled.rule.name, project, tuple(OVERFLOW for _ in values))
             self._group_counts[counted] = self._group_counts.get(counted, 0) + 1
         return key
+
+    def _add_conversions(self, project: str, step: str, start: int, count: int) -> None:
+        minute = start // _REVENUE_BUCKET_S * _REVENUE_BUCKET_S
+        counts = self._conversions.setdefault(project, {}).setdefault(minute, {})
+        counts[step] = counts.get(step, 0) + count
 
     def _add_revenue(self, project: str, currency: str, start: int, amount: Decimal) -> None:
         minute = start // _REVENUE_BUCKET_S * _REVENUE_BUCKET_S
@@ -568,6 +598,10 @@ class AlertEngine:
         now: float,
     ) -> dict[str, Any]:
         rule = self._compiled[key[0]].rule
+        group = self._groups[key]
+        figures = None if rule.impact is None else self._impact(rule.impact, key, clock)
+        if state == "firing":
+            group.page = "page" in routing_labels(rule.severity, rule.delivery_channels, figures, rule.impact)
         labels = self.labels(key)
         fields = {
             **labels,
@@ -581,15 +615,18 @@ class AlertEngine:
             "description": render(rule.annotations.description, fields),
             "runbook_url": rule.annotations.runbook_url,
         }
-        if rule.impact is not None:
-            annotations["impact"] = self._impact(rule.impact, key[1], clock)
+        if figures is not None and rule.impact is not None:
+            annotations |= figures.annotations(rule.impact)
+        routed = labels | routing_labels(rule.severity, rule.delivery_channels, None, None)
+        if group.page:
+            routed["page"] = "true"
         return {
             "v": 1,
             "fingerprint": fingerprint(labels),
             "rule": rule.name,
             "state": state,
             "severity": rule.severity,
-            "labels": labels,
+            "labels": routed,
             "annotations": {k: v for k, v in annotations.items() if v},
             "value": value,
             "threshold": rule.threshold,
@@ -599,15 +636,39 @@ class AlertEngine:
             "emitted_at": iso(now),
         }
 
-    def _impact(self, impact: Impact, project: str, clock: float) -> str:
-        """Revenue per minute of the project over the impact window, and over an expected episode."""
-        since = clock - impact.revenue_window
+    def _impact(self, impact: Impact, key: GroupKey, clock: float) -> BusinessImpact:
+        """The alert's business impact at `clock`: the project's revenue over the impact window,
+        the distinct users of the group's panes in the rule's window, and the conversion of the
+        impact's funnel step over the impact window and the one before it."""
+        project, window = key[1], impact.revenue_window
+        since = clock - window
         totals: dict[str, Decimal] = {}
         for minute, amounts in self._revenue.get(project, {}).items():
             if since <= minute <= clock:
                 for currency, amount in amounts.items():
                     totals[currency] = totals.get(currency, Decimal(0)) + amount
-        return impact_text(totals, impact)
+        rule, group = self._compiled[key[0]].rule, self._groups[key]
+        first = int(clock // PANE_S) * PANE_S - rule.window
+        users: set[str] = set()
+        capped = False
+        for start, ids in group.users.items():
+            if start >= first:
+                users |= ids
+                capped = capped or len(ids) >= MAX_USERS_PER_PANE
+        conversion = None
+        step = impact.conversion
+        if step is not None:
+            counts = self._conversions.get(project, {})
+            ratios: list[float | None] = []
+            for begin in (since, since - window):
+                reached = left = 0
+                for minute, by_step in counts.items():
+                    if begin <= minute < begin + window:
+                        reached += by_step.get(f"{step.funnel}:{step.step}", 0)
+                        left += by_step.get(f"{step.funnel}:{step.of}", 0)
+                ratios.append(reached / left if left else None)
+            conversion = (ratios[0], ratios[1])
+        return BusinessImpact(totals, len(users) if group.users else None, capped, conversion)
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -617,6 +678,7 @@ class AlertEngine:
             oldest = clock - rule.window - PANE_S
             for start in [s for s in group.panes if s + PANE_S < oldest]:
                 del group.panes[start]
+                group.users.pop(start, None)
                 group.settled = None
             if group.hours:
                 horizon = clock - rule.horizon - 3600
@@ -633,6 +695,12 @@ class AlertEngine:
                 del minutes[minute]
             if not minutes:
                 del self._revenue[project]
+        for project in list(self._conversions):
+            steps = self._conversions[project]
+            for minute in [m for m in steps if m + _REVENUE_BUCKET_S < clock - self._steps_window]:
+                del steps[minute]
+            if not steps:
+                del self._conversions[project]
 
     def apply_published(self, record: dict[str, Any]) -> None:
         """Take a record this partition published (read back after a restart) as the group's
@@ -652,6 +720,7 @@ class AlertEngine:
         group.clear_since = None
         if record["state"] == "firing":
             group.status, group.since = "firing", epoch(record["starts_at"])
+            group.page = labels.get("page") == "true"
         else:
             group.status = "inactive"
 
@@ -667,7 +736,8 @@ class AlertEngine:
                     list(key[2]),
                     {str(s): [acc_state(a) for a in pane] for s, pane in g.panes.items()},
                     {str(h): str(t) for h, t in g.hours.items()},
-                    [g.first_seen, g.status, g.since, g.clear_since, _finite(g.changed_at)],
+                    [g.first_seen, g.status, g.since, g.clear_since, _finite(g.changed_at), g.page],
+                    {str(s): sorted(ids) for s, ids in g.users.items()},
                 ]
                 for key, g in self._groups.items()
             ],
@@ -675,15 +745,19 @@ class AlertEngine:
                 project: {str(m): {c: str(a) for c, a in amounts.items()} for m, amounts in minutes.items()}
                 for project, minutes in self._revenue.items()
             },
+            "conversions": {
+                project: {str(m): counts for m, counts in minutes.items()}
+                for project, minutes in self._conversions.items()
+            },
         }
 
     def restore(self, state: dict[str, Any], now: float) -> None:
         """Resume from `to_state()`; groups of rules no longer configured are dropped."""
         self._newest = -math.inf if state["newest"] is None else state["newest"]
         self._arrival = now
-        for rule, project, values, panes, hours, (first_seen, status, since, clear_since, changed) in state[
-            "groups"
-        ]:
+        for rule, project, values, panes, hours, states, *users in state["groups"]:
+            # Checkpoints written before impacts counted users hold neither `page` nor users.
+            first_seen, status, since, clear_since, changed, *page = states
             if rule not in self._compiled:
                 continue
             key = (rule, project, tuple(values))
@@ -698,6 +772,8 @@ class AlertEngine:
                 since=since,
                 clear_since=clear_since,
                 changed_at=-math.inf if changed is None else changed,
+                page=bool(page and page[0]),
+                users={int(s): set(ids) for s, ids in (users[0] if users else {}).items()},
             )
             if values:
                 self._group_counts[(rule, project)] = self._group_counts.get((rule, project), 0) + 1
@@ -705,6 +781,32 @@ class AlertEngine:
             project: {int(m): {c: Decimal(a) for c, a in amounts.items()} for m, amounts in minutes.items()}
             for project, minutes in state["revenue"].items()
         }
+        self._conversions = {
+            project: {int(m): dict(counts) for m, counts in minutes.items()}
+            for project, minutes in state.get("conversions", {}).items()
+        }
+
+
+def _users_of(rule: Rule) -> int:
+    """Whose user ids a rule keeps for `users_affected`: none without an impact; for a floor on a
+    ratio (too few successes) the denominator's, the users who tried; else the events it counts."""
+    if rule.impact is None:
+        return -1
+    return 1 if rule.aggregate == "ratio" and rule.op in ("<", "<=") else 0
+
+
+def _add_users(group: AlertGroup, start: int, batch: Batch) -> None:
+    """The user ids of a batch's events into the group's pane; a pane past MAX_USERS_PER_PANE
+    takes no more (the count becomes a lower bound)."""
+    ids = group.users.get(start)
+    if ids is not None and len(ids) >= MAX_USERS_PER_PANE:
+        return
+    users = [event.user_id for event in batch.events if event.user_id is not None]
+    if users:
+        if ids is None:
+            group.users[start] = set(users)
+        else:
+            ids.update(users)
 
 
 def step(rule: Rule, group: AlertGroup, value: float | None, clock: float) -> str | None:

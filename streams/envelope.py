@@ -31,7 +31,8 @@ class WireEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     """Fields every event type has. `kind` is the event's `type` (the struct's tag).
 
     `event_id` is the idempotency key (the ingest always sets it; an event without one is
-    refused by the windows); `received_at` is read for the late-events table."""
+    refused by the windows); `received_at` is read for the late-events table; `user_id` for the
+    users an alert affects (streams/alerts.py)."""
 
     kind: ClassVar[str]
     timestamp: Annotated[str, msgspec.Meta(max_length=64)]
@@ -39,6 +40,7 @@ class WireEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     received_at: Annotated[str, msgspec.Meta(max_length=64)] = ""
     tags: Annotated[dict[TagKey, TagValue], msgspec.Meta(max_length=32)] = {}
     source: str | None = None
+    user_id: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 class Performance(WireEvent, tag="performance", kw_only=True, gc=False):

@@ -95,11 +95,17 @@ def events_of(api: tuple[ServedIngest, str], response: httpx.Response) -> list[d
     ]
 
 
-def metric_alert(action: str) -> dict[str, Any]:
+def metric_alert(action: str, count: int | None = None, query: str = "level:error") -> dict[str, Any]:
+    """Sentry's example as Sentry sends it for `action`: `count` events in its description (as
+    Sentry writes it: "1000 events in the last 10 minutes"; None: no count), `query` its rule's filter."""
     body = copy.deepcopy(payload("metric_alert"))
     body["action"] = action
     body["data"]["metric_alert"]["date_started"] = recent(3)
+    body["data"]["metric_alert"]["alert_rule"]["query"] = query
     body["data"]["description_title"] = f"{action.title()}: Too many errors"
+    body["data"]["description_text"] = (
+        "Filter: level:error" if count is None else f"{count} events in the last 10 minutes\nFilter: {query}"
+    )
     if action == "resolved":
         body["data"]["metric_alert"]["date_closed"] = recent(0)
     return body
@@ -143,9 +149,9 @@ def test_a_signed_body_that_is_not_json_is_a_400(api: tuple[ServedIngest, str]) 
 
 
 def test_a_critical_metric_alert_fires_with_labels_link_and_impact(api: tuple[ServedIngest, str]) -> None:
-    response = hook(api, "metric_alert", metric_alert("critical"))
+    response = hook(api, "metric_alert", metric_alert("critical", count=1000))
     assert response.status_code == 200 and response.json()["received"] == "alert"
-    [alert] = alerts_of(api, response)
+    [alert] = [a for a in alerts_of(api, response) if a.state == "firing"]
     assert (alert.state, alert.severity, alert.rule) == ("firing", "critical", "sentry")
     assert alert.labels == {
         "alertname": "Too many errors",
@@ -154,6 +160,7 @@ def test_a_critical_metric_alert_fires_with_labels_link_and_impact(api: tuple[Se
         "source": "sentry",
         "sentry_alert_rule_id": "7",
         "sentry_incident": "1",
+        "channels": "slack-critical,email-oncall,phone-oncall",
     }
     assert alert.fingerprint == alert_fingerprint(alert.labels)
     assert alert.annotations["summary"] == "Critical: Too many errors"
@@ -164,17 +171,70 @@ def test_a_critical_metric_alert_fires_with_labels_link_and_impact(api: tuple[Se
     assert alert.ends_at is None
 
 
-def test_a_warning_fires_and_resolves_the_critical_and_resolved_resolves_both(
+def test_a_graded_alert_fires_at_one_severity_resolving_the_others_and_resolved_resolves_all(
     api: tuple[ServedIngest, str],
 ) -> None:
-    critical = alerts_of(api, hook(api, "metric_alert", metric_alert("critical")))[0]
-    warning = alerts_of(api, hook(api, "metric_alert", metric_alert("warning")))
-    assert [(a.severity, a.state) for a in warning] == [("critical", "resolved"), ("warning", "firing")]
-    assert warning[0].fingerprint == critical.fingerprint
-    resolved = alerts_of(api, hook(api, "metric_alert", metric_alert("resolved")))
-    assert [(a.severity, a.state) for a in resolved] == [("critical", "resolved"), ("warning", "resolved")]
+    critical = alerts_of(api, hook(api, "metric_alert", metric_alert("critical", count=60)))
+    assert [(a.severity, a.state) for a in critical] == [
+        ("critical", "firing"), ("high", "resolved"), ("medium", "resolved"), ("low", "resolved")
+    ]  # fmt: skip
+    # Sentry's warning with 25 errors: high by the count; the incident's critical alert resolves.
+    warning = alerts_of(api, hook(api, "metric_alert", metric_alert("warning", count=25)))
+    assert [(a.severity, a.state) for a in warning] == [
+        ("critical", "resolved"), ("high", "firing"), ("medium", "resolved"), ("low", "resolved")
+    ]  # fmt: skip
+    assert warning[0].fingerprint == critical[0].fingerprint
+    assert warning[1].labels["channels"] == "slack-high"
+    resolved = alerts_of(api, hook(api, "metric_alert", metric_alert("resolved", count=2)))
+    assert [(a.severity, a.state) for a in resolved] == [
+        (s, "resolved") for s in ("critical", "high", "medium", "low")
+    ]
     assert resolved[1].fingerprint == warning[1].fingerprint
     assert all(a.ends_at is not None and "impact" not in a.annotations for a in resolved)
+
+
+@pytest.mark.parametrize(
+    ("action", "count", "query", "severity"),
+    [
+        # The guide's order: the category tag, then the count, then Sentry's own severity.
+        ("warning", 1, "category:payment level:error", "critical"),
+        ("warning", None, "category:security", "critical"),
+        ("critical", 100, "category:external", "high"),
+        ("critical", None, "category:database", "high"),
+        ("warning", 51, "level:error", "critical"),
+        ("warning", 50, "level:error", "high"),
+        ("critical", 21, "level:error", "high"),
+        ("critical", 20, "level:error", "medium"),
+        ("critical", 6, "level:error", "medium"),
+        ("critical", 5, "level:error", "low"),
+        ("critical", None, "level:error", "critical"),
+        ("warning", None, "level:error", "high"),
+    ],
+)
+def test_a_metric_alerts_severity_follows_its_category_tag_then_its_count_then_sentry(
+    api: tuple[ServedIngest, str], action: str, count: int | None, query: str, severity: str
+) -> None:
+    [firing] = [
+        a
+        for a in alerts_of(api, hook(api, "metric_alert", metric_alert(action, count, query)))
+        if a.state == "firing"
+    ]
+    assert (firing.severity, firing.labels["severity"]) == (severity, severity)
+
+
+def test_a_metric_alert_tagged_payment_is_critical_and_resolves_at_that_severity_alone(
+    api: tuple[ServedIngest, str],
+) -> None:
+    body = metric_alert("warning", count=3)
+    body["data"]["metric_alert"]["tags"] = {"category": "payment"}  # tags given as an object
+    [firing] = alerts_of(api, hook(api, "metric_alert", body))
+    assert (firing.state, firing.severity) == ("firing", "critical")
+    assert firing.labels["channels"] == "slack-critical,email-oncall,phone-oncall"
+    assert "page" not in firing.labels  # no revenue known beside this ingest: nothing at stake pages
+    body = metric_alert("resolved")
+    body["data"]["metric_alert"]["tags"] = {"category": "payment"}
+    [resolved] = alerts_of(api, hook(api, "metric_alert", body))
+    assert (resolved.state, resolved.fingerprint) == ("resolved", firing.fingerprint)
 
 
 def test_sentrys_documented_metric_alert_example_as_it_is(api: tuple[ServedIngest, str]) -> None:
@@ -194,7 +254,7 @@ def test_an_issue_alert_fires_until_sentry_resolves_the_issue(api: tuple[ServedI
     body = payload("event_alert")
     body["data"]["event"]["datetime"] = recent(1)
     [fired] = alerts_of(api, hook(api, "event_alert", body))
-    assert (fired.state, fired.severity) == ("firing", "warning")
+    assert (fired.state, fired.severity) == ("firing", "high")  # an error, no category tag
     assert fired.labels["sentry_issue_id"] == "1117540176"
     assert fired.annotations["sentry_rule"] == "Very Important Alert Rule!"
     assert fired.annotations["summary"] == "Very Important Alert Rule!: ReferenceError: heck is not defined"
@@ -205,8 +265,12 @@ def test_an_issue_alert_fires_until_sentry_resolves_the_issue(api: tuple[ServedI
     issue["action"] = "resolved"
     issue["data"]["issue"]["id"] = "1117540176"
     resolved = alerts_of(api, hook(api, "issue", issue))
-    assert [(a.severity, a.state) for a in resolved] == [("critical", "resolved"), ("warning", "resolved")]
+    assert [(a.severity, a.state) for a in resolved] == [("critical", "resolved"), ("high", "resolved")]
     assert resolved[1].fingerprint == fired.fingerprint
+
+    body["data"]["event"]["tags"] = [["category", "security"], ["level", "error"]]  # an event's pairs
+    [security] = alerts_of(api, hook(api, "event_alert", body))
+    assert (security.state, security.severity) == ("firing", "critical")
 
 
 def test_errors_and_new_issues_are_counted_as_events(api: tuple[ServedIngest, str]) -> None:

@@ -1,6 +1,7 @@
 """Alert rules and their evaluation on panes, without Kafka: the rules file and its checks, the
 state machine (through the shipped rule tests), early firing, sliding windows, ratios, value
-filters, percentiles, baselines, group caps, impact, and restart without a repeat."""
+filters, percentiles, baselines, group caps, impact (revenue, users, conversion) and paging, and
+restart without a repeat."""
 
 from __future__ import annotations
 
@@ -113,6 +114,10 @@ def test_the_shipped_rule_tests_pass_and_a_wrong_expectation_fails(tmp_path: Pat
         ({"labels": {"project": "x"}}, "redefine"),
         ({"match": {"type": "performance", "colour": "red"}}, "colour"),
         ({"aggregate": "p95", "baseline": {"days": 7}}, "baseline"),
+        ({"channels": ["slack-everyone"]}, "slack-critical"),
+        ({"severity": "urgent"}, "critical"),
+        ({"labels": {"page": "true"}}, "redefine"),
+        ({"impact": {"page_above": -1}}, "page_above"),
     ],
 )
 def test_a_bad_rule_is_refused_with_the_reason(tmp_path: Path, fields: dict[str, Any], reason: str) -> None:
@@ -141,8 +146,18 @@ def test_a_burst_fires_on_the_record_that_crosses_the_threshold_once_and_resolve
     assert (firing["rule"], firing["state"], firing["value"], firing["severity"]) == (
         "payment_failures", "firing", 3.0, "critical"
     )  # fmt: skip
-    assert firing["labels"] == {"alertname": "payment_failures", "severity": "critical", "project": "cosnap"}
-    assert firing["fingerprint"] == fingerprint(firing["labels"])
+    assert firing["labels"] == {
+        "alertname": "payment_failures",
+        "severity": "critical",
+        "project": "cosnap",
+        "channels": "slack-critical,email-oncall,phone-oncall",  # no page: no revenue at stake
+    }
+    # The routing labels are left out of the fingerprint: it is the same as before they existed.
+    assert (
+        firing["fingerprint"]
+        == fingerprint(firing["labels"])
+        == fingerprint({"alertname": "payment_failures", "severity": "critical", "project": "cosnap"})
+    )
     assert firing["starts_at"] == firing["evaluated_at"] == "2026-11-26T12:00:03Z"
     assert firing["annotations"]["summary"] == "3 payment failures in 5m (threshold 3)"
     assert firing["annotations"]["runbook_url"].startswith("https://")
@@ -313,8 +328,96 @@ def test_the_impact_is_the_projects_revenue_per_minute_times_the_expected_durati
     [firing] = fold(engine, envelope(*sales, *(payment_failure(s) for s in (1, 2, 3))), NOW)
     assert firing["annotations"]["impact"] == (
         "revenue at stake (from the last 1h): 10.00 USD/min, 300.00 USD over 30m;"
-        " 1.00 EUR/min, 30.00 EUR over 30m"
+        " 1.00 EUR/min, 30.00 EUR over 30m; conversion checkout checkout_started -> payment_succeeded:"
+        " no checkout_started in the last 1h"
     )
+    assert firing["annotations"]["revenue_at_stake"] == "30.00 EUR; 300.00 USD"
+    assert "users_affected" not in firing["annotations"]  # the failures carried no user id
+
+
+def test_severities_warning_reads_as_high_and_channels_default_to_the_severitys(tmp_path: Path) -> None:
+    loaded = rules(
+        rule(name="old", match={"type": "performance"}, severity="warning"),
+        rule(name="low", match={"type": "performance"}, severity="low"),
+        rule(name="quiet", match={"type": "performance"}, severity="info"),
+        rule(name="own", match={"type": "performance"}, severity="critical", channels=["email-team"]),
+    )
+    assert [(r.severity, r.delivery_channels) for r in loaded.rules] == [
+        ("high", ("slack-high",)),
+        ("low", ("email-team",)),
+        ("info", ()),
+        ("critical", ("email-team",)),
+    ]
+    shipped = {r.name: (r.severity, r.delivery_channels) for r in load_rules().rules}
+    assert shipped["payment_failures"] == ("critical", ("slack-critical", "email-oncall", "phone-oncall"))
+    assert shipped["slow_transactions"] == ("medium", ("slack-monitoring",))
+    assert shipped["ai_provider_failures"] == ("high", ("slack-high",))
+    assert shipped["auth_errors"] == ("high", ("email-security", "slack-high"))
+    assert shipped["high_error_rate"] == ("high", ("slack-high", "email-team"))
+    engine = AlertEngine(loaded, idle_s=5)
+    changes = fold(engine, envelope(*(perf(s, "m") for s in (1, 2, 3))), NOW)
+    labels = {change["rule"]: change["labels"] for change in changes}
+    assert labels["old"]["severity"] == "high" and labels["old"]["channels"] == "slack-high"
+    assert "channels" not in labels["quiet"]  # info goes to the topic and the store only
+
+
+def sale(seconds: float, amount: str, currency: str = "USD") -> dict[str, Any]:
+    return {"type": "revenue", "timestamp": at(seconds), "name": "s", "amount": amount, "currency": currency}
+
+
+def step(seconds: float, name: str, user: str) -> dict[str, Any]:
+    return {
+        "type": "conversion",
+        "timestamp": at(seconds),
+        "funnel": "checkout",
+        "step": name,
+        "user_id": user,
+    }
+
+
+def test_a_critical_alert_pages_only_above_the_revenue_at_stake_and_resolves_with_its_labels() -> None:
+    engine = AlertEngine(load_rules(), idle_s=5)
+    # 1,980 USD in the last hour: 33 USD/min, 990 at stake over the expected 30 minutes (no page);
+    # 2,040: 1,020 at stake, above the 1,000 of payment_failures (page).
+    [calm] = fold(engine, envelope(sale(-60, "1980.00"), *(payment_failure(s) for s in (1, 2, 3))), NOW)
+    [paged] = fold(
+        engine, envelope(sale(-60, "2040.00"), *(payment_failure(s) for s in (1, 2, 3)), project="shop"), NOW
+    )
+    assert calm["annotations"]["revenue_at_stake"] == "990.00 USD" and "page" not in calm["labels"]
+    assert paged["annotations"]["revenue_at_stake"] == "1020.00 USD" and paged["labels"]["page"] == "true"
+    assert paged["fingerprint"] == fingerprint(paged["labels"] | {"page": "false"})  # routing only
+
+    # A restart keeps the decision: the checkpoint, or the firing record read back, holds it.
+    restored = AlertEngine(load_rules(), idle_s=5)
+    restored.restore(orjson.loads(orjson.dumps(engine.to_state())), NOW + 1)
+    from_record = AlertEngine(load_rules(), idle_s=5)
+    from_record.apply_published(orjson.loads(orjson.dumps(paged)))
+    for successor in (engine, restored, from_record):
+        # Revenue has gone by the time it resolves: the resolution still carries page="true",
+        # so that Alertmanager ends the paged alert rather than another one.
+        assert fold(successor, envelope(perf(4000, "api.latency"), project="shop"), NOW + 2) == []
+        resolved = [change for change in successor.tick(NOW + 2) if change["labels"]["project"] == "shop"]
+        assert [(r["state"], r["labels"]) for r in resolved] == [("resolved", paged["labels"])]
+
+
+def test_the_impact_counts_distinct_users_and_the_funnel_steps_conversion_against_the_hour_before() -> None:
+    engine = AlertEngine(load_rules(), idle_s=5)
+    # The hour before: 10 checkouts started, 5 paid (50 %); this hour: 10 started, 2 paid (20 %).
+    funnel = [step(-5400 + n, "checkout_started", f"u{n}") for n in range(10)]
+    funnel += [step(-5000 + n, "payment_succeeded", f"u{n}") for n in range(5)]
+    funnel += [step(-1200 + n, "checkout_started", f"v{n}") for n in range(10)]
+    funnel += [step(-1000 + n, "payment_succeeded", f"v{n}") for n in range(2)]
+    failures = [
+        payment_failure(s) | {"user_id": user} for s, user in ((1, "a"), (2, "b"), (3, "a"), (4, "c"))
+    ]
+    fold(engine, envelope(*funnel), NOW)
+    [firing] = fold(engine, envelope(*failures[:3], perf(3, "payment.latency", category="payment")), NOW)
+    annotations = firing["annotations"]
+    assert annotations["users_affected"] == "2"  # a and b: distinct users of the failures
+    assert annotations["conversion_impact"] == (
+        "checkout checkout_started -> payment_succeeded 20.0% against 50.0% the 1h before (-60%)"
+    )
+    assert "2 users affected" in annotations["impact"] and "conversion checkout" in annotations["impact"]
 
 
 def test_a_restart_from_an_older_checkpoint_neither_repeats_nor_forgets_an_alert() -> None:
