@@ -14,4 +14,8 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && mkdir /data && chown cosnap /data
 USER cosnap
 ENV COSNAP_DATA_DIR=/data
+# The service's own health endpoint, asked by the service's own command (no curl in a slim
+# image): `cosnap-metrics healthcheck` finds which service process 1 runs.
+HEALTHCHECK --interval=10s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["cosnap-metrics", "healthcheck"]
 ENTRYPOINT ["cosnap-metrics"]

@@ -387,6 +387,14 @@ def _dashboards_export(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    from cosnap_metrics.healthcheck import healthcheck
+
+    status, line = healthcheck(args.service, RunnerSettings())
+    print(line, file=sys.stdout if status == 0 else sys.stderr)
+    return status
+
+
 def _bounded(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer from `low` to `high`."""
 
@@ -400,6 +408,8 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cosnap_metrics.healthcheck import SERVICES
+
     parser = argparse.ArgumentParser(prog="cosnap-metrics", description="Cosnap Metrics event pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
     logs = argparse.ArgumentParser(add_help=False)
@@ -418,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sink", parents=[logs], help="run the ClickHouse sink (and, on chDB, the query service)"
     ).set_defaults(func=_sink)
     commands.add_parser("topics", help="create the pipeline's Kafka topics").set_defaults(func=_topics)
+    probe = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when a service's health endpoint answers 200, else 1 (the containers' HEALTHCHECK)",
+        description="Asks the service's /health (the ingest's /health/ready) on this host; `topics` checks "
+        "that the pipeline's topics exist. Without SERVICE, the service process 1 runs (in a container).",
+    )
+    probe.add_argument("service", nargs="?", choices=SERVICES)
+    probe.set_defaults(func=_healthcheck)
     commands.add_parser(
         "notify", parents=[logs], help="deliver the alerts topic to Alertmanager and signed webhooks"
     ).set_defaults(func=_notify)

@@ -23,6 +23,7 @@ import yaml
 
 from cosnap_metrics.cli import build_parser
 from cosnap_metrics.compose_env import COMPOSE_PASSWORDS
+from cosnap_metrics.healthcheck import SERVICES, container_service
 from schemas.settings import RunnerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,49 @@ def test_pipeline_services_use_known_settings_and_commands() -> None:
         assert set(service["environment"]) <= known, name
         assert service["command"][0] in commands, name
         assert service["environment"]["COSNAP_CLICKHOUSE_URL"].startswith("http://")
+
+
+def test_every_service_has_a_healthcheck_and_the_image_checks_its_own_service() -> None:
+    services = _compose()["services"]
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    for name, service in services.items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        if check.get("disable"):
+            # Only a one-shot client (it serves nothing) goes without.
+            assert service["restart"] == "no" and service.get("profiles"), name
+            continue
+        kind, *argv = check["test"]
+        assert kind in ("CMD", "CMD-SHELL"), name
+        if service.get("build") == ".":
+            # The image's own command, naming the service the container runs.
+            assert argv[:2] == ["cosnap-metrics", "healthcheck"] and argv[2] == service["command"][0], name
+            assert "healthcheck" in commands and argv[2] in SERVICES
+        else:
+            assert "curl" not in " ".join(argv), f"{name}: its image has no curl"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    healthcheck = re.search(r"^HEALTHCHECK (?P<options>.*?)CMD (?P<cmd>\[[^\n]*\])$", dockerfile, re.M | re.S)
+    assert healthcheck is not None, "the Dockerfile has no HEALTHCHECK"
+    assert json.loads(healthcheck["cmd"]) == ["cosnap-metrics", "healthcheck"]  # process 1's service
+    assert re.search(r"--start-period=\d+s", healthcheck["options"])
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "service"),
+    [
+        ("/usr/local/bin/python\0/usr/local/bin/cosnap-metrics\0sink\0--log-format\0json\0", "sink"),
+        ("cosnap-metrics\0ingest\0", "ingest"),
+        ("cosnap-metrics\0validate\0--url\0http://ingest:8000\0", None),
+        ("", None),
+    ],
+)
+def test_the_healthcheck_finds_the_service_process_1_runs(
+    tmp_path: Path, cmdline: str, service: str | None
+) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "cmdline").write_bytes(cmdline.encode())
+    assert container_service(tmp_path) == service
+    assert container_service(tmp_path / "absent") is None
 
 
 def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config() -> None:

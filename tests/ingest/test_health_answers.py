@@ -1,9 +1,12 @@
 """Every health answer of the running pipeline (real Kafka, chDB, the services as processes)
 carries its status, timestamp, uptime, environment, version, memory against its limit and each
-check's duration, beside the fields it had before."""
+check's duration, beside the fields it had before; `cosnap-metrics healthcheck` (the containers'
+HEALTHCHECK) passes on each service that answers and fails on one that does not run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from typing import Any
@@ -12,7 +15,7 @@ import httpx
 import pytest
 
 from schemas.health import DetailedHealth, Liveness, ProcessHealth, Readiness, ServiceHealthAnswer
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -67,3 +70,17 @@ def test_every_health_answer_carries_the_process_facts_and_timed_checks(pipeline
         # Each process counts its own uptime: the sink started seconds before the ingest.
         if name == "sink":
             assert served.uptime > report.uptime + (served.timestamp - report.timestamp).total_seconds()
+
+    def healthcheck(service: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "cosnap_metrics.cli", "healthcheck", service]
+        return subprocess.run(
+            command, env=pipeline.env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    # The worker's /health is 503 until its timer first ran: its check passes once it says healthy.
+    assert wait_for(lambda: get(f"{pipeline.status_urls['streams']}/health").is_success, 60)
+    for service in ("sink", "ingest", "topics", "streams"):
+        passed = healthcheck(service)
+        assert passed.returncode == 0 and passed.stdout.startswith(f"{service}: "), passed
+    down = healthcheck("notify")  # not started here
+    assert down.returncode == 1 and "does not answer" in down.stderr
