@@ -17,8 +17,13 @@ const API_MAX_BODY_BYTES = 1024 * 1024; // ...and bodies over 1 MiB (413)
 // Browsers cap the bodies of all in-flight keepalive requests and beacons at 64 KiB together;
 // the margin leaves room for a beacon sent while a keepalive fetch is still on the wire.
 const KEEPALIVE_MAX_BYTES = 60 * 1024;
-const UNITS = new Set(["ms", "s", "bytes", "count", "percent"]);
+const MAX_UNIT_CHARS = 32; // the API keeps any unit up to this length; ms, s, bytes, count, percent are known
 const COMMON_KEYS = new Set(["userId", "anonymousId", "sessionId", "tags", "timestamp"]);
+// The API's tag limits, which the guide's `metadata` is fitted into (docs/reference.md, "Events").
+const MAX_TAGS = 32;
+const MAX_TAG_VALUE_CHARS = 200;
+const TAG_KEY = /^[A-Za-z0-9_.:-]{1,64}$/;
+const GUIDE_FUNNEL = "default"; // a guide conversion's funnel, unless `metadata.funnel` names one
 
 /**
  * @typedef {object} CommonFields Optional fields of every event.
@@ -74,7 +79,9 @@ const COMMON_KEYS = new Set(["userId", "anonymousId", "sessionId", "tags", "time
  * @property {number} [retryBaseMs=500] First retry delay; doubles per consecutive failure.
  * @property {number} [retryMaxMs=30000] Longest retry delay (a `Retry-After` may ask for longer).
  * @property {boolean} [beaconOnHide=true] In a browser, `sendBeacon` the buffer on `visibilitychange`
- *   to hidden and on `pagehide`.
+ *   to hidden and on `pagehide`, and send it at once when the browser is back `online`.
+ * @property {{addBreadcrumb: (breadcrumb: object) => void} | false} [sentry] Where a breadcrumb per
+ *   tracked event goes; defaults to a global `Sentry` (the browser SDK's), `false` for none.
  */
 
 /**
@@ -164,6 +171,25 @@ function plainJson(event) {
   return JSON.parse(text);
 }
 
+/**
+ * The guide's `metadata` as tags the API keeps: string, number and boolean values of at most 200
+ * characters under valid keys, the first 32 of them; anything else is left out.
+ */
+function guideTags(metadata) {
+  if (metadata == null || typeof metadata !== "object") return {};
+  const tags = {};
+  let kept = 0;
+  for (const [key, value] of Object.entries(metadata)) {
+    if (kept === MAX_TAGS) break;
+    if (!TAG_KEY.test(key) || !["string", "number", "boolean"].includes(typeof value)) continue;
+    const text = String(value);
+    if (text.length > MAX_TAG_VALUE_CHARS) continue;
+    tags[key] = text;
+    kept += 1;
+  }
+  return tags;
+}
+
 /** Seconds (`"5"`) or an HTTP date; undefined when absent or unreadable. */
 function retryAfterMs(header, now) {
   if (!header) return undefined;
@@ -198,6 +224,8 @@ export class MetricsClient {
   #retryMaxMs;
   #onError;
   #onResult;
+  #sentry;
+  #businessMetrics;
 
   /** @type {object[]} */
   #buffer = [];
@@ -231,6 +259,7 @@ export class MetricsClient {
     retryBaseMs = 500,
     retryMaxMs = 30000,
     beaconOnHide = true,
+    sentry,
   } = {}) {
     if (typeof url !== "string" || url === "") throw new TypeError("url is required");
     if (typeof writeKey !== "string" || writeKey === "") throw new TypeError("writeKey is required");
@@ -249,6 +278,7 @@ export class MetricsClient {
     this.#retryMaxMs = positiveInteger("retryMaxMs", retryMaxMs);
     this.#onError = typeof onError === "function" ? onError : undefined;
     this.#onResult = typeof onResult === "function" ? onResult : undefined;
+    this.#sentry = sentry;
     this.#intervalTimer = unref(
       setInterval(() => {
         if (this.#buffer.length > 0) this.#drainSoon();
@@ -307,21 +337,64 @@ export class MetricsClient {
    *
    * @param {string} metric e.g. `"api.latency"`.
    * @param {number} value A finite number.
-   * @param {"ms" | "s" | "bytes" | "count" | "percent"} [unit="ms"]
+   * @param {string} [unit="ms"] `ms`, `s`, `bytes`, `count`, `percent` (the API also reads
+   *   `milliseconds`, `sec`, `%`, ... as these), or another unit of at most 32 characters (`"fps"`).
    * @param {CommonFields & {severity?: string}} [options]
    * @returns {string | null} The event's `event_id`, or null once the client is closed.
-   * @throws {TypeError | RangeError} for a value that is not a finite number, an unknown unit or a bad common field.
+   * @throws {TypeError | RangeError} for a value that is not a finite number, a unit that is not a
+   *   short string, or a bad common field.
    */
   trackPerformance(metric, value, unit = "ms", options = {}) {
     if (typeof value !== "number" || !Number.isFinite(value)) {
       throw new RangeError("value must be a finite number (not NaN or Infinity)");
     }
-    if (!UNITS.has(unit)) throw new TypeError(`unit must be one of ${[...UNITS].join(", ")}`);
+    if (typeof unit !== "string" || unit.trim() === "" || unit.trim().length > MAX_UNIT_CHARS) {
+      throw new TypeError(`unit must be a string of 1-${MAX_UNIT_CHARS} characters, e.g. "ms"`);
+    }
     const { severity, ...common } = options ?? {};
     if (severity !== undefined && severity !== null) {
       common.tags = { ...(common.tags ?? {}), severity: String(severity) };
     }
     return this.#track({ type: "performance", metric, value, unit }, common, severity === "critical");
+  }
+
+  /**
+   * The monitoring guide's `BusinessMetricsService` calls, over this client's four. `metadata`
+   * becomes tags (strings, numbers and booleans under keys `^[A-Za-z0-9_.:-]{1,64}$`, values of
+   * at most 200 characters, the first 32; the rest is left out); `metadata.severity` goes to
+   * `tags.severity`, and `"critical"` sends the event at once, as revenue always is.
+   *
+   * - `trackRevenueEvent(eventType, amount, currency = "USD", metadata = {})`
+   * - `trackConversionStep(step, userId, metadata = {})`: funnel `metadata.funnel`, else `"default"`
+   * - `trackFeatureUsage(feature, action, userId, metadata = {})`
+   * - `trackPerformanceMetric(metricName, value, unit = "ms", metadata = {})`
+   *
+   * Each returns the event's `event_id` (null once closed) and throws as the call it stands for.
+   */
+  get businessMetrics() {
+    this.#businessMetrics ??= Object.freeze({
+      trackRevenueEvent: (eventType, amount, currency = "USD", metadata = {}) =>
+        this.#trackGuide(
+          { type: "revenue", name: eventType, amount: decimalString(amount), currency },
+          undefined,
+          metadata,
+          true,
+        ),
+      trackConversionStep: (step, userId, metadata = {}) => {
+        const funnel = typeof metadata?.funnel === "string" ? metadata.funnel : GUIDE_FUNNEL;
+        const { funnel: _funnel, ...rest } = metadata ?? {};
+        return this.#trackGuide({ type: "conversion", funnel, step }, userId, rest, false);
+      },
+      trackFeatureUsage: (feature, action, userId, metadata = {}) =>
+        this.#trackGuide({ type: "feature", feature, action }, userId, metadata, false),
+      trackPerformanceMetric: (metricName, value, unit = "ms", metadata = {}) => {
+        const { severity: _severity, ...rest } = metadata ?? {};
+        const options = { tags: guideTags(rest) };
+        if (metadata?.severity != null) options.severity = metadata.severity;
+        return this.trackPerformance(metricName, value, unit, options);
+      },
+    });
+    return this.#businessMetrics;
   }
 
   /**
@@ -377,6 +450,12 @@ export class MetricsClient {
 
   // -- tracking ------------------------------------------------------------------------------
 
+  #trackGuide(fields, userId, metadata, urgent) {
+    const common = { tags: guideTags(metadata) };
+    if (userId != null) common.userId = userId;
+    return this.#track(fields, common, urgent || metadata?.severity === "critical");
+  }
+
   #track(fields, common, urgent) {
     const event = plainJson({ ...fields, ...this.#commonFields(common) });
     if (this.#closed) {
@@ -385,6 +464,7 @@ export class MetricsClient {
       return null;
     }
     this.#stats.tracked += 1;
+    this.#breadcrumb(event);
     this.#buffer.push(event);
     if (this.#buffer.length > this.#maxBuffer) {
       this.#buffer.shift();
@@ -583,11 +663,19 @@ export class MetricsClient {
       if (doc.visibilityState === "hidden") this.#beacon();
     };
     const onPageHide = () => this.#beacon();
+    const onOnline = () => {
+      // Back online: what waits for a retry goes now rather than after the backoff.
+      clearTimeout(this.#retryTimer);
+      this.#retryAt = 0;
+      if (this.#buffer.length > 0) this.#drainSoon();
+    };
     if (hasDoc) doc.addEventListener("visibilitychange", onVisibility);
     if (hasWin) win.addEventListener("pagehide", onPageHide);
+    if (hasWin) win.addEventListener("online", onOnline);
     this.#removeListeners = () => {
       if (hasDoc) doc.removeEventListener("visibilitychange", onVisibility);
       if (hasWin) win.removeEventListener("pagehide", onPageHide);
+      if (hasWin) win.removeEventListener("online", onOnline);
     };
   }
 
@@ -625,6 +713,24 @@ export class MetricsClient {
   }
 
   // -- reporting -----------------------------------------------------------------------------
+
+  /** A Sentry breadcrumb of a tracked event, when the app runs Sentry; never throws. */
+  #breadcrumb(event) {
+    const sentry = this.#sentry === undefined ? globalThis.Sentry : this.#sentry;
+    if (!sentry || typeof sentry.addBreadcrumb !== "function") return;
+    const { event_id, type, tags, timestamp: _timestamp, ...fields } = event;
+    try {
+      sentry.addBreadcrumb({
+        category: "business-metrics",
+        type: "info",
+        level: tags?.severity === "critical" ? "error" : "info",
+        message: `${type} ${event.name ?? event.metric ?? event.feature ?? `${event.funnel}/${event.step}`}`,
+        data: { event_id, type, ...fields, ...(tags ? { tags } : {}) },
+      });
+    } catch {
+      // a failing Sentry must not break tracking
+    }
+  }
 
   #drop(count, reason, events) {
     this.#stats.dropped += count;

@@ -20,8 +20,9 @@ from tests.conftest import Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_TESTS = ROOT / "sdk" / "js" / "test"
-# ingest.test.mjs: 10 events of each of the four types through the client, plus 1 beacon.
-EXPECTED_BY_TYPE = {"revenue": 10, "conversion": 10, "feature": 11, "performance": 10}
+# ingest.test.mjs: 10 events of each of the four types through the client, plus 1 beacon;
+# guide-ingest.test.mjs: one of each type through the monitoring guide's calls.
+EXPECTED_BY_TYPE = {"revenue": 11, "conversion": 11, "feature": 12, "performance": 11}
 EXPECTED_EVENTS = sum(EXPECTED_BY_TYPE.values())
 
 pytestmark = pytest.mark.kafka
@@ -66,6 +67,17 @@ def test_js_sdk_events_reach_clickhouse(pipeline: Pipeline) -> None:
     revenue = pipeline.query(
         "SELECT currency, toString(sum(amount)) FROM metrics.events WHERE type = 'revenue' GROUP BY currency"
     )
-    assert [(currency, Decimal(str(summed))) for currency, summed in revenue] == [("USD", Decimal("74.90"))]
+    # 74.90 USD from ingest.test.mjs, 9.99 from the guide's trackRevenueEvent (USD by default)
+    assert [(currency, Decimal(str(summed))) for currency, summed in revenue] == [("USD", Decimal("84.89"))]
     critical = pipeline.query("SELECT count() FROM metrics.events WHERE tags['severity'] = 'critical'")
-    assert critical == [[1]]
+    assert critical == [[2]]
+    guide = pipeline.query(
+        "SELECT type, funnel, step, user_id, metric, value, unit, tags['plan'] FROM metrics.events "
+        "WHERE user_id = 'guide-user' OR unit = 'fps' OR tags['plan'] = 'pro' ORDER BY type"
+    )
+    assert guide == [
+        ["conversion", "onboarding", "signup_completed", "guide-user", "", None, "", ""],
+        ["feature", "", "", "guide-user", "", None, "", ""],
+        ["performance", "", "", "", "render.rate", 58.5, "fps", ""],
+        ["revenue", "", "", "", "", None, "", "pro"],
+    ]

@@ -162,3 +162,41 @@ test("close() removes the page listeners", async () => {
   page.dispatchEvent(new Event("pagehide"));
   assert.equal(beacons.length, 0);
 });
+
+test("back online, events waiting for a retry are sent at once, not after the backoff", async () => {
+  const statuses = [503, 202];
+  const sent = [];
+  const client = newClient({
+    retryBaseMs: 60000, // the backoff alone would hold the retry for 30-60 s
+    fetch: async (_url, init) => {
+      sent.push(JSON.parse(init.body).events.map((e) => e.event_id));
+      const status = statuses.shift() ?? 202;
+      const n = JSON.parse(init.body).events.length;
+      return new Response(JSON.stringify(status === 202 ? { accepted: n, rejected: [] } : { detail: "down" }), {
+        status,
+      });
+    },
+  });
+  const id = client.trackRevenue("subscription", "9.99", "USD"); // revenue: sent at once
+  await client.flush();
+  assert.deepEqual([sent.length, client.stats.retries, client.stats.buffered], [1, 1, 1]);
+  page.dispatchEvent(new Event("online"));
+  await client.flush();
+  assert.deepEqual(sent, [[id], [id]]); // the same event_id: the API counts it once
+  assert.deepEqual([client.stats.accepted, client.stats.buffered], [1, 0]);
+});
+
+test("close() stops listening for online", async () => {
+  let requests = 0;
+  const client = newClient({
+    fetch: async () => {
+      requests += 1;
+      return new Response(JSON.stringify({ detail: "down" }), { status: 503 });
+    },
+  });
+  client.trackRevenue("subscription", "9.99", "USD");
+  await client.close({ timeoutMs: 0 });
+  page.dispatchEvent(new Event("online"));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(requests, 1);
+});

@@ -202,7 +202,7 @@ describe("event shape", () => {
     assert.throws(() => client.trackRevenue("x", { value: 1 }, "USD"), TypeError);
     assert.throws(() => client.trackPerformance("x", Number.NaN), RangeError);
     assert.throws(() => client.trackPerformance("x", "12"), RangeError);
-    assert.throws(() => client.trackPerformance("x", 1, "hours"), TypeError);
+    assert.throws(() => client.trackPerformance("x", 1, "u".repeat(33)), TypeError); // units are 1-32 characters
     assert.throws(() => client.trackFeatureUsage("x", "y", { user_id: "u1" }), /unknown common field "user_id"/);
     assert.throws(() => client.trackFeatureUsage("x", "y", { timestamp: "yesterday" }), /timestamp/);
     assert.equal(client.stats.tracked, 4, "a refused call tracks nothing");
