@@ -8,6 +8,7 @@ network errors) with the same event_ids, so a retry never counts an event twice.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import threading
@@ -16,6 +17,7 @@ import weakref
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
+from typing import Literal
 
 import httpx
 
@@ -30,6 +32,7 @@ from cosnap_metrics_sdk.events import (
     exact_amount,
     finite_number,
 )
+from cosnap_metrics_sdk.guide import Breadcrumbs, BusinessMetrics, initialised_sentry
 from cosnap_metrics_sdk.transport import (
     ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
@@ -66,6 +69,9 @@ class MetricsClient:
       retry until `close()` gives up).
     - `close()` (also called by the context manager and at interpreter exit) sends what is
       buffered and stops the thread.
+    - `business_metrics` has the monitoring guide's calls (`track_revenue_event`, ...) over these.
+    - Each tracked event leaves a breadcrumb (category "business-metrics") with `sentry`, by
+      default with `sentry_sdk` when it is installed and initialised; `sentry=False` for none.
 
     All public methods are thread-safe.
     """
@@ -88,6 +94,7 @@ class MetricsClient:
         backoff_cap: float = 30.0,
         shutdown_timeout: float = 10.0,
         http_transport: httpx.BaseTransport | None = None,
+        sentry: Breadcrumbs | Literal[False] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
@@ -105,6 +112,8 @@ class MetricsClient:
             raise ValueError("request_timeout must be positive")
 
         self._context = EventContext(source=source, environment=environment, release=release)
+        self._sentry = sentry
+        self.business_metrics = BusinessMetrics(self._context, self._track)
         self._flush_interval = flush_interval
         self._flush_at = flush_at
         self._max_batch = max_batch
@@ -232,7 +241,7 @@ class MetricsClient:
         self,
         metric: str,
         value: float,
-        unit: Unit = "ms",
+        unit: Unit | str = "ms",
         severity: str | None = None,
         *,
         user_id: str | None = None,
@@ -374,9 +383,38 @@ class MetricsClient:
                     self._changed.notify_all()
         if dropped_after_close:
             log.warning("event %s tracked after close(): dropped", event.event_id)
-        elif warn_dropped:
+            return event.event_id
+        if warn_dropped:
             log.warning("buffer full: dropped the oldest events; %d dropped so far", warn_dropped)
+        self._breadcrumb(event)
         return event.event_id
+
+    def _breadcrumb(self, event: EncodedEvent) -> None:
+        """A Sentry breadcrumb of a tracked event, when the app runs Sentry; never raises."""
+        sentry = initialised_sentry() if self._sentry is None else self._sentry
+        if not sentry:
+            return
+        data = json.loads(event.body)
+        data.pop("timestamp", None)
+        what = (
+            data.get("name")
+            or data.get("metric")
+            or data.get("feature")
+            or f"{data.get('funnel')}/{data.get('step')}"
+        )
+        critical = data.get("tags", {}).get("severity") == CRITICAL_SEVERITY
+        try:
+            sentry.add_breadcrumb(
+                {
+                    "category": "business-metrics",
+                    "type": "info",
+                    "level": "error" if critical else "info",
+                    "message": f"{data['type']} {what}",
+                    "data": data,
+                }
+            )
+        except Exception:  # a failing Sentry must not break tracking
+            log.debug("sentry breadcrumb failed", exc_info=True)
 
     def _oldest_pending(self) -> int | None:
         # In-flight events are older than every buffered one (they were taken from the front).
