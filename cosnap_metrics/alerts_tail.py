@@ -12,11 +12,12 @@ from typing import TextIO
 from kafka import KafkaConsumer
 from pydantic import ValidationError
 
-from schemas.records import AlertRecord
+from schemas.records import AlertRecord, alert_id
 
 
 def format_alert(alert: AlertRecord) -> str:
-    """One line: when, STATE, severity, rule, the labels besides those two, value vs threshold, summary."""
+    """One line: when, STATE, severity, rule, the episode's id (what `alerts ack` takes), the labels
+    besides alertname and severity, value vs threshold, summary."""
     changed_at = alert.ends_at if alert.ends_at is not None else alert.starts_at
     if changed_at.tzinfo is not None:
         changed_at = changed_at.astimezone(UTC)
@@ -28,7 +29,8 @@ def format_alert(alert: AlertRecord) -> str:
     value = "no data" if alert.value is None else f"{alert.value:g}"
     return (
         f"{changed_at:%Y-%m-%dT%H:%M:%SZ}  {alert.state.upper():<8}  {alert.severity:<8}  {alert.rule}"
-        f"  {{{labels}}}  value {value} (threshold {alert.threshold:g})"
+        f"  {alert_id(alert.fingerprint, alert.starts_at)}  {{{labels}}}"
+        f"  value {value} (threshold {alert.threshold:g})"
         f"  {alert.annotations.get('summary', '')}"
     ).rstrip()
 

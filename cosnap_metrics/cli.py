@@ -157,6 +157,45 @@ def _alerts_tail(args: argparse.Namespace) -> int:
     )
 
 
+def _alerts_report(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from cosnap_metrics.alerts_report import alerting_report, format_report
+    from cosnap_metrics.errors import QueryError
+
+    settings = SinkSettings()
+    days = args.days or settings.alerting_days
+    now = datetime.now(UTC)
+    try:
+        result = alerting_report(settings, days, now)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([dict(zip(result.columns, row, strict=True)) for row in result.rows]))
+    else:
+        print(format_report(result, days, now))
+    return 0
+
+
+def _alerts_ack(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    from cosnap_metrics.alerts_ack import acknowledge
+    from cosnap_metrics.errors import QueryError
+
+    try:
+        ack = acknowledge(CommonSettings(), args.id, noise=args.noise, note=args.note)
+    except (ValueError, QueryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        print(f"error: Kafka did not take the acknowledgement: {exc!r}", file=sys.stderr)
+        return 1
+    print(f"acknowledged {args.id} ({ack.rule}, project {ack.project}){' as noise' if ack.noise else ''}")
+    return 0
+
+
 def _topics(_args: argparse.Namespace) -> int:
     from cosnap_metrics.provision import ensure_topics
 
@@ -448,6 +487,33 @@ def build_parser() -> argparse.ArgumentParser:
     alerts_tail.add_argument("--json", action="store_true", help="print the records as JSON, one per line")
     alerts_tail.add_argument("--max", type=int, metavar="N", help="stop after N records")
     alerts_tail.set_defaults(func=_alerts_tail)
+    alerts_report = alerts.add_parser(
+        "report",
+        help="how alerting did per rule: alerts/day, delivery %%, time to detect, MTTR, flapping, noise",
+        description="Per rule and for all rules, each beside its target: alerts fired and per day "
+        "(< 10), delivery %% of every state change at every target (> 99.9 %%), mean time to detect, "
+        "mean time to resolve (< 5 min), flapping alerts, alerts acknowledged as noise (< 2 %%). "
+        "Exit status: 0, or 2 when the store cannot be read.",
+    )
+    alerts_report.add_argument(
+        "--days",
+        type=_bounded(1, 90),
+        metavar="N",
+        help="the N days before now (default COSNAP_ALERTING_DAYS, 7)",
+    )
+    alerts_report.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    alerts_report.set_defaults(func=_alerts_report)
+    alerts_ack = alerts.add_parser(
+        "ack",
+        help="acknowledge an alert episode; --noise marks it a false positive",
+        description="Exit status: 0 recorded, 1 Kafka did not take it, 2 no such alert or a bad id.",
+    )
+    alerts_ack.add_argument(
+        "id", help="the alert's id, as alerts tail prints it: <fingerprint>-<starts_at ms>"
+    )
+    alerts_ack.add_argument("--noise", action="store_true", help="the alert was noise (a false positive)")
+    alerts_ack.add_argument("--note", default="", help="a word on why (at most 1000 characters)")
+    alerts_ack.set_defaults(func=_alerts_ack)
 
     query = commands.add_parser("query", help="run read-only SQL against the pipeline's ClickHouse")
     query.add_argument("sql")

@@ -15,7 +15,15 @@ from pydantic import BaseModel, TypeAdapter
 from schemas.events import ErrorResponse, Event, EventBatch, IngestResponse
 from schemas.guide import GuideMetricsDoc
 from schemas.health import DetailedHealth, ServiceHealthAnswer
-from schemas.records import AlertRecord, DeadLetter, Envelope, LateEvents, WindowAggregate
+from schemas.records import (
+    AlertAck,
+    AlertDelivery,
+    AlertRecord,
+    DeadLetter,
+    Envelope,
+    LateEvents,
+    WindowAggregate,
+)
 from schemas.rules import RuleFile
 
 SCHEMA_DIR = Path(__file__).parent / "json"
@@ -38,6 +46,8 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "dead-letter.schema.json": ("A record of metrics.dead-letter.v1", DeadLetter),
         "late-events.schema.json": ("A record of metrics.internal.late (internal)", LateEvents),
         "alert.schema.json": ("A record of metrics.alerts.v1", AlertRecord),
+        "alert-delivery.schema.json": ("A record of metrics.alert-deliveries.v1", AlertDelivery),
+        "alert-ack.schema.json": ("A record of metrics.alert-acks.v1", AlertAck),
         "rules.schema.json": ("An alert rules file (YAML), see schemas/default-rules.yaml", RuleFile),
         "health-detailed.schema.json": ("The body of the ingest API's GET /health/detailed", DetailedHealth),
         "service-health.schema.json": (

@@ -1,12 +1,14 @@
 """Kafka records: the envelope on `metrics.events.v1`, final windows on `metrics.aggregates.v1`,
-rejects on `metrics.dead-letter.v1`, alert state changes on `metrics.alerts.v1`. Values are JSON;
+rejects on `metrics.dead-letter.v1`, alert state changes on `metrics.alerts.v1`, their deliveries
+on `metrics.alert-deliveries.v1` and acknowledgements on `metrics.alert-acks.v1`. Values are JSON;
 decimals travel as strings."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -275,6 +277,74 @@ class AlertRecord(BaseModel):
         description="The event-time clock of the evaluation that changed the state"
     )
     emitted_at: datetime = Field(description="Wall-clock time the record was produced")
+
+
+_ALERT_ID = re.compile(r"^([0-9a-f]{16})-(\d{1,15})$")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ms(at: datetime) -> int:
+    """`at` in whole Unix milliseconds, exactly (no float); a naive time is taken as UTC."""
+    aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(milliseconds=1)
+
+
+def alert_id(fingerprint: str, starts_at: datetime) -> str:
+    """The id of one episode of an alert, as `alerts tail` prints it and `alerts ack` takes it:
+    `<fingerprint>-<starts_at in Unix milliseconds>`."""
+    return f"{fingerprint}-{epoch_ms(starts_at)}"
+
+
+def parse_alert_id(text: str) -> tuple[str, datetime]:
+    """(fingerprint, starts_at) of an id made by `alert_id`; ValueError naming the expected form."""
+    match = _ALERT_ID.match(text.strip())
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an alert id: <16 hex digits of the fingerprint>-<starts_at in Unix ms>, "
+            "as alerts tail prints it"
+        )
+    return match.group(1), _EPOCH + timedelta(milliseconds=int(match.group(2)))
+
+
+class AlertDelivery(BaseModel):
+    """What the notifier did with one alert state change for one target, on
+    `metrics.alert-deliveries.v1` (key = `fingerprint`): taken (`delivered`, after `tries`
+    tries) or not (`failed`, dead-lettered). One per (state change, target) and delivery; a
+    state change delivered again after a notifier restart gets a new one, which replaces it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    fingerprint: str
+    rule: str
+    project: str
+    state: AlertState
+    starts_at: datetime = Field(description="The episode's starts_at: with fingerprint, the alert id")
+    target: str = Field(description="The target's name: alertmanager <url> or webhook <url>, no credentials")
+    outcome: Literal["delivered", "failed"]
+    tries: int = Field(ge=1)
+    seconds: float = Field(ge=0, description="From the first try to the outcome, retries included")
+    error: str = Field(default="", description="The last try's error; empty when delivered")
+    finished_at: datetime = Field(description="Wall-clock time of the outcome")
+
+
+class AlertAck(BaseModel):
+    """An operator's acknowledgement of one episode of an alert (`cosnap-metrics alerts ack`), on
+    `metrics.alert-acks.v1` (key = `fingerprint`). `noise` marks it a false positive; the newest
+    acknowledgement of an episode replaces the ones before."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    fingerprint: str
+    starts_at: datetime
+    rule: str
+    project: str
+    noise: bool = Field(description="True: the alert was noise (a false positive)")
+    note: str = Field(default="", max_length=1000)
+    acked_at: datetime = Field(description="Wall-clock time of the acknowledgement")
 
 
 # Records written for HTTP requests (envelopes, dead letters) name those requests in this header:

@@ -173,6 +173,12 @@ class SinkSettings(CommonSettings):
         description="/metrics and /health with a ClickHouse server (the query service has them with chDB); "
         "0 = off",
     )
+    alerting_days: int = Field(
+        default=7, ge=1, le=90, description="The days back the alerting measures on /metrics cover"
+    )
+    alerting_refresh_s: float = Field(
+        default=60.0, gt=0, description="How often the sink computes the alerting measures for /metrics"
+    )
     # How long the sink's tables keep rows (docs/reference.md, "Retention"): days after the row's
     # event time or window start, each applied as the table's TTL at sink start; 0 = kept forever.
     retention_events_days: int = Field(

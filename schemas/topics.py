@@ -43,6 +43,17 @@ class Topics:
         return f"{self.prefix}alerts.v1"
 
     @property
+    def alert_deliveries(self) -> str:
+        """What the notifier did with each alert state change, per target
+        (schemas.records.AlertDelivery), for the sink."""
+        return f"{self.prefix}alert-deliveries.v1"
+
+    @property
+    def alert_acks(self) -> str:
+        """Operators' acknowledgements of alerts (schemas.records.AlertAck), for the sink."""
+        return f"{self.prefix}alert-acks.v1"
+
+    @property
     def traits(self) -> str:
         """Segment's identify, group and alias calls (schemas.segment.TraitsRecord), for the sink."""
         return f"{self.prefix}traits.v1"
@@ -74,6 +85,8 @@ class Topics:
             TopicSpec(self.dead_letter, 3, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
             TopicSpec(self.aggregates, 6, {"retention.ms": week}),
             TopicSpec(self.alerts, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+            TopicSpec(self.alert_deliveries, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
+            TopicSpec(self.alert_acks, 3, {"retention.ms": str(90 * 24 * 3600 * 1000)}),
             TopicSpec(self.traits, 3, {"retention.ms": week}),
             TopicSpec(
                 self.late,

@@ -30,6 +30,13 @@ ALERT_COLUMNS = [
     "starts_at", "ends_at", "evaluated_at", "emitted_at",
 ]  # fmt: skip
 
+ALERT_DELIVERY_COLUMNS = [
+    "fingerprint", "rule", "project", "state", "starts_at", "target", "outcome", "tries", "seconds", "error",
+    "finished_at",
+]  # fmt: skip
+
+ALERT_ACK_COLUMNS = ["fingerprint", "starts_at", "rule", "project", "noise", "note", "acked_at"]
+
 TRAIT_COLUMNS = [
     "message_id", "project", "type", "timestamp", "received_at", "user_id", "anonymous_id", "group_id",
     "previous_id", "traits", "context", "request_id", "kafka_partition", "kafka_offset",
@@ -89,6 +96,16 @@ def alert_rows(value: bytes, partition: int, offset: int) -> list[bytes]:
     alert: dict[str, Any] = orjson.loads(value)
     alert["project"] = alert["labels"]["project"]
     return [orjson.dumps(alert)]
+
+
+def record_row(value: bytes, partition: int, offset: int) -> list[bytes]:
+    """The record itself as the row, for records whose fields are the table's columns (alert
+    deliveries and acknowledgements); `v` is skipped as an unknown field. Raises TypeError for a
+    value that is not a JSON object."""
+    del partition, offset
+    if not isinstance(orjson.loads(value), dict):
+        raise TypeError(f"not a JSON object: {value[:100]!r}")
+    return [value]
 
 
 def trait_rows(value: bytes, partition: int, offset: int) -> list[bytes]:

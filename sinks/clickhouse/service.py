@@ -16,12 +16,15 @@ from sinks.clickhouse.ddl import apply_migrations
 from sinks.clickhouse.retention import apply_retention
 from sinks.clickhouse.rows import (
     AGGREGATE_COLUMNS,
+    ALERT_ACK_COLUMNS,
     ALERT_COLUMNS,
+    ALERT_DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     TRAIT_COLUMNS,
     aggregate_rows,
     alert_rows,
     event_rows,
+    record_row,
     trait_rows,
 )
 from sinks.clickhouse.writer import BatchWriter
@@ -41,8 +44,8 @@ def open_store(settings: SinkSettings) -> Client:
 
 
 def create_sink(settings: SinkSettings, client: Client) -> TopicSink:
-    """The consumer of the events, aggregates, alerts, traits and late topics, writing through
-    `client`."""
+    """The consumer of the events, aggregates, alerts, alert deliveries and acknowledgements,
+    traits and late topics, writing through `client`."""
     db = settings.clickhouse_database
     topics = settings.topics
     return TopicSink(
@@ -54,6 +57,12 @@ def create_sink(settings: SinkSettings, client: Client) -> TopicSink:
                 topics.aggregates, aggregate_rows, BatchWriter(client, f"{db}.aggregates", AGGREGATE_COLUMNS)
             ),
             Route(topics.alerts, alert_rows, BatchWriter(client, f"{db}.alerts", ALERT_COLUMNS)),
+            Route(
+                topics.alert_deliveries,
+                record_row,
+                BatchWriter(client, f"{db}.alert_deliveries", ALERT_DELIVERY_COLUMNS),
+            ),
+            Route(topics.alert_acks, record_row, BatchWriter(client, f"{db}.alert_acks", ALERT_ACK_COLUMNS)),
             Route(topics.traits, trait_rows, BatchWriter(client, f"{db}.traits", TRAIT_COLUMNS)),
         ],
         dead_letter_topic=topics.dead_letter,

@@ -1,5 +1,9 @@
 """`cosnap-metrics notify`: every record of the alerts topic to Alertmanager and signed webhooks.
 
+What became of each record at each target (delivered after n tries, or failed and dead-lettered)
+is published on `metrics.alert-deliveries.v1` before the record is committed, so that delivery
+can be measured over days (docs/reference.md, "Alerting measured").
+
 The notifier consumes `metrics.alerts.v1` in its own group and commits a record's offset only
 after every target took it or, after the last try, it was dead-lettered for that target. A
 crash therefore delivers a record again, never loses it: webhook receivers drop the repeated
@@ -21,7 +25,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -34,7 +39,7 @@ from plumbing.outage import Outage, watch_kafka
 from plumbing.status import serve_status
 from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 from schemas.health import ServiceHealth
-from schemas.records import AlertRecord, DeadLetter
+from schemas.records import AlertDelivery, AlertRecord, DeadLetter
 from schemas.settings import VALIDATE_RULE, NotifierSettings
 from sinks.notify.metrics import DEAD_LETTERS, DELIVERIES, DELIVERY_SECONDS, RETRIES
 from sinks.notify.targets import (
@@ -58,6 +63,33 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Wait before try `attempt + 1`; a target's Retry-After counts, up to the backoff cap."""
         return min(self.backoff.cap, self.backoff.delay(attempt, retry_after))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one target's tries at one alert state change ended."""
+
+    target: str
+    outcome: Literal["delivered", "failed"]
+    tries: int
+    seconds: float
+    error: str = ""
+    reason: str = ""  # for the dead letter
+
+    def record(self, alert: AlertRecord, finished_at: datetime) -> AlertDelivery:
+        return AlertDelivery(
+            fingerprint=alert.fingerprint,
+            rule=alert.rule,
+            project=alert.labels.get("project", ""),
+            state=alert.state,
+            starts_at=alert.starts_at,
+            target=self.target,
+            outcome=self.outcome,
+            tries=self.tries,
+            seconds=self.seconds,
+            error=self.error[:1000],
+            finished_at=finished_at,
+        )
 
 
 def delivery_id(alert: AlertRecord) -> str:
@@ -98,6 +130,7 @@ class Notifier:
         group_id: str,
         alerts_topic: str,
         dead_letter_topic: str,
+        deliveries_topic: str,
         targets: Sequence[AlertTarget],
         policy: RetryPolicy,
         alertmanager: AlertmanagerTarget | None = None,
@@ -106,6 +139,7 @@ class Notifier:
         self._bootstrap = bootstrap
         self._alerts_topic = alerts_topic
         self._dead_letter_topic = dead_letter_topic
+        self._deliveries_topic = deliveries_topic
         self._targets = list(targets)
         self._policy = policy
         self._alertmanager = alertmanager
@@ -129,7 +163,8 @@ class Notifier:
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self._anchored: set[TopicPartition] = set()
-        self._dead_letters = KafkaProducer(
+        # Dead letters and delivery outcomes.
+        self._producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",
             client_id=f"{group_id}-dlq",
@@ -198,26 +233,46 @@ class Notifier:
         self._anchored = self._anchored | new  # replaced whole: health() reads it from other threads
         log.info("notifier ready on %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(new)))
 
-    def _deliver(self, target: AlertTarget, alert: AlertRecord, raw: bytes, webhook_id: str) -> str | None:
+    def _deliver(
+        self, target: AlertTarget, alert: AlertRecord, raw: bytes, webhook_id: str
+    ) -> Outcome | None:
         """Try `target` until it takes the record, refuses it for good, runs out of tries, or the
-        notifier stops. None when delivered; otherwise why not, for the dead letter."""
+        notifier stops (None: the record is delivered again after the restart)."""
         attempt = 0
         started = time.perf_counter()
         while True:
             attempt += 1
             result = target.send(alert, raw, webhook_id)
+            seconds = time.perf_counter() - started
             if result.delivered:
                 DELIVERIES.labels(target.name, "delivered").inc()
-                DELIVERY_SECONDS.labels(target.name).observe(time.perf_counter() - started)
-                return None
+                DELIVERY_SECONDS.labels(target.name).observe(seconds)
+                return Outcome(target.name, "delivered", attempt, seconds)
             if not result.retryable or attempt >= self._policy.max_tries:
                 DELIVERIES.labels(target.name, "failed").inc()
-                return f"alert delivery to {target.name} failed after {attempt} tries: {result.error}"
+                reason = f"alert delivery to {target.name} failed after {attempt} tries: {result.error}"
+                return Outcome(target.name, "failed", attempt, seconds, result.error, reason)
             delay = self._policy.delay(attempt, result.retry_after)
             log.warning("%s: %s; try %d in %.1fs", target.name, result.error, attempt + 1, delay)
             if self._stopping.wait(delay):
-                return f"alert delivery to {target.name} stopped after {attempt} tries: {result.error}"
+                log.warning("%s: stopped after %d tries: %s", target.name, attempt, result.error)
+                return None
             RETRIES.labels(target.name).inc()
+
+    def _publish_outcomes(self, alert: AlertRecord, outcomes: list[Outcome]) -> None:
+        """One `AlertDelivery` per target on the deliveries topic, acknowledged by Kafka before the
+        alert record is committed (raises KafkaError if not: the record is delivered again)."""
+        finished_at = datetime.now(UTC)
+        sent = [
+            self._producer.send(
+                self._deliveries_topic,
+                key=alert.fingerprint.encode(),
+                value=outcome.record(alert, finished_at).model_dump_json().encode(),
+            )
+            for outcome in outcomes
+        ]
+        for future in sent:
+            future.get(timeout=30)
 
     def _dead_letter(self, record: ConsumerRecord, project: str | None, reason: str) -> None:
         source = f"{record.topic}:{record.partition}:{record.offset}"
@@ -225,7 +280,7 @@ class Notifier:
         letter = DeadLetter.of_record(
             record.topic, record.partition, record.offset, project=project, reason=reason, raw=record.value
         )
-        self._dead_letters.send(self._dead_letter_topic, letter.model_dump_json().encode()).get(timeout=30)
+        self._producer.send(self._dead_letter_topic, letter.model_dump_json().encode()).get(timeout=30)
 
     def handle(self, record: ConsumerRecord) -> bool:
         """Deliver one record to every target, dead-lettering it for each target that did not
@@ -244,16 +299,15 @@ class Notifier:
             else:
                 self._firing.pop(alert.fingerprint, None)
         webhook_id = delivery_id(alert)
-        failures = [
-            reason
-            for reason in self._pool.map(lambda t: self._deliver(t, alert, raw, webhook_id), self._targets)
-            if reason is not None
-        ]
-        if failures and self._stopping.is_set():
+        finished = list(self._pool.map(lambda t: self._deliver(t, alert, raw, webhook_id), self._targets))
+        outcomes = [outcome for outcome in finished if outcome is not None]
+        if len(outcomes) < len(finished):
             return False
+        failures = [outcome.reason for outcome in outcomes if outcome.outcome == "failed"]
         for reason in failures:
             self._dead_letter(record, alert.labels.get("project"), reason)
             DEAD_LETTERS.labels("undelivered").inc()
+        self._publish_outcomes(alert, outcomes)
         log.info(
             "%s %s (%s): %d of %d targets",
             alert.state,
@@ -299,7 +353,7 @@ class Notifier:
         finally:
             self._stopping.set()
             self._consumer.close(autocommit=False, timeout_ms=KAFKA_CALL_TIMEOUT_MS)
-            self._dead_letters.close(timeout=KAFKA_CALL_TIMEOUT_MS / 1000)
+            self._producer.close(timeout=KAFKA_CALL_TIMEOUT_MS / 1000)
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _consume(self) -> None:
@@ -370,6 +424,7 @@ def run_notifier(settings: NotifierSettings) -> int:
         group_id=f"{topics.internal}notify",
         alerts_topic=topics.alerts,
         dead_letter_topic=topics.dead_letter,
+        deliveries_topic=topics.alert_deliveries,
         targets=targets,
         policy=RetryPolicy(
             settings.notify_max_tries, Backoff(settings.notify_backoff_s, settings.notify_backoff_max_s)

@@ -59,6 +59,26 @@ _FIELD_CONFIG: dict[str, dict[str, Any]] = {
             ),
         ],
     },
+    "alerting": {
+        "defaults": {},
+        "overrides": [
+            *(
+                {
+                    "matcher": {"id": "byName", "options": name},
+                    "properties": [{"id": "unit", "value": unit}],
+                }
+                for name, unit in (
+                    ("delivery_pct", "percent"),
+                    ("delivery_pct_target", "percent"),
+                    ("noise_pct", "percent"),
+                    ("noise_pct_target", "percent"),
+                    ("detect_s", "s"),
+                    ("mttr_s", "s"),
+                    ("mttr_s_target", "s"),
+                )
+            ),
+        ],
+    },
 }
 _OPTIONS: dict[str, dict[str, Any]] = {
     "stat": {
@@ -113,7 +133,7 @@ def grafana_dashboard() -> dict[str, Any]:
     return {
         "uid": DASHBOARD_UID,
         "title": "Cosnap executive",
-        "description": "Revenue, funnels, features, latency, live alerts and late events",
+        "description": "Revenue, funnels, features, latency, live alerts, late events and alerting measured",
         "tags": ["cosnap", "business"],
         "editable": False,
         "timezone": "browser",

@@ -4,13 +4,14 @@ The embedded dashboard (`sinks/query/dashboard.py`) and the Grafana dashboard ge
 `sinks/query/grafana/dashboards/executive.json` both take their SQL from `PANELS`, so the two can
 never show different numbers. The SQL is written in the dialect of Grafana's ClickHouse plugin
 (`grafana-clickhouse-datasource`): its `$__timeFilter(column)` macro stands for the dashboard's
-time range, and `expand_macros` replaces it the way the plugin does, for the embedded page and
-for the tests that run every Grafana panel against chDB.
+time range (`$__fromTime` and `$__toTime` for its ends), and `expand_macros` replaces them the way
+the plugin does, for the embedded page and for the tests that run every Grafana panel against chDB.
 
 Panels read `metrics.events` (fresh within a second of the 202, exact decimals, one row per
 `event_id` with FINAL) rather than the final windows of `metrics.windows`, which appear only
 after a window's grace; `metrics.alerts`, whose newest state per fingerprint says whether an alert
-fires now; and `metrics.late_events`, one row per event that arrived after its window had closed.
+fires now; `metrics.alert_deliveries` and `metrics.alert_acks`, what became of the alerts; and
+`metrics.late_events`, one row per event that arrived after its window had closed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,59 @@ class Panel:
     width: int  # of Grafana's 24 grid columns
     height: int
 
+
+# An alert of the same fingerprint firing again within this many minutes of resolving is flapping.
+FLAP_MINUTES = 10
+ALL_RULES = "(all)"  # the row of every rule together; rule names are [a-z][a-z0-9_]*
+
+# Episodes by starts_at, deliveries by when their outcome was known, acknowledgements by the
+# episode's starts_at; one row per thing counted (`kind`), then counted per rule and for all.
+# Only this module's constants are spliced in (S608).
+ALERTING_SQL = f"""
+SELECT if(grouping(alert_rule) = 1, '{ALL_RULES}', alert_rule) AS rule,
+       countIf(kind = 'fired') AS fired,
+       round(fired * 86400 / dateDiff('second', $__fromTime, $__toTime), 2) AS alerts_per_day,
+       10 AS alerts_per_day_target,
+       countIf(kind = 'delivery' AND flag = 1) AS delivered,
+       countIf(kind = 'delivery' AND flag = 0) AS failed,
+       if(delivered + failed = 0, NULL, round(100 * delivered / (delivered + failed), 2)) AS delivery_pct,
+       99.9 AS delivery_pct_target,
+       round(avgIf(seconds, kind = 'fired'), 3) AS detect_s,
+       countIf(kind = 'resolved') AS resolved,
+       round(avgIf(seconds, kind = 'resolved'), 1) AS mttr_s,
+       300 AS mttr_s_target,
+       countIf(kind = 'fired' AND flag = 1) AS flapping,
+       countIf(kind = 'noise') AS noise,
+       if(fired = 0, NULL, round(100 * noise / fired, 2)) AS noise_pct,
+       2 AS noise_pct_target
+FROM
+(
+    SELECT rule AS alert_rule, 'fired' AS kind,
+           greatest(0, dateDiff('millisecond', evaluated_at, emitted_at) / 1000) AS seconds,
+           toUInt8(ifNull(dateDiff('second', previous_end, starts_at) <= {FLAP_MINUTES * 60}, 0)) AS flag
+    FROM
+    (
+        SELECT rule, state, starts_at, evaluated_at, emitted_at,
+               lagInFrame(ends_at) OVER (PARTITION BY fingerprint ORDER BY starts_at, state
+                                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS previous_end
+        FROM metrics.alerts FINAL
+    )
+    WHERE state = 'firing' AND $__timeFilter(starts_at)
+    UNION ALL
+    SELECT rule, 'resolved', dateDiff('millisecond', starts_at, ends_at) / 1000, 0
+    FROM metrics.alerts FINAL
+    WHERE state = 'resolved' AND $__timeFilter(starts_at)
+    UNION ALL
+    SELECT rule, 'delivery', seconds, toUInt8(outcome = 'delivered')
+    FROM metrics.alert_deliveries FINAL
+    WHERE $__timeFilter(finished_at)
+    UNION ALL
+    SELECT rule, 'noise', 0, 1
+    FROM metrics.alert_acks FINAL
+    WHERE noise AND $__timeFilter(starts_at)
+)
+GROUP BY ROLLUP(alert_rule)
+ORDER BY grouping(alert_rule), alert_rule"""  # noqa: S608
 
 PANELS: tuple[Panel, ...] = (
     Panel(
@@ -173,12 +227,29 @@ ORDER BY late_events DESC, project""",
         width=12,
         height=8,
     ),
+    Panel(
+        key="alerting",
+        title="Alerting measured",
+        description=(
+            "How alerting itself did in the time range, per rule and for all rules ('(all)'), each "
+            "beside its target: alerts fired and per day (target < 10), delivery % = delivered / "
+            "(delivered + failed) of every state change at every target (> 99.9 %), mean time to "
+            "detect (emitted_at - evaluated_at of the firing record), MTTR = mean of ends_at - "
+            "starts_at of resolved episodes (< 5 min), flapping (fired again within "
+            f"{FLAP_MINUTES} min of resolving), noise % = acknowledged as noise / fired (< 2 %)."
+        ),
+        sql=ALERTING_SQL,
+        grafana="table",
+        width=24,
+        height=8,
+    ),
 )
 
 
 def expand_macros(sql: str, start: datetime, end: datetime) -> str:
-    """`sql` with the Grafana ClickHouse plugin's macros replaced for the range [start, end], as
-    the plugin's backend does (whole Unix seconds); raises UnknownMacro for any other macro."""
+    """`sql` with the Grafana ClickHouse plugin's macros `$__timeFilter(column)`, `$__fromTime` and
+    `$__toTime` replaced for the range [start, end], as the plugin's backend does (whole Unix
+    seconds); raises UnknownMacro for any other macro."""
 
     def replace(match: re.Match[str]) -> str:
         name, argument = match.group(1), match.group(2)
@@ -188,6 +259,8 @@ def expand_macros(sql: str, start: datetime, end: datetime) -> str:
                 f"{column} >= toDateTime({int(start.timestamp())}) "
                 f"AND {column} <= toDateTime({int(end.timestamp())})"
             )
+        if name in ("fromTime", "toTime") and argument is None:
+            return f"toDateTime({int((start if name == 'fromTime' else end).timestamp())})"
         raise UnknownMacro(f"macro {match.group(0)} is not supported by the embedded dashboard")
 
     return _MACRO.sub(replace, sql)

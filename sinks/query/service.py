@@ -22,6 +22,7 @@ from plumbing.metrics_route import add_metrics_route
 from plumbing.private_files import create_private, private_dir, replace_private
 from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
+from sinks.query.alerting import AlertingStats, start_alerting_stats
 from sinks.query.app import create_query_app
 from sinks.query.clickhouse_http import create_clickhouse_http_app
 from sinks.query.dashboard import create_dashboard_router
@@ -70,6 +71,7 @@ class QueryService:
 
     servers: list[uvicorn.Server]
     reader: Reader
+    alerting: AlertingStats
 
     def stop(self) -> None:
         """Stop serving and close the read sessions. chDB's handles must be closed before the
@@ -77,13 +79,15 @@ class QueryService:
         in about half the stops (docs/findings.md)."""
         for server in self.servers:
             server.should_exit = True
+        self.alerting.stop()
         self.reader.close()
 
 
 def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHealth]) -> QueryService:
     """Serve `/v1/query`, `/dashboard`, `/health` (the sink's report, from `health`) and
-    `/metrics` on `settings.query_url`, and ClickHouse's HTTP interface on
-    `settings.clickhouse_http_url` (unless empty), from daemon threads, until `stop()`."""
+    `/metrics` (with the alerting measures of sinks/query/alerting.py) on `settings.query_url`,
+    and ClickHouse's HTTP interface on `settings.clickhouse_http_url` (unless empty), from daemon
+    threads, until `stop()`."""
     reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
     token = query_token(settings)
     app = create_query_app(reader, token, health)
@@ -95,4 +99,5 @@ def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHeal
     if settings.clickhouse_http_url:
         clickhouse = create_clickhouse_http_app(reader, KeyStore(settings.keys_file), token)
         servers.append(_serve(clickhouse, settings.clickhouse_http_url, "clickhouse-http"))
-    return QueryService(servers, reader)
+    alerting = start_alerting_stats(reader, settings.alerting_days, settings.alerting_refresh_s)
+    return QueryService(servers, reader, alerting)

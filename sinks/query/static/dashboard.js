@@ -329,6 +329,54 @@ function renderLateEvents(data) {
   container.append(table(headers, body));
 }
 
+// Alerting measured: each figure beside its target, marked "missed" when outside it.
+function renderAlerting(data) {
+  const container = document.querySelector('[data-testid="alerting"]');
+  const panel = data.panels.alerting;
+  if (!prepare(container, panel, "alerting", "No alerts in the last hour", "alerting-none")) return;
+  const rows = records(panel);
+  const t = rows[0];
+  const figure = (text, missed, testid) => {
+    const td = num(text, testid);
+    if (missed) td.setAttribute("data-missed", "yes");
+    return td;
+  };
+  const body = rows.map((r) => {
+    const id = `alerting-${r.rule}`;
+    return el(
+      "tr",
+      {},
+      cell(r.rule),
+      num(formatCount(r.fired), `${id}-fired`),
+      figure(formatNumber(r.alerts_per_day), r.alerts_per_day >= r.alerts_per_day_target, `${id}-per-day`),
+      figure(
+        r.delivery_pct === null ? "–" : `${r.delivery_pct.toFixed(2)}%`,
+        r.delivery_pct !== null && r.delivery_pct <= r.delivery_pct_target,
+        `${id}-delivery`,
+      ),
+      num(r.detect_s === null ? "–" : formatDelay(r.detect_s), `${id}-detect`),
+      figure(r.mttr_s === null ? "–" : formatDelay(r.mttr_s), r.mttr_s !== null && r.mttr_s >= r.mttr_s_target, `${id}-mttr`),
+      num(formatCount(r.flapping), `${id}-flapping`),
+      figure(
+        r.noise_pct === null ? "–" : `${r.noise_pct.toFixed(2)}%`,
+        r.noise_pct !== null && r.noise_pct >= r.noise_pct_target,
+        `${id}-noise`,
+      ),
+    );
+  });
+  const headers = [
+    ["Rule"],
+    ["Fired", "num"],
+    [`Alerts/day (< ${t.alerts_per_day_target})`, "num"],
+    [`Delivery (> ${t.delivery_pct_target}%)`, "num"],
+    ["Detect", "num"],
+    [`MTTR (< ${formatDelay(t.mttr_s_target)})`, "num"],
+    ["Flapping", "num"],
+    [`Noise (< ${t.noise_pct_target}%)`, "num"],
+  ];
+  container.append(table(headers, body));
+}
+
 function setStatus(state, text) {
   const status = document.querySelector('[data-testid="status"]');
   status.setAttribute("data-state", state);
@@ -344,6 +392,7 @@ function render(data) {
     renderLatency,
     renderAlerts,
     renderLateEvents,
+    renderAlerting,
   ]) {
     draw(data);
   }

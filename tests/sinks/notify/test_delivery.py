@@ -33,7 +33,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from cosnap_metrics.broker import KafkaBroker
-from schemas.records import AlertRecord, DeadLetter
+from schemas.records import AlertRecord, DeadLetter, alert_id
 from tests.conftest import Pipeline, wait_for
 from tests.sinks.notify.alertmanager import running_alertmanager
 
@@ -410,7 +410,8 @@ def test_alerts_tail_prints_each_state_change(pipeline: Pipeline, kafka: KafkaBr
     assert len(lines) == 2
     assert lines[0] == (
         f"{firing.starts_at:%Y-%m-%dT%H:%M:%SZ}  FIRING    critical  payment_failures"
-        "  {project=cosnap-test provider=stripe}  value 4 (threshold 3)"
+        f"  {alert_id(fingerprint, firing.starts_at)}  {{project=cosnap-test provider=stripe}}"
+        "  value 4 (threshold 3)"
         "  Payment failures: 4 in 5 min (threshold 3)"
     )
     assert lines[1].startswith(f"{resolved.ends_at:%Y-%m-%dT%H:%M:%SZ}  RESOLVED  critical  payment_failures")

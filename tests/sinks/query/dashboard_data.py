@@ -299,7 +299,38 @@ def expected_panels(
         "latency_p95": latency,
         "alerts_firing": firing_rows(alerts),
         "late_events": late or [],
+        "alerting": alerting_rows(alerts, hours=1),
     }
+
+
+def alerting_rows(alerts: list[AlertRecord], hours: int) -> list[list[Any]]:
+    """The alerting panel's rows for alert records only (no deliveries, no acknowledgements), all
+    of them starting within the `hours` of the time range: per rule, then `(all)`."""
+    ordered = sorted(alerts, key=lambda a: (a.fingerprint, a.starts_at, a.state))
+    previous_end = {}  # (fingerprint, starts_at) of a firing record -> the record before's ends_at
+    for before, record in zip([None, *ordered], ordered, strict=False):
+        if before is not None and before.fingerprint == record.fingerprint:
+            previous_end[(record.fingerprint, record.starts_at)] = before.ends_at
+
+    def row(rule: str, records: list[AlertRecord]) -> list[Any]:
+        fired = [a for a in records if a.state == "firing"]
+        resolved = [a for a in records if a.state == "resolved"]
+        detect = [max(0.0, (a.emitted_at - a.evaluated_at).total_seconds()) for a in fired]
+        mttr = [(a.ends_at - a.starts_at).total_seconds() for a in resolved if a.ends_at is not None]
+        flapping = sum(
+            1
+            for a in fired
+            if (end := previous_end.get((a.fingerprint, a.starts_at))) is not None
+            and (a.starts_at - end).total_seconds() <= 600
+        )
+        return [
+            rule, len(fired), round(len(fired) * 24 / hours, 2), 10, 0, 0, None, 99.9,
+            round(sum(detect) / len(detect), 3), len(resolved),
+            round(sum(mttr) / len(mttr), 1) if mttr else None, 300, flapping, 0, 0.0, 2,
+        ]  # fmt: skip
+
+    rules = sorted({a.rule for a in alerts})
+    return [*(row(rule, [a for a in alerts if a.rule == rule]) for rule in rules), row("(all)", alerts)]
 
 
 def firing_rows(alerts: list[AlertRecord]) -> list[list[Any]]:
