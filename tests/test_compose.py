@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from cosnap_metrics.alertmanager_config import CONFIG_NAME, TEMPLATE_DIR, write_config
 from cosnap_metrics.cli import build_parser
 from cosnap_metrics.compose_env import COMPOSE_PASSWORDS
 from cosnap_metrics.healthcheck import SERVICES, container_service
@@ -48,11 +49,27 @@ def test_pipeline_services_use_known_settings_and_commands() -> None:
     known = {f"COSNAP_{field.upper()}" for field in RunnerSettings.model_fields}
     commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     pipeline = {name: s for name, s in services.items() if s.get("build") == "."}
-    assert set(pipeline) == {"topics", "sink", "streams", "ingest", "notify", "validate"}
+    assert set(pipeline) == {
+        "topics",
+        "sink",
+        "streams",
+        "ingest",
+        "notify",
+        "validate",
+        "alertmanager-config",
+    }
     for name, service in pipeline.items():
-        assert set(service["environment"]) <= known, name
         assert service["command"][0] in commands, name
+        if name == "alertmanager-config":  # renders Alertmanager's configuration: the template's variables
+            assert set(service["environment"]) <= set(template_variables()), name
+            continue
+        assert set(service["environment"]) <= known, name
         assert service["environment"]["COSNAP_CLICKHOUSE_URL"].startswith("http://")
+
+
+def template_variables() -> list[str]:
+    """The variables the shipped Alertmanager configuration template names."""
+    return re.findall(r"\$\{([A-Z_0-9]+)", (TEMPLATE_DIR / CONFIG_NAME).read_text())
 
 
 def test_every_service_has_a_healthcheck_and_the_image_checks_its_own_service() -> None:
@@ -62,8 +79,13 @@ def test_every_service_has_a_healthcheck_and_the_image_checks_its_own_service() 
         check = service.get("healthcheck")
         assert check, f"{name} has no healthcheck"
         if check.get("disable"):
-            # Only a one-shot client (it serves nothing) goes without.
-            assert service["restart"] == "no" and service.get("profiles"), name
+            # Only a one-shot (it serves nothing) goes without: a client run by hand (a profile),
+            # or a job the services that need it wait for to complete.
+            awaited = any(
+                other.get("depends_on", {}).get(name, {}).get("condition") == "service_completed_successfully"
+                for other in services.values()
+            )
+            assert service["restart"] == "no" and (service.get("profiles") or awaited), name
             continue
         kind, *argv = check["test"]
         assert kind in ("CMD", "CMD-SHELL"), name
@@ -98,7 +120,7 @@ def test_the_healthcheck_finds_the_service_process_1_runs(
     assert container_service(tmp_path / "absent") is None
 
 
-def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config() -> None:
+def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config(tmp_path: Path) -> None:
     services = _compose()["services"]
     debian = subprocess.run(
         ["prometheus-alertmanager", "--version"], capture_output=True, text=True, check=True
@@ -107,7 +129,17 @@ def test_the_alertmanager_of_compose_is_the_tested_version_with_a_valid_config()
     assert tested is not None
     assert services["alertmanager"]["image"] == f"prom/alertmanager:v{tested[1]}"
     assert services["notify"]["environment"]["COSNAP_ALERTMANAGER_URL"] == "http://alertmanager:9093"
-    config = ROOT / "sinks" / "notify" / "alertmanager" / "alertmanager.yml"
+    # Alertmanager reads the shipped template as the one-shot job renders it from .env, the
+    # channels without secrets left out (tests/sinks/notify/test_routing.py renders them all).
+    job = services["alertmanager-config"]
+    assert job["command"][:4] == ["alertmanager", "config", "--out", "/etc/alertmanager/alertmanager.yml"]
+    assert {"COSNAP_SLACK_CRITICAL_URL", "COSNAP_PAGERDUTY_ROUTING_KEY"} <= set(job["environment"])
+    assert "alertmanager-config:/etc/alertmanager:ro" in services["alertmanager"]["volumes"]
+    assert services["alertmanager"]["depends_on"]["alertmanager-config"] == {
+        "condition": "service_completed_successfully"
+    }
+    config = tmp_path / "alertmanager.yml"
+    write_config(config, {})
     check = subprocess.run(
         ["amtool", "check-config", str(config)], capture_output=True, text=True, check=False
     )

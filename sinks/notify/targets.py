@@ -83,6 +83,11 @@ class AlertmanagerTarget:
     Alertmanager resolves an alert by itself once its `endsAt` passes, so a firing alert carries
     `endsAt = now + firing_ttl` and is sent again while it fires (the notifier resends, as
     Prometheus does); a resolved one carries its `ends_at`, at the latest now, so it resolves at once.
+
+    Alertmanager tells alerts apart by all their labels, the routing ones (`channels`, `page`)
+    included, while a record's fingerprint leaves those out: a resolution that cannot know them
+    (Sentry's does not say whether its alert paged) is posted with the labels its fingerprint was
+    last posted firing with, so that it ends that alert.
     """
 
     def __init__(self, url: str, *, timeout: float, firing_ttl: timedelta, generator_url: str = "") -> None:
@@ -91,13 +96,18 @@ class AlertmanagerTarget:
         self._firing_ttl = firing_ttl
         self._generator_url = generator_url
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        self._firing_labels: dict[str, dict[str, str]] = {}  # fingerprint -> labels posted firing
 
     def alert(self, alert: AlertRecord, now: datetime) -> dict[str, Any]:
         """One alert in Alertmanager's `postableAlert` shape; annotation values are strings."""
         value = "no data" if alert.value is None else f"{alert.value:g}"
         ends_at = now + self._firing_ttl if alert.ends_at is None else min(_utc(alert.ends_at), now)
+        if alert.state == "firing":
+            labels = self._firing_labels[alert.fingerprint] = alert.labels
+        else:
+            labels = self._firing_labels.get(alert.fingerprint, alert.labels)
         posted: dict[str, Any] = {
-            "labels": alert.labels,
+            "labels": labels,
             "annotations": {"value": value, "threshold": f"{alert.threshold:g}"} | alert.annotations,
             "startsAt": _rfc3339(alert.starts_at),
             "endsAt": _rfc3339(ends_at),
@@ -112,7 +122,12 @@ class AlertmanagerTarget:
         """Post several alerts in one request (the resend of everything firing)."""
         now = datetime.now(UTC)
         body = orjson.dumps([self.alert(alert, now) for alert in alerts])
-        return post(self._client, self._endpoint, body, {"content-type": "application/json"})
+        attempt = post(self._client, self._endpoint, body, {"content-type": "application/json"})
+        if attempt.delivered:
+            for alert in alerts:
+                if alert.state == "resolved":
+                    self._firing_labels.pop(alert.fingerprint, None)
+        return attempt
 
     def send(self, alert: AlertRecord, raw: bytes, delivery_id: str) -> Attempt:
         del raw, delivery_id  # Alertmanager identifies alerts by their labels
