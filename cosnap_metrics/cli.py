@@ -110,7 +110,7 @@ def _streams(args: argparse.Namespace) -> int:
 def _sink(args: argparse.Namespace) -> int:
     from plumbing.status import answering, serve_status
     from sinks.clickhouse.service import create_sink, open_store, run_until_signalled, sink_health
-    from sinks.query.service import start_query_service
+    from sinks.query.service import start_alerting_measures, start_query_service
 
     settings = SinkSettings()
     _logging("sink", settings, args)
@@ -121,10 +121,12 @@ def _sink(args: argparse.Namespace) -> int:
         return sink_health(client, sink)
 
     # chDB holds its data directory for one process: on the embedded store the query service
-    # runs in the sink's process, and serves the sink's health beside the reads.
+    # runs in the sink's process, and serves the sink's health beside the reads (and the alerting
+    # measures on its /metrics; with a server, the status port has them).
     query = start_query_service(settings, answering(health)) if settings.embedded_clickhouse else None
     if query is None:
         serve_status(settings.metrics_host, settings.sink_metrics_port, health)
+        start_alerting_measures(settings)
     try:
         return run_until_signalled(sink)
     finally:

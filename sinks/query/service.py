@@ -101,3 +101,10 @@ def start_query_service(settings: SinkSettings, health: Callable[[], ServiceHeal
         servers.append(_serve(clickhouse, settings.clickhouse_http_url, "clickhouse-http"))
     alerting = start_alerting_stats(reader, settings.alerting_days, settings.alerting_refresh_s)
     return QueryService(servers, reader, alerting)
+
+
+def start_alerting_measures(settings: SinkSettings) -> AlertingStats:
+    """With a ClickHouse server, where no query service runs in the sink's process: the alerting
+    gauges of the sink's status port, read through read sessions of their own."""
+    reader = Reader(settings.resolved_clickhouse_url, read_limits(settings))
+    return start_alerting_stats(reader, settings.alerting_days, settings.alerting_refresh_s)
