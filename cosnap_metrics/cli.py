@@ -375,6 +375,24 @@ def _compose_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alertmanager_config(args: argparse.Namespace) -> int:
+    from cosnap_metrics.alertmanager_config import ConfigError, write_config
+
+    owner = None
+    if args.owner:
+        uid, _, gid = args.owner.partition(":")
+        owner = (int(uid), int(gid or uid))
+    try:
+        rendered = write_config(args.out, owner=owner)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for note in rendered.left_out:
+        print(note, file=sys.stderr)
+    print(f"wrote {args.out} (mode 0600) and its notification texts beside it", file=sys.stderr)
+    return 0
+
+
 def _schemas_export(args: argparse.Namespace) -> int:
     from schemas.export import export
 
@@ -660,6 +678,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compose_env.add_argument("--file", type=Path, default=Path(".env"), help="where to write (default: .env)")
     compose_env.set_defaults(func=_compose_env)
+
+    alertmanager = commands.add_parser("alertmanager", help="Alertmanager's configuration").add_subparsers(
+        dest="alertmanager", required=True
+    )
+    am_config = alertmanager.add_parser(
+        "config", help="render the shipped configuration with the secrets of the environment (mode 0600)"
+    )
+    am_config.add_argument("--out", type=Path, required=True, help="the file to write, e.g. alertmanager.yml")
+    am_config.add_argument(
+        "--owner", metavar="UID[:GID]", default="", help="give the files to Alertmanager's user"
+    )
+    am_config.set_defaults(func=_alertmanager_config)
 
     keys = commands.add_parser("keys", help="manage project write and read keys").add_subparsers(
         dest="keys", required=True
