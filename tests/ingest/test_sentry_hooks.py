@@ -55,10 +55,26 @@ def hook(
     timestamp: float | None = None,
     project: str = PROJECT,
 ) -> httpx.Response:
-    """Post as Sentry does: the HMAC-SHA256 hex of the raw body with the client secret."""
     ingest, own_secret = api
+    response = signed_post(
+        ingest.ingest_url, secret or own_secret, resource, body, timestamp=timestamp, project=project
+    )
+    assert response.status_code < 500, response.text
+    return response
+
+
+def signed_post(
+    ingest_url: str,
+    secret: str,
+    resource: str,
+    body: dict[str, Any],
+    *,
+    timestamp: float | None = None,
+    project: str = PROJECT,
+) -> httpx.Response:
+    """Post as Sentry does: the HMAC-SHA256 hex of the raw body with the client secret."""
     raw = json.dumps(body).encode()
-    signature = hmac.new((secret or own_secret).encode(), raw, hashlib.sha256).hexdigest()
+    signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
     headers = {
         "Content-Type": "application/json",
         "Request-ID": "6b3b6c8a-2a7f-4c69-a0b3-7a0e2f6c1d11",
@@ -66,11 +82,9 @@ def hook(
         "Sentry-Hook-Timestamp": str(int(time.time() if timestamp is None else timestamp)),
         "Sentry-Hook-Signature": signature,
     }
-    response = httpx.post(
-        f"{ingest.ingest_url}/v1/integrations/sentry/{project}", content=raw, headers=headers, timeout=30
+    return httpx.post(
+        f"{ingest_url}/v1/integrations/sentry/{project}", content=raw, headers=headers, timeout=30
     )
-    assert response.status_code < 500, response.text
-    return response
 
 
 def alerts_of(api: tuple[ServedIngest, str], response: httpx.Response) -> list[AlertRecord]:

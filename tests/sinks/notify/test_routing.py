@@ -26,9 +26,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from cosnap_metrics.alertmanager_config import ConfigError, render, write_config
 from cosnap_metrics.broker import KafkaBroker
+from plumbing.keys import KeyStore
 from schemas.records import alert_fingerprint
 from schemas.rules import DEFAULT_RULES
 from tests.conftest import Pipeline, free_port, wait_for
+from tests.ingest.test_sentry_hooks import metric_alert, signed_post
 from tests.sinks.notify.alertmanager import running_alertmanager
 from tests.sinks.notify.conftest import Receiver
 from tests.sinks.notify.test_delivery import alert_record, listed_alerts, produce, start_notifier
@@ -272,3 +274,29 @@ def test_a_resolution_that_cannot_know_the_page_label_still_ends_the_paged_alert
         produce(pipeline, kafka, resolved)
         assert wait_for(lambda: [action for action, _ in pages(pager)] == ["trigger", "resolve"], 60)
         assert listed_alerts(alertmanager) == []  # no paged alert left behind
+
+
+@pytest.mark.kafka
+def test_a_sentry_metric_alert_tagged_payment_arrives_as_critical_in_slack_critical(
+    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, receivers: list[Receiver], mailbox: Mailbox
+) -> None:
+    """Sentry's warning, 3 errors, on a rule filtering `category:payment`: critical by the
+    monitoring guide, so Slack critical and the on-call mailbox, not Slack high."""
+    slack = {name: Receiver() for name in SLACK_CHANNELS}
+    pager = Receiver()
+    receivers += [*slack.values(), pager]
+    config = tmp_path / "alertmanager" / "alertmanager.yml"
+    config.parent.mkdir()
+    write_config(config, environment(slack, pager, mailbox))
+    secret = KeyStore(pipeline.data_dir / "write-keys.json").add_sentry_secret("cosnap-test")
+    with running_alertmanager(config, tmp_path) as alertmanager:
+        start_notifier(pipeline, kafka, COSNAP_ALERTMANAGER_URL=alertmanager)
+        pipeline.start("ingest")
+        body = metric_alert("warning", count=3, query="category:payment level:error")
+        response = signed_post(pipeline.ingest_url, secret, "metric_alert", body, project="cosnap-test")
+        assert response.status_code == 200 and response.json()["received"] == "alert", response.text
+        critical = slack["slack-critical"]
+        assert wait_for(lambda: critical.deliveries, 60), pipeline.log("notify")
+        assert slack_texts(critical)[0] == "[FIRING:1] Too many errors (critical, cosnap-test)"
+        assert wait_for(lambda: mailbox.subjects(MAILBOXES["email-oncall"]), 30)
+        assert slack["slack-high"].deliveries == [] and pager.deliveries == []
