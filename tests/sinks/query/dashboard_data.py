@@ -325,10 +325,12 @@ def alerting_rows(alerts: list[AlertRecord], hours: int) -> list[list[Any]]:
         )
         return [
             rule, len(fired), round(len(fired) * 24 / hours, 2), 10, 0, 0, None, 99.9,
-            round(sum(detect) / len(detect), 3), len(resolved),
+            round(sum(detect) / len(detect), 3) if detect else None, len(resolved),
             round(sum(mttr) / len(mttr), 1) if mttr else None, 300, flapping, 0, 0.0, 2,
         ]  # fmt: skip
 
+    if not alerts:
+        return []  # nothing in the range: not even the (all) row
     rules = sorted({a.rule for a in alerts})
     return [*(row(rule, [a for a in alerts if a.rule == rule]) for rule in rules), row("(all)", alerts)]
 
