@@ -21,7 +21,7 @@ from ingest.envelopes import EnvelopePacker
 from ingest.errors import IngestError, ServiceUnavailable, UnsupportedMediaType
 from ingest.guide_metrics import GUIDE_PATHS, guide_router
 from ingest.health import DetailedHealthCheck
-from ingest.intake import IngestState, Kafka, cors, header_key
+from ingest.intake import IngestState, Kafka, cors, header_key, write_responses
 from ingest.limits import RateLimiter
 from ingest.metrics import RequestMetrics
 from ingest.request_ids import RequestIds
@@ -69,10 +69,6 @@ def _openapi_body_schemas() -> tuple[dict[str, Any], dict[str, Any], dict[str, A
     json_body = {"oneOf": [*(with_key(m, "Body", False) for m in _EVENT_MODELS), batch_ref]}
     beacon = {"oneOf": [with_key(m, "Beacon", True) for m in (*_EVENT_MODELS, "EventBatch")]}
     return json_body, beacon, components
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
 
 
 def create_app(settings: IngestSettings, producer: RecordProducer | None = None) -> FastAPI:
@@ -127,27 +123,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         "/v1/events",
         status_code=202,
         response_model=IngestResponse,
-        responses={
-            400: {
-                "description": "No event was accepted (per-item reasons), or the body is not a valid request",
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "oneOf": [
-                                {"$ref": "#/components/schemas/IngestResponse"},
-                                {"$ref": "#/components/schemas/ErrorResponse"},
-                            ]
-                        }
-                    }
-                },
-            },
-            401: _error("Missing or unknown write key"),
-            403: _error("The page's origin is not allowed for this project"),
-            413: _error("Body over 1 MiB (after decompression) or over 1,000 events"),
-            415: _error("Unsupported Content-Type or Content-Encoding"),
-            429: _error("The write key's rate limit is reached; retry after Retry-After seconds"),
-            503: _error("Kafka cannot take the events now; retry after Retry-After seconds"),
-        },
+        responses=write_responses("events"),
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -29,12 +29,11 @@ from pydantic import TypeAdapter, ValidationError
 from ingest.batch import ParsedBatch, TimePolicy, parse_events
 from ingest.body import check_content_type, decode_exact, decompress, dumps_exact, read_capped
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from ingest.intake import IngestState, header_key
+from ingest.intake import IngestState, header_key, write_responses
 from ingest.metrics import GUIDE_DROPPED, GuideDropReason
 from schemas.events import (
     MAX_BATCH_EVENTS,
     MAX_TAGS,
-    ErrorResponse,
     IngestResponse,
     Rejection,
     TagKey,
@@ -253,33 +252,6 @@ def _request_body() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {
-        "description": 'No metric was accepted (per-item reasons), or the body is no {"metrics": [...]}',
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/IngestResponse"},
-                        {"$ref": "#/components/schemas/ErrorResponse"},
-                    ]
-                }
-            }
-        },
-    },
-    401: _error("Missing or unknown write key"),
-    403: _error("The page's origin is not allowed for this project"),
-    413: _error("Body over 1 MiB (after decompression) or over 1,000 metrics"),
-    415: _error("Unsupported Content-Type or Content-Encoding"),
-    429: _error("The write key's rate limit is reached; retry after Retry-After seconds"),
-    503: _error("Kafka cannot take the events now; retry after Retry-After seconds"),
-}
-
-
 def guide_router(state: IngestState) -> APIRouter:
     """The routes of the guide's format (GUIDE_PATHS), over the ingest's state."""
     metrics_of = GuideMetrics()
@@ -323,7 +295,7 @@ def guide_router(state: IngestState) -> APIRouter:
             methods=["POST"],
             status_code=202,
             response_model=IngestResponse,
-            responses=_RESPONSES,
+            responses=write_responses("metrics"),
             openapi_extra=_request_body(),
             summary="The monitoring guide's metrics",
         )

@@ -22,7 +22,7 @@ from ingest.limits import RateLimiter
 from ingest.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, reject_reason
 from plumbing.kafka import RecordProducer
 from plumbing.keys import KeyStore, WriteKey
-from schemas.events import Rejection
+from schemas.events import ErrorResponse, Rejection
 from schemas.records import DeadLetter, request_ids_header
 from schemas.topics import Topics
 
@@ -53,6 +53,37 @@ def cors(origin: str) -> dict[str, str]:
         "Access-Control-Allow-Origin": origin,
         "Vary": "Origin",
         "Access-Control-Expose-Headers": "Retry-After, X-Request-ID",
+    }
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+def write_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a route that takes a batch of `what` ("events") the way
+    `POST /v1/events` does: 202 or 400 with per-item reasons, and the refusals of a request."""
+    return {
+        400: {
+            "description": f"No {what[:-1]} was accepted (per-item reasons), "
+            "or the body is not a valid request",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/IngestResponse"},
+                            {"$ref": "#/components/schemas/ErrorResponse"},
+                        ]
+                    }
+                }
+            },
+        },
+        401: _error("Missing or unknown write key"),
+        403: _error("The page's origin is not allowed for this project"),
+        413: _error(f"Body over 1 MiB (after decompression) or over 1,000 {what}"),
+        415: _error("Unsupported Content-Type or Content-Encoding"),
+        429: _error("The write key's rate limit is reached; retry after Retry-After seconds"),
+        503: _error("Kafka cannot take the events now; retry after Retry-After seconds"),
     }
 
 
