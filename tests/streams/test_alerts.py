@@ -9,15 +9,30 @@ import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cosnap_metrics.cli import main
-from schemas.rules import DEFAULT_RULES, RuleFile, RulesError, load_rules
+from schemas.rules import (
+    DEFAULT_RULES,
+    PAGING_CHANNEL,
+    SEVERITIES,
+    BusinessImpact,
+    Channel,
+    Impact,
+    RuleFile,
+    RulesError,
+    Severity,
+    load_rules,
+    routing_labels,
+)
 from schemas.series import DEFAULT_SERIES
 from streams.alerts import MAX_GROUPS, AlertEngine, fingerprint
 from streams.envelope import EnvelopeView, decode
@@ -455,3 +470,40 @@ def test_an_event_just_older_than_the_newest_still_counts_in_a_one_pane_window()
     feature = {"type": "feature", "feature": "probe", "action": "x", "timestamp": at(9.999)}
     [firing] = fold(engine, envelope(perf(10.001, "api.latency"), feature), NOW)
     assert firing["value"] == 1.0
+
+
+CHANNELS: tuple[Channel, ...] = (
+    "slack-critical",
+    "slack-high",
+    "slack-monitoring",
+    "email-oncall",
+    "email-team",
+    "email-security",
+    "phone-oncall",
+)
+
+
+@given(
+    severity=st.sampled_from(SEVERITIES),
+    channels=st.lists(st.sampled_from(CHANNELS), unique=True).map(tuple),
+    revenue=st.dictionaries(
+        st.sampled_from(["USD", "EUR", "JPY"]),
+        st.decimals(min_value=0, max_value=10**7, places=2, allow_nan=False, allow_infinity=False),
+    ),
+    page_above=st.floats(min_value=0, max_value=10**6),
+    expected_minutes=st.integers(min_value=1, max_value=240),
+)
+def test_an_alert_pages_exactly_when_critical_routed_to_the_phone_and_above_the_revenue_at_stake(
+    severity: Severity,
+    channels: tuple[Channel, ...],
+    revenue: dict[str, Decimal],
+    page_above: float,
+    expected_minutes: int,
+) -> None:
+    impact = Impact(page_above=page_above, expected_duration=expected_minutes * 60)
+    labels = routing_labels(severity, channels, BusinessImpact(revenue), impact)
+    stakes = [float(total) / impact.revenue_window * impact.expected_duration for total in revenue.values()]
+    pages = severity == "critical" and PAGING_CHANNEL in channels and any(s > page_above for s in stakes)
+    assert ("page" in labels) == pages
+    assert labels.get("channels", "") == ",".join(channels)
+    assert routing_labels(severity, channels, None, None).get("page") is None  # no impact: no page
