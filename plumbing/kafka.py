@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from plumbing.sentry import trace_headers
 from schemas.errors import CosnapError
 from schemas.topics import MAX_RECORD_BYTES
 
@@ -102,16 +103,16 @@ class AckedProducer:
     ) -> None:
         """Queue one record; `acked` resolves once Kafka acknowledged it (acks=all), or fails with
         KafkaUnavailable (queue full, refused, or not acknowledged within the timeout). Never
-        blocks; must be called on the event loop that owns `acked`."""
+        blocks; must be called on the event loop that owns `acked`. Inside a sampled Sentry
+        transaction (an ingest request) the record carries its trace (plumbing.sentry)."""
         loop = acked.get_loop()
+        sent: list[tuple[str, str | bytes | None]] = [*headers, *trace_headers()]
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, acked, err)
 
         try:
-            self._producer.produce(
-                topic, value=value, key=key, headers=list(headers), on_delivery=on_delivery
-            )
+            self._producer.produce(topic, value=value, key=key, headers=sent, on_delivery=on_delivery)
         except BufferError:
             _settle(acked, "the Kafka producer queue is full")
         except KafkaException as exc:

@@ -16,6 +16,14 @@ credentials in URLs; `user_id`, `anonymous_id`, `session_id`, `email` and `ip_ad
 (as keys of a mapping, or written `name: value` / `name=value` inside a string: JSON, a repr, a
 query string), the values of every event's `tags` map, every e-mail-shaped string, the client
 addresses of forwarding headers, and the input values pydantic quotes in its validation errors.
+
+Tracing (docs/reference.md, "Tracing"): with `COSNAP_TRACES_SAMPLE_RATE` (or
+`SENTRY_TRACES_SAMPLE_RATE`) above 0 the ingest's requests are transactions, and a sampled one's
+trace travels with the records it wrote, in the `sentry-trace` and `baggage` Kafka headers
+(`trace_headers`, added by plumbing.kafka.AckedProducer). The worker and the sink continue the
+trace of a sampled record only (`sampled_trace`): an unsampled record costs a look at its few
+headers, nothing more. `COSNAP_PROFILES_SAMPLE_RATE` (`SENTRY_PROFILES_SAMPLE_RATE`) profiles that
+share of the transactions.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from importlib.metadata import version
 from typing import Any
 
@@ -31,6 +40,7 @@ import sentry_sdk
 from sentry_sdk.integrations.atexit import AtexitIntegration
 from sentry_sdk.integrations.fastapi import FastApiIntegration
 from sentry_sdk.integrations.starlette import StarletteIntegration
+from sentry_sdk.tracing import Span
 
 from plumbing.webhooks import SECRET_PREFIX, signing_key
 from schemas.keys import KEY_PATTERN
@@ -217,18 +227,72 @@ def sentry_options(service: str, settings: CommonSettings, secrets: Iterable[str
         "release": settings.release or f"cosnap-metrics@{version('cosnap-metrics')}",
         "environment": settings.environment,
         "before_send": scrubber,
+        # Transactions carry their request too, and are tagged with the service like errors.
+        "before_send_transaction": scrubber,
         "before_breadcrumb": scrubber.breadcrumb,
         # Nothing of the app's users: no frame-local variables (they hold request bodies and
         # events), no request bodies. `send_default_pii` is left unset, which is off (no client
         # addresses, no user context); setting it is deprecated in favour of `data_collection`.
         "include_local_variables": False,
         "max_request_body_size": "never",
+        # Shares of transactions traced and profiled (docs/reference.md, "Tracing"); 0 = off.
+        "traces_sample_rate": settings.traces_sample_rate,
+        "profiles_sample_rate": settings.profiles_sample_rate,
         "integrations": [
             StarletteIntegration(),
             FastApiIntegration(),
             AtexitIntegration(callback=_log_pending),
         ],
     }
+
+
+TRACE_HEADERS = ("sentry-trace", "baggage")
+RecordHeaders = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None
+
+
+def trace_headers() -> list[tuple[str, bytes]]:
+    """The current span's trace as Kafka record headers when Sentry is on and the span is a
+    sampled one (the ingest's request, the worker's fold of a sampled record); else none."""
+    span = sentry_sdk.get_current_span()
+    if span is None or not span.sampled:
+        return []
+    headers = [("sentry-trace", span.to_traceparent().encode())]
+    baggage = span.to_baggage()
+    if baggage is not None:
+        headers.append(("baggage", baggage.serialize().encode()))
+    return headers
+
+
+def sampled_trace(headers: RecordHeaders) -> dict[str, str] | None:
+    """The trace a Kafka record carries (its `sentry-trace` and `baggage` headers) when it was
+    sampled (`<trace id>-<span id>-1`), else None. Called for every record: a scan of its few
+    headers."""
+    found: dict[str, str] = {}
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers or ():
+        if name in TRACE_HEADERS and value:
+            found[name] = value.decode(errors="replace")
+    return found if found.get("sentry-trace", "").endswith("-1") else None
+
+
+@contextlib.contextmanager
+def continued(trace: dict[str, str], op: str, name: str) -> Iterator[Span]:
+    """A transaction of this service in the trace `trace` (from `sampled_trace`), open for the
+    `with` block; spans started inside it are its children."""
+    transaction = sentry_sdk.continue_trace(trace, op=op, name=name)
+    with sentry_sdk.start_transaction(transaction) as started:
+        yield started
+
+
+def record_span(
+    trace: dict[str, str], op: str, name: str, start: datetime, end: datetime, **data: Any
+) -> None:
+    """A transaction of this service in the trace `trace` that ran from `start` to `end` (the
+    sink's insert of a batch holding a sampled record, recorded once it is done)."""
+    transaction = sentry_sdk.continue_trace(trace, op=op, name=name)
+    started = sentry_sdk.start_transaction(transaction, start_timestamp=start)
+    for key, value in data.items():
+        started.set_data(key, value)
+    started.finish(end_timestamp=end)
 
 
 def init_sentry(service: str, settings: CommonSettings, secrets: Iterable[str] = ()) -> None:

@@ -80,6 +80,21 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("COSNAP_ENVIRONMENT", "SENTRY_ENVIRONMENT"),
         description="The environment Sentry files errors under",
     )
+    traces_sample_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("COSNAP_TRACES_SAMPLE_RATE", "SENTRY_TRACES_SAMPLE_RATE"),
+        description="Share of the ingest's requests traced in Sentry, through Kafka to the worker and the sink; "
+        "0 = no tracing",
+    )
+    profiles_sample_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("COSNAP_PROFILES_SAMPLE_RATE", "SENTRY_PROFILES_SAMPLE_RATE"),
+        description="Share of the traced transactions profiled in Sentry; 0 = no profiling",
+    )
     metrics_host: str = Field(
         default="127.0.0.1",
         description="Where the workers' /metrics and /health listen (0.0.0.0 in a container)",

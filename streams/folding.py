@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from plumbing.sentry import continued, sampled_trace
 from schemas.records import distinct_request_ids
 from streams.dead_letters import DeadLetters
 from streams.envelope import EnvelopeView, Event, decode, raw_events
@@ -51,7 +52,19 @@ class Folder:
         self._clock = clock
 
     async def fold(self, message: EventsMessage, value: bytes) -> None:
-        """Fold the events record `value`, read as `message`, into its partition's state."""
+        """Fold the events record `value`, read as `message`, into its partition's state. A record
+        of a sampled trace (an ingest request Sentry traces) is folded in a transaction of that
+        trace; any other costs a look at its headers."""
+        trace = sampled_trace(message.headers)
+        if trace is None:
+            await self._fold_record(message, value)
+            return
+        with continued(trace, op="streams.fold", name="fold events record") as span:
+            span.set_data("messaging.destination.name", message.topic)
+            span.set_data("messaging.message.id", f"{message.partition}@{message.offset}")
+            await self._fold_record(message, value)
+
+    async def _fold_record(self, message: EventsMessage, value: bytes) -> None:
         state = await self._partitions.state_of(message.partition)
         if message.offset < state.next_offset:  # already in the checkpoint it resumed from
             self._ack(message)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 
 from plumbing.backoff import Backoff
 from plumbing.outage import Outage, watch_kafka
+from plumbing.sentry import record_span, sampled_trace
 from schemas.health import ServiceHealth
 from schemas.records import (
     MAX_HEADER_REQUEST_IDS,
@@ -44,6 +46,7 @@ from sinks.clickhouse.writer import BatchWriter, RefusedRow
 log = logging.getLogger("cosnap.sink")
 
 RowBuilder = Callable[[bytes, int, int], list[bytes]]
+MAX_TRACES_PER_INSERT = 10  # sampled traces an insert is recorded in, at most
 KAFKA_CALL_TIMEOUT_MS = 3_000  # commit, committed offsets, positions, close
 RECONNECT_BACKOFF_MAX_MS = 1_000  # a broker back from an outage is tried again within a second
 
@@ -67,12 +70,17 @@ class Origin:
 
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> first, last
     request_ids: list[str] = field(default_factory=list)
+    # Sampled Sentry traces the records carry (plumbing.sentry): the insert is a span of each.
+    traces: list[dict[str, str]] = field(default_factory=list)
 
     def add(self, record: ConsumerRecord) -> None:
         first, _ = self.offsets.get(record.partition, (record.offset, 0))
         self.offsets[record.partition] = (first, record.offset)
         if len(self.request_ids) < MAX_HEADER_REQUEST_IDS:
             self.request_ids += request_ids_in(record.headers)
+        trace = sampled_trace(record.headers)
+        if trace is not None and len(self.traces) < MAX_TRACES_PER_INSERT and trace not in self.traces:
+            self.traces.append(trace)
 
     def context(self, topic: str, writer: BatchWriter) -> dict[str, Any]:
         return {
@@ -84,7 +92,14 @@ class Origin:
         }
 
     def clear(self) -> None:
-        self.offsets, self.request_ids = {}, []
+        self.offsets, self.request_ids, self.traces = {}, [], []
+
+    def traced(self, table: str, rows: int, start: datetime) -> None:
+        """Record the insert of `rows` into `table`, begun at `start` and done now, in each
+        sampled trace its records carry."""
+        end = datetime.now(UTC)
+        for trace in self.traces:
+            record_span(trace, "db.insert", f"insert {table}", start, end, table=table, rows=rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,7 @@ class TopicSink:
         row is written and the offsets are committed."""
         failures = 0
         for route in self._routes.values():
+            started, rows = datetime.now(UTC), route.writer.pending
             for delay in Backoff().delays():
                 try:
                     refused = route.writer.flush()
@@ -214,6 +230,7 @@ class TopicSink:
                     time.sleep(delay)
             if refused and not self._dead_letter_refused(route, refused):
                 return False  # stopped before Kafka took them: nothing committed, the records replay
+            route.origin.traced(route.writer.table, rows, started)
             route.origin.clear()
         self._insert_error = None
         if self._corrections is not None and not self._flush_corrections(self._corrections):

@@ -25,6 +25,7 @@ from sinks.clickhouse.ddl import apply_migrations
 from sinks.clickhouse.rows import EVENT_COLUMNS, event_rows
 from streams.envelope import EVENT_TYPES, WireEvent, decode
 from streams.envelope import Event as StructEvent
+from tests.sinks.clickhouse.test_retention import keep_forever
 
 KINDS = list(EVENT_KINDS.values())
 # One valid event of each type, as a client sends it.
@@ -164,6 +165,7 @@ def clickhouse(tmp_path: Path) -> Iterator[Client]:
     """chDB in this process with the migrations applied (closed after the test)."""
     chdb = connect(f"chdb://{tmp_path / 'clickhouse'}")
     apply_migrations(chdb, "metrics")
+    keep_forever(chdb, "metrics")  # the events' dates are fixed
     yield chdb
     chdb.close()
 

@@ -14,6 +14,7 @@ from clickhouse_connect.driver.client import Client
 from plumbing.clickhouse import connect
 from sinks.clickhouse.corrections import IDS_PER_LOOKUP, LateCorrections, part_of
 from sinks.clickhouse.ddl import apply_migrations
+from tests.sinks.clickhouse.test_retention import keep_forever
 
 SERIES = {"s1": {"type": "feature", "name": "anime", "currency": "", "dims": {"action": "applied"}}}
 
@@ -22,6 +23,7 @@ SERIES = {"s1": {"type": "feature", "name": "anime", "currency": "", "dims": {"a
 def store(tmp_path: Path) -> Client:
     client = connect(f"chdb://{tmp_path / 'chdb'}")
     apply_migrations(client, "m")
+    keep_forever(client, "m")  # the rows' dates are fixed
     return client
 
 

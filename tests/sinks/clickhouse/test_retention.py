@@ -35,8 +35,14 @@ def insert_windows(client: Client) -> None:
     client.command(f"INSERT INTO m.aggregates ({columns}) VALUES {values}")  # noqa: S608 - constants
 
 
-def settings(**days: int) -> SinkSettings:
-    return SinkSettings(clickhouse_database="m", **{f"retention_{k}_days": v for k, v in days.items()})
+def settings(database: str = "m", **days: int) -> SinkSettings:
+    return SinkSettings(clickhouse_database=database, **{f"retention_{k}_days": v for k, v in days.items()})
+
+
+def keep_forever(client: Client, database: str) -> None:
+    """No retention on `database`: for tests whose rows have fixed dates, which the clock
+    carries past any TTL."""
+    apply_retention(client, settings(database, events=0, **{"10s": 0, "1m": 0, "1h": 0}))
 
 
 def show_create(client: Client, table: str) -> str:

@@ -16,6 +16,7 @@ from sinks.clickhouse.ddl import _statements, apply_migrations, migrations
 from sinks.clickhouse.errors import SinkError
 from sinks.clickhouse.rows import AGGREGATE_COLUMNS, EVENT_COLUMNS, aggregate_rows, event_rows
 from sinks.clickhouse.writer import BatchWriter, engine_message, refused_for_content
+from tests.sinks.clickhouse.test_retention import keep_forever
 
 
 @pytest.fixture
@@ -115,6 +116,7 @@ def test_aggregate_rows_too(client: Client) -> None:
 
 
 def test_a_batch_over_a_hundred_months_is_split_not_refused(client: Client) -> None:
+    keep_forever(client, "metrics")  # events of 2000-2012 are past the default retention
     writer = BatchWriter(client, "metrics.events", EVENT_COLUMNS)
     rows = []
     for month in range(150):

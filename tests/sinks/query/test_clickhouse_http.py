@@ -84,10 +84,10 @@ def _fill(writer: Client) -> None:
                 "kafka_partition", "kafka_offset",
             ],
         )  # fmt: skip
-        writer.insert(
+        writer.insert(  # with a time: a late event of 1970 is past the retention (docs/reference.md)
             "metrics.late_events",
-            [[project, f"late{offset}", 0, offset]],
-            column_names=["project", "event_id", "kafka_partition", "kafka_offset"],
+            [[project, f"late{offset}", now, 0, offset]],
+            column_names=["project", "event_id", "timestamp", "kafka_partition", "kafka_offset"],
         )
         writer.insert(
             "metrics.alerts",
