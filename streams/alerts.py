@@ -788,9 +788,11 @@ class AlertEngine:
 
 
 def _users_of(rule: Rule) -> int:
-    """Whose user ids a rule keeps for `users_affected`: none without an impact; for a floor on a
-    ratio (too few successes) the denominator's, the users who tried; else the events it counts."""
-    if rule.impact is None:
+    """Whose user ids a rule keeps for `users_affected`: none without an impact, nor for a baseline
+    rule (a level against its history: the users of the events that did come are not the ones
+    affected, and every revenue event would pay for collecting them); for a floor on a ratio (too
+    few successes) the denominator's, the users who tried; else the events it counts."""
+    if rule.impact is None or rule.baseline is not None:
         return -1
     return 1 if rule.aggregate == "ratio" and rule.op in ("<", "<=") else 0
 
