@@ -25,9 +25,14 @@ def test_the_eleventh_error_in_five_minutes_fires() -> None:
     assert changes(engine, *(error(25 * i) for i in range(10))) == []  # 10 errors: not more than 10
     [firing] = changes(engine, error(260))
     assert (firing["state"], firing["value"], firing["threshold"], firing["severity"]) == (
-        "firing", 11.0, 10.0, "warning"
+        "firing", 11.0, 10.0, "high"
     )  # fmt: skip
-    assert firing["labels"] == {"alertname": "high_error_rate", "severity": "warning", "project": "cosnap"}
+    assert firing["labels"] == {
+        "alertname": "high_error_rate",
+        "severity": "high",
+        "project": "cosnap",
+        "channels": "slack-high,email-team",
+    }
     assert firing["annotations"]["summary"] == "11 errors in 5m (threshold 10)"
     assert firing["annotations"]["impact"] == "no revenue in the last 1h"
 
