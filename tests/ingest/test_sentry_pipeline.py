@@ -1,7 +1,8 @@
 """Sentry's alerts through the whole pipeline: a signed metric alert posted to the ingest is in
 `metrics.alerts` with the revenue at stake read from `metrics.events`, and `cosnap-metrics notify`
-hands it to a real Alertmanager (Debian's binary) running the repository's alertmanager.yml,
-whose routes page for a critical alert and chat for a warning; a resolution resolves both."""
+hands it to a real Alertmanager (Debian's binary) running the repository's configuration as
+`cosnap-metrics alertmanager config` renders it, whose routes take a critical alert to Slack
+critical and a high one to Slack high; a resolution resolves both."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from cosnap_metrics.alertmanager_config import write_config
 from cosnap_metrics.broker import KafkaBroker
 from plumbing.keys import KeyStore
 from tests.conftest import Pipeline, free_port, make_pipeline, wait_for
@@ -26,8 +28,6 @@ from tests.ingest.test_sentry_hooks import PROJECT, metric_alert
 from tests.sinks.notify.alertmanager import running_alertmanager
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Receiver:
@@ -60,7 +60,7 @@ class Receiver:
 
 @pytest.fixture
 def receivers() -> Iterator[dict[str, Receiver]]:
-    made = {"paging": Receiver(), "chat": Receiver()}
+    made = {"slack-critical": Receiver(), "slack-high": Receiver()}
     yield made
     for receiver in made.values():
         receiver.close()
@@ -68,14 +68,15 @@ def receivers() -> Iterator[dict[str, Receiver]]:
 
 @pytest.fixture
 def alertmanager(tmp_path: Path, receivers: dict[str, Receiver]) -> Iterator[str]:
-    """The repository's alertmanager.yml, its paging and chat receivers pointed at `receivers`
-    and its waits shortened; Debian's Alertmanager on a free loopback port."""
-    config = yaml.safe_load((ROOT / "sinks" / "notify" / "alertmanager" / "alertmanager.yml").read_text())
-    config["route"] |= {"group_wait": "1s", "group_interval": "1s"}
+    """The repository's configuration rendered with its waits shortened, its Slack critical and
+    Slack high receivers given webhooks to `receivers` (which see the labels); Debian's
+    Alertmanager on a free loopback port."""
+    path = tmp_path / "alertmanager.yml"
+    write_config(path, {"COSNAP_ALERT_GROUP_WAIT": "1s", "COSNAP_ALERT_GROUP_INTERVAL": "1s"})
+    config = yaml.safe_load(path.read_text())
     for receiver in config["receivers"]:
         if receiver["name"] in receivers:
             receiver["webhook_configs"] = [{"url": receivers[receiver["name"]].url, "send_resolved": True}]
-    path = tmp_path / "alertmanager.yml"
     path.write_text(yaml.safe_dump(config))
     with running_alertmanager(path, tmp_path) as url:
         yield url
@@ -113,7 +114,7 @@ def test_a_sentry_alert_is_stored_with_its_impact_and_routed_by_severity(
     assert wait_for(lambda: p.query("SELECT count() FROM metrics.events")[0][0] == 1, 120, 0.5)
 
     post_hook(p, secret, metric_alert("critical"))
-    assert wait_for(lambda: ("critical", "firing") in receivers["paging"].states(), 120, 0.5)
+    assert wait_for(lambda: ("critical", "firing") in receivers["slack-critical"].states(), 120, 0.5)
     sql = (
         "SELECT state, severity, labels['alertname'], labels['source'], annotations['impact'] "
         "FROM metrics.alerts FINAL WHERE project = 'cosnap-test'"
@@ -122,10 +123,11 @@ def test_a_sentry_alert_is_stored_with_its_impact_and_routed_by_severity(
     assert stored[0][:4] == ["firing", "critical", "Too many errors", "sentry"]
     assert stored[0][4] == "revenue at stake (from the last 1h): 1.50 USD/min, 45.00 USD over 30m"
 
+    # Sentry's warning (no count in its description, no category): high, and to Slack high.
     post_hook(p, secret, metric_alert("warning"))
-    assert wait_for(lambda: ("warning", "firing") in receivers["chat"].states(), 120, 0.5)
+    assert wait_for(lambda: ("high", "firing") in receivers["slack-high"].states(), 120, 0.5)
     post_hook(p, secret, metric_alert("resolved"))
-    assert wait_for(lambda: ("warning", "resolved") in receivers["chat"].states(), 120, 0.5)
-    assert wait_for(lambda: ("critical", "resolved") in receivers["paging"].states(), 120, 0.5)
-    assert all(severity == "critical" for severity, _ in receivers["paging"].states())
-    assert all(severity == "warning" for severity, _ in receivers["chat"].states())
+    assert wait_for(lambda: ("high", "resolved") in receivers["slack-high"].states(), 120, 0.5)
+    assert wait_for(lambda: ("critical", "resolved") in receivers["slack-critical"].states(), 120, 0.5)
+    assert all(severity == "critical" for severity, _ in receivers["slack-critical"].states())
+    assert all(severity == "high" for severity, _ in receivers["slack-high"].states())
