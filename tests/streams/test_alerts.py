@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -472,15 +472,7 @@ def test_an_event_just_older_than_the_newest_still_counts_in_a_one_pane_window()
     assert firing["value"] == 1.0
 
 
-CHANNELS: tuple[Channel, ...] = (
-    "slack-critical",
-    "slack-high",
-    "slack-monitoring",
-    "email-oncall",
-    "email-team",
-    "email-security",
-    "phone-oncall",
-)
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
 
 
 @given(

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
@@ -89,6 +90,30 @@ def mailbox() -> Iterator[Mailbox]:
     server.close()
 
 
+@dataclass
+class Channels:
+    """Every channel's local receiver, the variables naming them, and the configuration rendered
+    with them."""
+
+    slack: dict[str, Receiver]
+    pager: Receiver
+    mailbox: Mailbox
+    env: dict[str, str]
+    config: Path
+
+
+@pytest.fixture
+def channels(tmp_path: Path, receivers: list[Receiver], mailbox: Mailbox) -> Channels:
+    slack = {name: Receiver() for name in SLACK_CHANNELS}
+    pager = Receiver()
+    receivers += [*slack.values(), pager]
+    env = environment(slack, pager, mailbox)
+    config = tmp_path / "alertmanager" / "alertmanager.yml"
+    config.parent.mkdir()
+    write_config(config, env)
+    return Channels(slack, pager, mailbox, env, config)
+
+
 def amtool_check(config: Path) -> subprocess.CompletedProcess[str]:
     amtool = shutil.which("amtool")
     if amtool is None:
@@ -97,15 +122,9 @@ def amtool_check(config: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_rendered_configuration_passes_amtool_and_leaves_out_channels_without_secrets(
-    tmp_path: Path, receivers: list[Receiver], mailbox: Mailbox
+    tmp_path: Path, channels: Channels
 ) -> None:
-    slack = {name: Receiver() for name in SLACK_CHANNELS}
-    pager = Receiver()
-    receivers += [*slack.values(), pager]
-    env = environment(slack, pager, mailbox)
-
-    full = tmp_path / "full" / "alertmanager.yml"
-    full.parent.mkdir()
+    env, full = channels.env, channels.config
     assert write_config(full, env).left_out == []
     checked = amtool_check(full)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -181,15 +200,11 @@ def pages(pager: Receiver) -> list[tuple[str, str]]:
 @pytest.mark.kafka
 @pytest.mark.e2e
 def test_alerts_reach_the_channels_of_their_rule_and_page_only_above_the_revenue_at_stake(
-    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, receivers: list[Receiver], mailbox: Mailbox
+    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, channels: Channels
 ) -> None:
-    slack = {name: Receiver() for name in SLACK_CHANNELS}
-    pager = Receiver()
-    receivers += [*slack.values(), pager]
-    config = tmp_path / "alertmanager" / "alertmanager.yml"
-    config.parent.mkdir()
-    env = environment(slack, pager, mailbox)
-    write_config(config, env)
+    slack, pager, mailbox, env, config = (
+        channels.slack, channels.pager, channels.mailbox, channels.env, channels.config
+    )  # fmt: skip
     pipeline.env |= {
         "COSNAP_RULES_FILE": str(short_rules(tmp_path)),
         "COSNAP_WATERMARK_IDLE_S": "2",
@@ -247,25 +262,20 @@ def test_alerts_reach_the_channels_of_their_rule_and_page_only_above_the_revenue
 
 @pytest.mark.kafka
 def test_a_resolution_that_cannot_know_the_page_label_still_ends_the_paged_alert(
-    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, receivers: list[Receiver], mailbox: Mailbox
+    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, channels: Channels
 ) -> None:
     """Sentry's resolutions do not say whether their alert paged; the notifier posts a resolution
     with the labels its alert was posted firing with, so Alertmanager ends the paged alert."""
-    slack = {name: Receiver() for name in SLACK_CHANNELS}
-    pager = Receiver()
-    receivers += [*slack.values(), pager]
-    config = tmp_path / "alertmanager" / "alertmanager.yml"
-    config.parent.mkdir()
-    write_config(config, environment(slack, pager, mailbox))
+    pager, config = channels.pager, channels.config
     named = {"alertname": "Too many errors", "severity": "critical", "project": "cosnap-test"}
     named["source"] = "sentry"
-    channels = {"channels": "slack-critical,email-oncall,phone-oncall"}
+    routed = {"channels": "slack-critical,email-oncall,phone-oncall"}
     fingerprint = alert_fingerprint(named)
     firing = alert_record("firing", fingerprint).model_copy(
-        update={"rule": "sentry", "labels": named | channels | {"page": "true"}}
+        update={"rule": "sentry", "labels": named | routed | {"page": "true"}}
     )
     resolved = alert_record("resolved", fingerprint).model_copy(
-        update={"rule": "sentry", "labels": named | channels}
+        update={"rule": "sentry", "labels": named | routed}
     )
     with running_alertmanager(config, tmp_path) as alertmanager:
         start_notifier(pipeline, kafka, COSNAP_ALERTMANAGER_URL=alertmanager)
@@ -278,16 +288,11 @@ def test_a_resolution_that_cannot_know_the_page_label_still_ends_the_paged_alert
 
 @pytest.mark.kafka
 def test_a_sentry_metric_alert_tagged_payment_arrives_as_critical_in_slack_critical(
-    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, receivers: list[Receiver], mailbox: Mailbox
+    pipeline: Pipeline, kafka: KafkaBroker, tmp_path: Path, channels: Channels
 ) -> None:
     """Sentry's warning, 3 errors, on a rule filtering `category:payment`: critical by the
     monitoring guide, so Slack critical and the on-call mailbox, not Slack high."""
-    slack = {name: Receiver() for name in SLACK_CHANNELS}
-    pager = Receiver()
-    receivers += [*slack.values(), pager]
-    config = tmp_path / "alertmanager" / "alertmanager.yml"
-    config.parent.mkdir()
-    write_config(config, environment(slack, pager, mailbox))
+    slack, pager, mailbox, config = channels.slack, channels.pager, channels.mailbox, channels.config
     secret = KeyStore(pipeline.data_dir / "write-keys.json").add_sentry_secret("cosnap-test")
     with running_alertmanager(config, tmp_path) as alertmanager:
         start_notifier(pipeline, kafka, COSNAP_ALERTMANAGER_URL=alertmanager)
