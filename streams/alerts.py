@@ -689,18 +689,8 @@ class AlertEngine:
                 if key[2]:
                     counted = (key[0], key[1])
                     self._group_counts[counted] = max(self._group_counts.get(counted, 1) - 1, 0)
-        for project in list(self._revenue):
-            minutes = self._revenue[project]
-            for minute in [m for m in minutes if m + _REVENUE_BUCKET_S < clock - self._revenue_window]:
-                del minutes[minute]
-            if not minutes:
-                del self._revenue[project]
-        for project in list(self._conversions):
-            steps = self._conversions[project]
-            for minute in [m for m in steps if m + _REVENUE_BUCKET_S < clock - self._steps_window]:
-                del steps[minute]
-            if not steps:
-                del self._conversions[project]
+        _forget_minutes(self._revenue, clock - self._revenue_window)
+        _forget_minutes(self._conversions, clock - self._steps_window)
 
     def apply_published(self, record: dict[str, Any]) -> None:
         """Take a record this partition published (read back after a restart) as the group's
@@ -785,6 +775,16 @@ class AlertEngine:
             project: {int(m): dict(counts) for m, counts in minutes.items()}
             for project, minutes in state.get("conversions", {}).items()
         }
+
+
+def _forget_minutes(by_project: dict[str, dict[int, Any]], before: float) -> None:
+    """Drop the minute buckets that ended before `before`, and the projects left without any."""
+    for project in list(by_project):
+        minutes = by_project[project]
+        for minute in [m for m in minutes if m + _REVENUE_BUCKET_S < before]:
+            del minutes[minute]
+        if not minutes:
+            del by_project[project]
 
 
 def _users_of(rule: Rule) -> int:
