@@ -85,8 +85,8 @@ class CommonSettings(BaseSettings):
         ge=0,
         le=1,
         validation_alias=AliasChoices("COSNAP_TRACES_SAMPLE_RATE", "SENTRY_TRACES_SAMPLE_RATE"),
-        description="Share of the ingest's requests traced in Sentry, through Kafka to the worker and the sink; "
-        "0 = no tracing",
+        description="Share of the ingest's requests traced in Sentry, through Kafka to the worker and "
+        "the sink; 0 = no tracing",
     )
     profiles_sample_rate: float = Field(
         default=0.0,
