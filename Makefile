@@ -89,8 +89,12 @@ segment-node: $(SEGMENT_NODE)/node_modules/.package-lock.json
 $(SEGMENT_NODE)/node_modules/.package-lock.json: $(SEGMENT_NODE)/package-lock.json
 	npm ci --prefix $(SEGMENT_NODE) --no-audit --no-fund --loglevel=error
 
+# Test files run in TEST_WORKERS processes (pytest-xdist, whole files each, so a file's shared
+# stack is started once) against one broker the controller starts (tests/conftest.py). The
+# suite waits on its pipelines more than it computes: 4 workers keep the 2 cores busy.
+TEST_WORKERS ?= 4
 test: lint native alertmanager browser prometheus docker-compose clickhouse-js clickhouse-go segment-node
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup native
 	$(BIN)/python -m bench.ingest

@@ -4,8 +4,10 @@ started as real processes, each test with its own topics, data directory and por
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +41,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             pytest.exit(f"streams/{library.name} is older than its source: run `make native`", returncode=2)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files of end-to-end tests first, then those on the broker, then the rest (each file's tests
+    in their order): xdist hands out whole files in this order, so the long ones start first and
+    the short ones fill the gaps at the end."""
+    rank: dict[Path, int] = {}
+    for item in items:
+        own = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("kafka") else 2
+        rank[item.path] = min(rank.get(item.path, own), own)
+    items.sort(key=lambda item: rank[item.path])
+
+
 def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
     """Call `check` until it returns something truthy or `timeout` seconds pass; return its last result."""
     deadline = time.monotonic() + timeout
@@ -56,16 +69,52 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def kafka_libs() -> Path:
-    """The broker's jars, fetched from Maven Central into the shared cache on first use."""
+def _fetch_kafka_libs() -> Path:
     settings = RunnerSettings()
     return fetch_kafka(settings.kafka_version, settings.kafka_cache_dir)
 
 
 @pytest.fixture(scope="session")
+def kafka_libs() -> Path:
+    """The broker's jars, fetched from Maven Central into the shared cache on first use."""
+    return _fetch_kafka_libs()
+
+
+# With pytest-xdist (`make test` runs `-n`), the controller starts the session's broker before
+# it spawns its workers and hands them its address through this variable: one broker serves all
+# workers (each test has topics of its own), and it is stopped once, after the last worker ended.
+SHARED_BROKER = "COSNAP_TEST_SHARED_BROKER"
+_STARTED_BROKER = pytest.StashKey[KafkaBroker]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    distributed = not hasattr(config, "workerinput") and (config.getoption("numprocesses", None) or 0) > 0
+    if distributed and SHARED_BROKER not in os.environ:
+        data_dir = Path(tempfile.mkdtemp(prefix="kafka-"))
+        broker = KafkaBroker(BrokerConfig(_fetch_kafka_libs(), data_dir, free_port(), free_port()))
+        broker.start()
+        config.stash[_STARTED_BROKER] = broker
+        cfg = broker.config
+        os.environ[SHARED_BROKER] = f"{cfg.data_dir}:{cfg.port}:{cfg.controller_port}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    broker = config.stash.get(_STARTED_BROKER, None)
+    if broker is not None:
+        broker.stop()
+        shutil.rmtree(broker.config.data_dir, ignore_errors=True)
+        del os.environ[SHARED_BROKER]
+
+
+@pytest.fixture(scope="session")
 def kafka(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A real single-node Apache Kafka (KRaft) on free loopback ports, for the whole session."""
+    """A real single-node Apache Kafka (KRaft) on free loopback ports, for the whole session: the
+    xdist controller's when it started one, else one of this process's own."""
+    shared = os.environ.get(SHARED_BROKER)
+    if shared:
+        data_dir, port, controller_port = shared.rsplit(":", 2)
+        yield KafkaBroker(BrokerConfig(kafka_libs, Path(data_dir), int(port), int(controller_port)))
+        return
     broker = KafkaBroker(BrokerConfig(kafka_libs, tmp_path_factory.mktemp("kafka"), free_port(), free_port()))
     broker.start()
     yield broker
