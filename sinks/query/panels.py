@@ -12,6 +12,9 @@ Panels read `metrics.events` (fresh within a second of the 202, exact decimals, 
 after a window's grace; `metrics.alerts`, whose newest state per fingerprint says whether an alert
 fires now; `metrics.alert_deliveries` and `metrics.alert_acks`, what became of the alerts; and
 `metrics.late_events`, one row per event that arrived after its window had closed.
+
+Every panel leaves out what `cosnap-metrics validate` sends: events tagged `synthetic: "true"`,
+alerts labelled so, and the deliveries and acknowledgements of its rule.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from schemas.settings import VALIDATE_RULE
 from sinks.query.errors import UnknownMacro
 
 GrafanaPanel = Literal["stat", "timeseries", "table"]
@@ -76,20 +80,21 @@ FROM
                lagInFrame(ends_at) OVER (PARTITION BY fingerprint ORDER BY starts_at, state
                                          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS previous_end
         FROM metrics.alerts FINAL
+        WHERE labels['synthetic'] != 'true'
     )
     WHERE state = 'firing' AND $__timeFilter(starts_at)
     UNION ALL
     SELECT rule, 'resolved', dateDiff('millisecond', starts_at, ends_at) / 1000, 0
     FROM metrics.alerts FINAL
-    WHERE state = 'resolved' AND $__timeFilter(starts_at)
+    WHERE state = 'resolved' AND labels['synthetic'] != 'true' AND $__timeFilter(starts_at)
     UNION ALL
     SELECT rule, 'delivery', seconds, toUInt8(outcome = 'delivered')
     FROM metrics.alert_deliveries FINAL
-    WHERE $__timeFilter(finished_at)
+    WHERE rule != '{VALIDATE_RULE}' AND $__timeFilter(finished_at)
     UNION ALL
     SELECT rule, 'noise', 0, 1
     FROM metrics.alert_acks FINAL
-    WHERE noise AND $__timeFilter(starts_at)
+    WHERE noise AND rule != '{VALIDATE_RULE}' AND $__timeFilter(starts_at)
 )
 GROUP BY ROLLUP(alert_rule)
 ORDER BY grouping(alert_rule), alert_rule"""  # noqa: S608
@@ -103,7 +108,7 @@ PANELS: tuple[Panel, ...] = (
 SELECT currency, sum(amount) AS revenue, count() AS payments,
        uniqExact(if(user_id != '', user_id, anonymous_id)) AS payers
 FROM metrics.events FINAL
-WHERE type = 'revenue' AND $__timeFilter(timestamp)
+WHERE type = 'revenue' AND tags['synthetic'] != 'true' AND $__timeFilter(timestamp)
 GROUP BY currency
 ORDER BY currency""",
         grafana="stat",
@@ -117,7 +122,7 @@ ORDER BY currency""",
         sql="""
 SELECT toStartOfMinute(timestamp) AS minute, currency, sum(amount) AS revenue
 FROM metrics.events FINAL
-WHERE type = 'revenue' AND $__timeFilter(timestamp)
+WHERE type = 'revenue' AND tags['synthetic'] != 'true' AND $__timeFilter(timestamp)
 GROUP BY minute, currency
 ORDER BY minute, currency""",
         grafana="timeseries",
@@ -140,7 +145,7 @@ FROM
     SELECT funnel, step, min(step_index) AS step_index,
            uniqExact(if(user_id != '', user_id, anonymous_id)) AS users
     FROM metrics.events FINAL
-    WHERE type = 'conversion' AND $__timeFilter(timestamp)
+    WHERE type = 'conversion' AND tags['synthetic'] != 'true' AND $__timeFilter(timestamp)
     GROUP BY funnel, step
 )
 WINDOW funnel_steps AS (
@@ -159,7 +164,7 @@ ORDER BY funnel, step_index ASC NULLS LAST, users DESC, step ASC""",
         sql="""
 SELECT feature, action, count() AS uses, uniqExact(if(user_id != '', user_id, anonymous_id)) AS users
 FROM metrics.events FINAL
-WHERE type = 'feature' AND $__timeFilter(timestamp)
+WHERE type = 'feature' AND tags['synthetic'] != 'true' AND $__timeFilter(timestamp)
 GROUP BY feature, action
 ORDER BY uses DESC, feature, action
 LIMIT 10""",
@@ -177,7 +182,7 @@ LIMIT 10""",
         sql="""
 SELECT metric, unit, count() AS samples, quantileExact(0.95)(value) AS p95, max(value) AS max
 FROM metrics.events FINAL
-WHERE type = 'performance' AND $__timeFilter(timestamp)
+WHERE type = 'performance' AND tags['synthetic'] != 'true' AND $__timeFilter(timestamp)
 GROUP BY metric, unit
 ORDER BY metric, unit""",
         grafana="table",
@@ -197,6 +202,7 @@ SELECT fingerprint, rule, severity, project, annotations['summary'] AS summary, 
 FROM
 (
     SELECT * FROM metrics.alerts FINAL
+    WHERE labels['synthetic'] != 'true'
     ORDER BY evaluated_at DESC, state DESC
     LIMIT 1 BY fingerprint
 )
