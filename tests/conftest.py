@@ -41,12 +41,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             pytest.exit(f"streams/{library.name} is older than its source: run `make native`", returncode=2)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files of end-to-end tests first, then those on the broker, then the rest (each file's tests
-    in their order): xdist hands out whole files in this order, so the long ones start first and
-    the short ones fill the gaps at the end."""
+    """Every test that needs a broker is marked `kafka` (so `make check` can leave it out), and
+    files of end-to-end tests come first, then those on the broker, then the rest (each file's
+    tests in their order): xdist hands out whole files in this order, so the long ones start first
+    and the short ones fill the gaps at the end."""
     rank: dict[Path, int] = {}
     for item in items:
+        if "kafka_libs" in getattr(item, "fixturenames", ()):  # a broker, the session's or its own
+            item.add_marker(pytest.mark.kafka)
         own = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("kafka") else 2
         rank[item.path] = min(rank.get(item.path, own), own)
     items.sort(key=lambda item: rank[item.path])
@@ -89,7 +93,8 @@ _STARTED_BROKER = pytest.StashKey[KafkaBroker]()
 
 def pytest_configure(config: pytest.Config) -> None:
     distributed = not hasattr(config, "workerinput") and (config.getoption("numprocesses", None) or 0) > 0
-    if distributed and SHARED_BROKER not in os.environ:
+    without_broker = "not kafka" in (config.getoption("markexpr", "") or "")  # make check
+    if distributed and not without_broker and SHARED_BROKER not in os.environ:
         data_dir = Path(tempfile.mkdtemp(prefix="kafka-"))
         broker = KafkaBroker(BrokerConfig(_fetch_kafka_libs(), data_dir, free_port(), free_port()))
         broker.start()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from schemas.health import DetailedHealth, Liveness, ProcessHealth, Readiness, ServiceHealthAnswer
-from tests.conftest import Pipeline, wait_for
+from tests.conftest import Pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -60,7 +60,10 @@ def test_every_health_answer_carries_the_process_facts_and_timed_checks(pipeline
     assert report.checked_at == report.timestamp and report.kafka.reachable and report.clickhouse.answers
     assert_process_facts(report, detailed.json())
 
-    # The workers' answers: the sink's (served by the query service on chDB) and the worker's.
+    # The workers' answers: the sink's (served by the query service on chDB) and the worker's,
+    # whose status server starts with it (start() waits for the sink and the ingest only) and
+    # answers 503 until its timer first ran.
+    pipeline.wait_http(f"{pipeline.status_urls['streams']}/health", "streams")
     for name, url in (("sink", pipeline.query_url), ("streams", pipeline.status_urls["streams"])):
         answer = get(f"{url}/health")
         served = ServiceHealthAnswer.model_validate_json(answer.content)
@@ -77,8 +80,6 @@ def test_every_health_answer_carries_the_process_facts_and_timed_checks(pipeline
             command, env=pipeline.env, capture_output=True, text=True, timeout=60, check=False
         )
 
-    # The worker's /health is 503 until its timer first ran: its check passes once it says healthy.
-    assert wait_for(lambda: get(f"{pipeline.status_urls['streams']}/health").is_success, 60)
     for service in ("sink", "ingest", "topics", "streams"):
         passed = healthcheck(service)
         assert passed.returncode == 0 and passed.stdout.startswith(f"{service}: "), passed

@@ -155,7 +155,8 @@ def test_ten_simulated_minutes_of_normal_demo_traffic_fire_nothing(pipeline: Pip
             headers={"Authorization": f"Bearer {pipeline.write_key}"},
         )
         assert response.status_code == 202
-        assert wait_for(lambda: listener.records, timeout=10)
+        # Within a second on a quiet machine; make test runs other pipelines beside this one.
+        assert wait_for(lambda: listener.records, timeout=30), pipeline.log("streams")[-3000:]
         assert [r["rule"] for _, r in listener.records] == ["payment_failures"]
     finally:
         listener.close()
