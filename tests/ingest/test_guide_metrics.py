@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ingest.guide_metrics import GUIDE_PATHS
 from plumbing.keys import KeyStore
+from tests.ingest.contract_strategies import examples
 from tests.ingest.fakes import ServedIngest
 
 PATH = GUIDE_PATHS[0]
@@ -335,7 +336,9 @@ bodies = (
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=bodies)
 def test_any_body_gets_a_2xx_or_a_4xx_with_a_reason(api: ServedIngest, body: Any) -> None:
     response = post(api, json.dumps(body).encode())

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.segment_messages import MAX_MESSAGE_BYTES
+from tests.ingest.contract_strategies import examples
 from tests.ingest.fakes import ServedIngest
 
 SINGLE = ["track", "page", "screen", "identify", "group", "alias"]
@@ -418,7 +419,9 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=bodies, path=st.sampled_from(["/v1/batch", "/v1/import", *(f"/v1/{kind}" for kind in SINGLE)]))
 def test_any_body_gets_a_2xx_or_a_4xx_with_a_reason(api: ServedIngest, body: Any, path: str) -> None:
     response = post(api, path, json.dumps(body).encode())

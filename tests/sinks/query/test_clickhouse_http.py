@@ -111,7 +111,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     keys = KeyStore(data / "keys.json")
     read_keys = {project: keys.create(project, read=True) for project in PROJECTS}
     write_key = keys.create("p1")
-    reader = Reader(url, ReadLimits(timeout_s=20, max_concurrent=3))
+    reader = Reader(
+        url, ReadLimits(timeout_s=6, max_concurrent=3)
+    )  # test_a_read_goes_past_no_limit waits it out
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_clickhouse_http_app(reader, keys, TOKEN), host="127.0.0.1", port=port)

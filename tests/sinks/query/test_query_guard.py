@@ -17,6 +17,7 @@ from sinks.clickhouse.ddl import _statements, migrations
 from sinks.query.errors import QueryRefused
 from sinks.query.sql_guard import read_only_statement
 from sinks.query.sql_lexer import Kind, tokenize
+from tests.ingest.contract_strategies import examples
 
 READS = [
     "SELECT 1",
@@ -192,7 +193,9 @@ def _passes(sql: str) -> str | None:
         return None
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(2000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(pieces=st.lists(st.sampled_from(_PIECES), max_size=10))
 def test_whatever_the_guard_passes_runs_as_one_statement(engine: Any, pieces: list[str]) -> None:
     sql = "SELECT 1 " + "".join(pieces) + "; CREATE TABLE canary (a UInt8) ENGINE = Memory"
@@ -204,7 +207,9 @@ def test_whatever_the_guard_passes_runs_as_one_statement(engine: Any, pieces: li
     assert created == b"0", sql
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(2000), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(pieces=st.lists(st.sampled_from(_PIECES), max_size=10))
 def test_a_second_statement_the_engine_parses_is_refused(engine: Any, pieces: list[str]) -> None:
     sql = "SELECT 1 " + "".join(pieces) + "; DROP TABLE metrics.events"
