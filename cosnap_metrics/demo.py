@@ -156,7 +156,10 @@ def run_demo(
     simulated_start = datetime.now(UTC) - timedelta(seconds=minutes * 60 - total_seconds)
 
     def simulated_now() -> datetime:
-        return simulated_start + timedelta(seconds=(time.monotonic() - started_wall) * speed)
+        # A post slower than planned (a busy machine) would carry the simulated clock past the
+        # real one: event times ahead of now, which make the now of everyone else late.
+        simulated = simulated_start + timedelta(seconds=(time.monotonic() - started_wall) * speed)
+        return min(simulated, datetime.now(UTC))
 
     traffic = CosnapTraffic(random.Random(seed))
     if speed != 1.0:
