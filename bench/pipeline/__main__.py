@@ -1,6 +1,7 @@
 """The highest rate the whole pipeline holds with fresh data, on one machine.
 
-    python -m bench.pipeline [--rates 5000,10000,15000,20000,25000,30000] [--hold 60]
+    python -m bench.pipeline [--rates 5000,10000,15000,20000,25000,30000] [--hold 300]
+                             [--soak-minutes 30] [--soak-rate R]
 
 Starts a real Apache Kafka broker and the pipeline as `make run` starts it (the sink on embedded
 chDB with its query service, the streams worker, the ingest API), all on this machine with the
@@ -26,9 +27,19 @@ A rate is held when the load generator kept it (>= 98 %, every answer 202), the 
 freshness figures is <= 5 s, every probe is in the table and fired its alert with p99 <= 2 s,
 the minute windows were final within 35 s of their end at p99, and no backlog was left when the load
 ended (no growing lag): the sink's lag is 0 within 5 s of the end, the worker's within 10 s (it
-commits offsets with its checkpoints, every 5 s). The issue's bar holds each rate for 5 minutes;
-this first cut holds `--hold` seconds (60 by default), as BENCHMARKS.md says. Exit status 1
-when no rate is held.
+commits offsets with its checkpoints, every 5 s). Each rate is held `--hold` seconds, the issue's
+5 minutes by default.
+
+With `--soak-minutes M` the holds are followed by a soak: M minutes of the same load at
+`--soak-rate` (by default half the highest rate this run held; `--rates=` skips the holds),
+checked as a hold is (the rate must be held), while the RSS (VmRSS) of every process (the sink,
+the worker, the ingest, the broker, the load generator and this one) is sampled every 30 s and
+printed as it is taken. For each process, over the samples after a 2-minute warm-up: RSS at the
+start, at the end, its maximum and the slope of the least-squares line in MiB per 10 minutes.
+Flat: the slope grows by at most 5 MiB or 1 % of the starting RSS per 10 minutes, whichever is
+larger (why: FLAT_MIB_PER_10MIN). Each process's CPU over the soak is reported as over a hold.
+
+Exit status 1 when no rate is held, or when the soak is not held or some process's RSS not flat.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ from bench.ingest.__main__ import build_loadgen, load
 from bench.kafka import Bench, Offsets, bench_kafka
 from bench.services import Services
 from bench.streams import AggregateReader
+from bench.streams.memory import RssSampler
 from schemas.rules import DEFAULT_RULES
 from schemas.settings import RunnerSettings, StreamsSettings
 from schemas.topics import EVENT_PARTITIONS
@@ -66,6 +78,17 @@ FINAL_AFTER_S = StreamsSettings().window_lateness_s + StreamsSettings().window_g
 FINAL_SLACK_S = 5.0
 DRAIN_S = 5.0
 CHECKPOINT_S = 5.0  # the worker commits its offsets with its checkpoints, at most this often
+PROBES_PER_QUERY = 1000  # probe ids per read of metrics.events (42 characters each)
+# The soak: RSS of every process every SAMPLE_S; the first WARMUP_S are left out of its trend.
+SAMPLE_S = 30.0
+WARMUP_S = 120.0
+# Flat: the least-squares slope of RSS after the warm-up grows by at most the larger of these per
+# 10 minutes. Between two samples RSS moves by a few MiB without any leak (Python's arenas, the
+# JVM's heap between collections, chDB's caches), so over a 30-minute soak a smaller slope is
+# noise; either bound is still far below what a leak of one object per event would show (at
+# 10,000 events/s, 100 bytes an event is 57 MiB per 10 minutes).
+FLAT_MIB_PER_10MIN = 5.0
+FLAT_SHARE_PER_10MIN = 0.01
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,6 +106,55 @@ def cpu_now(pids: dict[str, int]) -> dict[str, float]:
         "loadgen": children.ru_utime + children.ru_stime,
         "bench": own.ru_utime + own.ru_stime,
     }
+
+
+def service_pids(bench: Bench, services: Services) -> dict[str, int]:
+    return {name: process.pid for name, process in services.processes.items()} | {"kafka": bench.broker_pid}
+
+
+def child_pid(command: str) -> int | None:
+    """The pid of this process's child running `command` (its /proc comm), if one is running."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue  # ended meanwhile
+        if comm.split("(", 1)[1] == command and int(rest.split()[1]) == os.getpid():
+            return int(stat.parent.name)
+    return None
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A process's RSS over a soak after its warm-up (MiB)."""
+
+    start_mib: float
+    end_mib: float
+    max_mib: float
+    slope_mib_per_10min: float  # of the least-squares line; nan with fewer than two samples
+
+    @property
+    def bound_mib_per_10min(self) -> float:
+        return max(FLAT_MIB_PER_10MIN, FLAT_SHARE_PER_10MIN * self.start_mib)
+
+    @property
+    def flat(self) -> bool:
+        """Growing by at most the bound (shrinking is flat too); never with too few samples."""
+        return self.slope_mib_per_10min <= self.bound_mib_per_10min
+
+
+def trend(samples: list[tuple[float, int]], after: float) -> Trend:
+    """The trend of (monotonic time s, RSS kB) samples taken at or after `after`."""
+    kept = [(at, kb / 1024) for at, kb in samples if at >= after]
+    if not kept:
+        return Trend(*[float("nan")] * 4)
+    mib = [value for _, value in kept]
+    slope = (
+        statistics.linear_regression([at for at, _ in kept], mib).slope * 600
+        if len(kept) >= 2
+        else float("nan")
+    )
+    return Trend(mib[0], mib[-1], max(mib), slope)
 
 
 def p99(values: list[float]) -> float:
@@ -199,7 +271,7 @@ def run_step(
         threading.Thread(target=probe_loop, args=(services.ingest_url, services.write_key, stop, posted)),
         threading.Thread(target=lag.run),
     ]
-    pids = {name: process.pid for name, process in services.processes.items()} | {"kafka": bench.broker_pid}
+    pids = service_pids(bench, services)
     cpu_before = cpu_now(pids)
     began = time.time()
     for thread in threads:
@@ -233,14 +305,16 @@ def run_step(
         offsets.close()
     time.sleep(2)  # the probes' rows are in (the sink committed after inserting them)
 
-    ids = ", ".join(f"'{event_id}'" for event_id in posted)
-    found = {
-        row[0]: float(row[1]) / 1000
+    # In chunks: a soak's probes would not fit in one query's text (at most 100,000 characters).
+    posted_ids = list(posted)
+    found: dict[str, float] = {}
+    for chunk in range(0, len(posted_ids), PROBES_PER_QUERY):
+        ids = ", ".join(f"'{event_id}'" for event_id in posted_ids[chunk : chunk + PROBES_PER_QUERY])
         for row in services.query(
             "SELECT event_id, toUnixTimestamp64Milli(min(inserted_at)) FROM metrics.events "  # noqa: S608
             f"WHERE event_id IN ({ids}) GROUP BY event_id"
-        )
-    }
+        ):
+            found[row[0]] = float(row[1]) / 1000
     probe = [found[event_id] - at for event_id, at in posted.items() if event_id in found]
     fired = {
         record["labels"]["probe"]: at
@@ -282,17 +356,102 @@ def run_step(
     )
 
 
+def run_soak(
+    bench: Bench,
+    services: Services,
+    loadgen: Path,
+    rate: int,
+    minutes: int,
+    windows: AggregateReader,
+    alerts: AlertListener,
+) -> tuple[Step, dict[str, Trend]]:
+    """`minutes` of load at `rate`, checked as a hold is, while every process's RSS is sampled
+    every SAMPLE_S (and printed as it is taken); each process's trend after WARMUP_S."""
+    samplers = {name: RssSampler(pid, SAMPLE_S) for name, pid in service_pids(bench, services).items()}
+    samplers["bench"] = RssSampler(os.getpid(), SAMPLE_S)
+    began = time.monotonic()
+    stop = threading.Event()
+
+    def watch() -> None:
+        printed = began
+        while not stop.wait(1):
+            if "loadgen" not in samplers and (pid := child_pid("loadgen")) is not None:
+                samplers["loadgen"] = RssSampler(pid, SAMPLE_S)
+            if time.monotonic() - printed >= SAMPLE_S:
+                printed = time.monotonic()
+                latest = ", ".join(
+                    f"{name} {sampler.samples[-1][1] / 1024:.0f}"
+                    for name, sampler in list(samplers.items())
+                    if sampler.samples
+                )
+                print(f"soak {(printed - began) / 60:4.1f} min: RSS MiB {latest}", flush=True)
+
+    watcher = threading.Thread(target=watch, name="soak-rss")
+    watcher.start()
+    try:
+        step = run_step(bench, services, loadgen, rate, minutes * 60, windows, alerts)
+    finally:
+        stop.set()
+        watcher.join()
+        for sampler in samplers.values():
+            sampler.close()
+    return step, {name: trend(list(sampler.samples), began + WARMUP_S) for name, sampler in samplers.items()}
+
+
+def describe(step: Step) -> str:
+    return (
+        f"{step.rate:>7,} ev/s: achieved {step.achieved:,.0f} (answers {step.answers}, post p99 "
+        f"{step.post_p99_ms:.0f} ms); probes {step.probes_found}/{step.probes} 202 -> queryable "
+        f"p50 {step.probe_p50_s:.2f} s p99 {step.probe_p99_s:.2f} s; {step.events:,} events "
+        f"received -> queryable p50 {step.event_p50_s:.2f} s p99 {step.event_p99_s:.2f} s; "
+        f"max lag (records) {step.max_lag}; lag 0 after the load's end in "
+        f"{', '.join(f'{k} {v:.1f} s' for k, v in step.drained_s.items())}; "
+        f"alerts {step.alerts_found}/{step.probes} 202 -> firing p50 {step.alert_p50_s:.2f} s "
+        f"p99 {step.alert_p99_s:.2f} s; {step.minute_windows:,} minute windows final "
+        f"p50 {step.final_p50_s:.1f} s p99 {step.final_p99_s:.1f} s after their end; "
+        f"cores used: {', '.join(f'{k} {v:.2f}' for k, v in step.cpu.items())}; "
+        f"{'held' if step.held else 'NOT held'}"
+    )
+
+
+def print_tables(steps: list[Step]) -> None:
+    print(
+        "\n| rate ev/s | achieved | 202 -> queryable p50 / p99 (probes) | received -> queryable p50 / p99 "
+        "(all events) | alert 202 -> firing p50 / p99 | minute windows final after their end p50 / p99 | "
+        "max lag sink / worker (records) | lag 0 after the load, sink / worker | held |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in steps:
+        print(
+            f"| {s.rate:,} | {s.achieved:,.0f} | {s.probe_p50_s:.2f} / {s.probe_p99_s:.2f} s | "
+            f"{s.event_p50_s:.2f} / {s.event_p99_s:.2f} s | {s.alert_p50_s:.2f} / {s.alert_p99_s:.2f} s | "
+            f"{s.final_p50_s:.1f} / {s.final_p99_s:.1f} s | {s.max_lag.get('sink', 0)} / "
+            f"{s.max_lag.get('worker', 0)} | {s.drained_s['sink']:.1f} / {s.drained_s['worker']:.1f} s | "
+            f"{'yes' if s.held else 'no'} |"
+        )
+    names = list(steps[0].cpu)
+    print(f"\n| rate ev/s | cores used: {' | '.join(names)} |")
+    print(f"|---|{'---|' * len(names)}")
+    for s in steps:
+        print(f"| {s.rate:,} | {' | '.join(f'{s.cpu[name]:.2f}' for name in names)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rates", default="5000,10000,15000,20000,25000,30000", help="events/s, rising")
-    parser.add_argument("--hold", type=int, default=60, help="seconds of load at each rate")
+    parser.add_argument(
+        "--rates", default="5000,10000,15000,20000,25000,30000", help="events/s, rising; empty: none"
+    )
+    parser.add_argument("--hold", type=int, default=300, help="seconds of load at each rate")
+    parser.add_argument("--soak-minutes", type=int, default=0, help="then a soak this long (0: none)")
+    parser.add_argument("--soak-rate", type=int, default=0, help="events/s (0: half the highest held)")
     args = parser.parse_args()
-    rates = [int(rate) for rate in args.rates.split(",")]
+    rates = [int(rate) for rate in args.rates.split(",") if rate]
     loadgen = build_loadgen(RunnerSettings().kafka_cache_dir.parent / "loadgen")
 
     steps: list[Step] = []
+    soak: tuple[Step, dict[str, Trend]] | None = None
     with bench_kafka("pipeline") as bench:
         background_body(bench.work / "body.json")
         rules = yaml.safe_load(DEFAULT_RULES.read_text())
@@ -308,52 +467,49 @@ def main() -> int:
                 bench.progress.note(f"{rate:,} events/s for {args.hold} s")
                 step = run_step(bench, services, loadgen, rate, args.hold, windows, alerts)
                 steps.append(step)
-                print(
-                    f"{rate:>7,} ev/s: achieved {step.achieved:,.0f} (answers {step.answers}, post p99 "
-                    f"{step.post_p99_ms:.0f} ms); probes {step.probes_found}/{step.probes} 202 -> queryable "
-                    f"p50 {step.probe_p50_s:.2f} s p99 {step.probe_p99_s:.2f} s; {step.events:,} events "
-                    f"received -> queryable p50 {step.event_p50_s:.2f} s p99 {step.event_p99_s:.2f} s; "
-                    f"max lag (records) {step.max_lag}; lag 0 after the load's end in "
-                    f"{', '.join(f'{k} {v:.1f} s' for k, v in step.drained_s.items())}; "
-                    f"alerts {step.alerts_found}/{step.probes} 202 -> firing p50 {step.alert_p50_s:.2f} s "
-                    f"p99 {step.alert_p99_s:.2f} s; {step.minute_windows:,} minute windows final "
-                    f"p50 {step.final_p50_s:.1f} s p99 {step.final_p99_s:.1f} s after their end; "
-                    f"cores used: {', '.join(f'{k} {v:.2f}' for k, v in step.cpu.items())}; "
-                    f"{'held' if step.held else 'NOT held'}",
-                    flush=True,
-                )
+                print(describe(step), flush=True)
                 if dead := services.dead():
                     raise SystemExit(f"{', '.join(dead)} exited:\n{services.tail(dead[0])}")
                 if not step.held:
                     break
+            soak_rate = args.soak_rate or max((s.rate for s in steps if s.held), default=0) // 2
+            if args.soak_minutes and soak_rate:
+                bench.progress.note(f"soak: {soak_rate:,} events/s for {args.soak_minutes} min")
+                soak = run_soak(bench, services, loadgen, soak_rate, args.soak_minutes, windows, alerts)
+                print(f"soak {describe(soak[0])}", flush=True)
+                if dead := services.dead():
+                    raise SystemExit(f"{', '.join(dead)} exited:\n{services.tail(dead[0])}")
         finally:
             services.stop()
             windows.close()
             alerts.close()
 
     held = [step.rate for step in steps if step.held]
-    print(f"\nhighest rate held for {args.hold} s: {max(held, default=0):,} events/s")
-    print(
-        "\n| rate ev/s | achieved | 202 -> queryable p50 / p99 (probes) | received -> queryable p50 / p99 "
-        "(all events) | alert 202 -> firing p50 / p99 | minute windows final after their end p50 / p99 | "
-        "max lag sink / worker (records) | lag 0 after the load, sink / worker | held |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for s in steps:
+    if steps:
+        print(f"\nhighest rate held for {args.hold} s: {max(held, default=0):,} events/s")
+        print_tables(steps)
+    if soak is not None:
+        step, trends = soak
         print(
-            f"| {s.rate:,} | {s.achieved:,.0f} | {s.probe_p50_s:.2f} / {s.probe_p99_s:.2f} s | "
-            f"{s.event_p50_s:.2f} / {s.event_p99_s:.2f} s | {s.alert_p50_s:.2f} / {s.alert_p99_s:.2f} s | "
-            f"{s.final_p50_s:.1f} / {s.final_p99_s:.1f} s | {s.max_lag.get('sink', 0)} / "
-            f"{s.max_lag.get('worker', 0)} | {s.drained_s['sink']:.1f} / {s.drained_s['worker']:.1f} s | "
-            f"{'yes' if s.held else 'no'} |"
+            f"\nsoak: {step.rate:,} events/s for {args.soak_minutes} min, "
+            f"{'held' if step.held else 'NOT held'}; RSS after a {WARMUP_S:.0f} s warm-up, sampled "
+            f"every {SAMPLE_S:.0f} s; flat: the least-squares slope grows at most "
+            f"max({FLAT_MIB_PER_10MIN:.0f} MiB, {FLAT_SHARE_PER_10MIN:.0%} of the starting RSS) per 10 min"
         )
-    names = list(steps[0].cpu) if steps else []
-    print(f"\n| rate ev/s | cores used: {' | '.join(names)} |")
-    print(f"|---|{'---|' * len(names)}")
-    for s in steps:
-        print(f"| {s.rate:,} | {' | '.join(f'{s.cpu[name]:.2f}' for name in names)} |")
+        print_tables([step])
+        print("\n| process | RSS start MiB | end MiB | max MiB | slope MiB / 10 min | bound | flat |")
+        print("|---|---|---|---|---|---|---|")
+        for name, t in trends.items():
+            print(
+                f"| {name} | {t.start_mib:.0f} | {t.end_mib:.0f} | {t.max_mib:.0f} | "
+                f"{t.slope_mib_per_10min:+.1f} | {t.bound_mib_per_10min:.1f} | {'yes' if t.flat else 'no'} |"
+            )
     print(f"\nmeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores")
-    return 0 if held else 1
+    holds_ok = not rates or bool(held)
+    soak_ok = not args.soak_minutes or (
+        soak is not None and soak[0].held and all(t.flat for t in soak[1].values())
+    )
+    return 0 if holds_ok and soak_ok else 1
 
 
 if __name__ == "__main__":
