@@ -7,7 +7,7 @@ import copy
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -16,12 +16,12 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
 from ingest.batch import TimePolicy, parse_events, split_body
-from ingest.body import check_content_type, decode_body, decompress, read_capped
+from ingest.body import decode_body
 from ingest.envelopes import EnvelopePacker
 from ingest.errors import IngestError, ServiceUnavailable, UnsupportedMediaType
 from ingest.guide_metrics import GUIDE_PATHS, guide_router
 from ingest.health import DetailedHealthCheck
-from ingest.intake import IngestState, Kafka, cors, header_key, write_responses
+from ingest.intake import IngestState, Kafka, cors, read_write_request, write_responses
 from ingest.limits import RateLimiter
 from ingest.metrics import RequestMetrics
 from ingest.request_ids import RequestIds
@@ -136,15 +136,10 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
     )
     async def post_events(request: Request) -> JSONResponse:
         """Accept one event or a batch; 202 only once every accepted event is durably in Kafka."""
-        received_at = datetime.now(UTC)
-        request_id: str = request.state.request_id
-        beacon = check_content_type(request.headers.get("content-type"))
-        presented = header_key(request.headers.get("authorization"))
-        write_key = state.authenticate(presented) if presented is not None else None
-        raw = await read_capped(request.stream(), request.headers.get("content-length"))
-        payload, scanned = decode_body(decompress(raw, request.headers.get("content-encoding")))
-        body = split_body(payload, scanned)
-        if beacon and body.api_key is None:
+        read = await read_write_request(request, state)
+        received_at, request_id, write_key = read.received_at, read.request_id, read.write_key
+        body = split_body(*decode_body(read.body))
+        if read.beacon and body.api_key is None:
             raise UnsupportedMediaType("a text/plain body must carry api_key (navigator.sendBeacon)")
         if write_key is None:
             write_key = state.authenticate(body.api_key)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
 from ingest.batch import ParsedBatch, TimePolicy, parse_events
-from ingest.body import check_content_type, decode_exact, decompress, dumps_exact, read_capped
+from ingest.body import decode_exact, dumps_exact
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from ingest.intake import IngestState, header_key, write_responses
+from ingest.intake import IngestState, read_write_request, write_responses
 from ingest.metrics import GUIDE_DROPPED, GuideDropReason
 from schemas.events import (
     MAX_BATCH_EVENTS,
@@ -258,15 +258,10 @@ def guide_router(state: IngestState) -> APIRouter:
 
     async def post_metrics(request: Request) -> JSONResponse:
         """The monitoring guide's metrics; 202 only once every accepted event is durably in Kafka."""
-        received_at = datetime.now(UTC)
-        request_id: str = request.state.request_id
-        beacon = check_content_type(request.headers.get("content-type"))
-        presented = header_key(request.headers.get("authorization"))
-        write_key = state.authenticate(presented) if presented is not None else None
-        raw = await read_capped(request.stream(), request.headers.get("content-length"))
-        payload = decode_exact(decompress(raw, request.headers.get("content-encoding")))
-        metrics, api_key = _body_parts(payload)
-        if beacon and api_key is None:
+        read = await read_write_request(request, state)
+        received_at, request_id, write_key = read.received_at, read.request_id, read.write_key
+        metrics, api_key = _body_parts(decode_exact(read.body))
+        if read.beacon and api_key is None:
             raise UnsupportedMediaType("a text/plain body must carry api_key (navigator.sendBeacon)")
         if write_key is None:
             write_key = state.authenticate(api_key)

@@ -1,6 +1,7 @@
-"""What every write route of the ingest shares (`POST /v1/events` and Segment's Tracking API):
-the app's state, write keys, browser origins, rate limits, and the hand-over of a request's
-accepted events to Kafka and of its rejected items to the dead-letter topic."""
+"""What every write route of the ingest shares (`POST /v1/events`, Segment's Tracking API, the
+monitoring guide's metrics): the reading of a write request, the app's state, write keys, browser
+origins, rate limits, and the hand-over of a request's accepted events to Kafka and of its
+rejected items to the dead-letter topic."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import base64
 import binascii
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from fastapi import Request
 
 from ingest.batch import TimePolicy, dead_letter_raw
+from ingest.body import MAX_BODY_BYTES, check_content_type, decompress, read_capped
 from ingest.envelopes import EnvelopePacker
 from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized
 from ingest.health import DetailedHealthCheck
@@ -27,6 +30,31 @@ from schemas.records import DeadLetter, request_ids_header
 from schemas.topics import Topics
 
 log = logging.getLogger("cosnap.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A write request as every write route reads it first: when it arrived, its id, whether it
+    is a sendBeacon body (text/plain), the write key of its `Authorization` header (None when it
+    has none: the body may carry one) and its body, decompressed."""
+
+    received_at: datetime
+    request_id: str
+    beacon: bool
+    write_key: WriteKey | None
+    body: bytes
+
+
+async def read_write_request(request: Request, state: IngestState, cap: int = MAX_BODY_BYTES) -> WriteRequest:
+    """Read `request` up to `cap` bytes (raw and decompressed): 415 for a media type no write
+    route takes, 401 for a header key that is wrong, 413 past the cap."""
+    received_at = datetime.now(UTC)
+    beacon = check_content_type(request.headers.get("content-type"))
+    presented = header_key(request.headers.get("authorization"))
+    write_key = state.authenticate(presented) if presented is not None else None
+    raw = await read_capped(request.stream(), request.headers.get("content-length"), cap)
+    body = decompress(raw, request.headers.get("content-encoding"), cap)
+    return WriteRequest(received_at, request.state.request_id, beacon, write_key, body)
 
 
 def header_key(authorization: str | None) -> str | None:

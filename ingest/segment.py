@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ingest.batch import parse_sent_at
-from ingest.body import check_content_type, decode_exact, decompress, read_capped
+from ingest.body import decode_exact
 from ingest.errors import BadRequest, IngestError, PayloadTooLarge, ServiceUnavailable, Unauthorized
-from ingest.intake import IngestState, header_key
+from ingest.intake import IngestState, read_write_request
 from ingest.segment_messages import MAX_MESSAGE_BYTES, Received, SegmentMessages
 from plumbing.kafka import KafkaUnavailable
 from schemas.records import request_ids_header
@@ -119,15 +118,9 @@ class SegmentRoutes:
 
     async def _receive(self, request: Request, kind: MessageType | None) -> JSONResponse:
         state = self._state
-        received_at = datetime.now(UTC)
-        request_id: str = request.state.request_id
-        check_content_type(request.headers.get("content-type"))
-        presented = header_key(request.headers.get("authorization"))
-        write_key = state.authenticate(presented) if presented is not None else None
-        cap = MAX_MESSAGE_BYTES if kind else MAX_BATCH_BYTES
-        raw = await read_capped(request.stream(), request.headers.get("content-length"), cap)
-        payload = decode_exact(decompress(raw, request.headers.get("content-encoding"), cap))
-        messages, context, sent_at, keyed = _body_parts(payload, kind)
+        read = await read_write_request(request, state, MAX_MESSAGE_BYTES if kind else MAX_BATCH_BYTES)
+        received_at, request_id, write_key = read.received_at, read.request_id, read.write_key
+        messages, context, sent_at, keyed = _body_parts(decode_exact(read.body), kind)
         if write_key is None:
             body_key = keyed.get("writeKey")
             if body_key is not None and not isinstance(body_key, str):
