@@ -208,6 +208,7 @@ class Step:
     final_p50_s: float  # seconds after their end
     final_p99_s: float
     drained_s: dict[str, float]  # after the load's end, until the group's lag was 0 (60: never)
+    load_5min: float  # the machine's load average over the last 5 minutes at the load's end
 
     @property
     def held(self) -> bool:
@@ -292,6 +293,7 @@ def run_step(
         for thread in threads:
             thread.join()
     ended = time.time()
+    load_5min = os.getloadavg()[1]
     cpu_after = cpu_now(pids)
     cpu = {name: (cpu_after[name] - cpu_before[name]) / (ended - began) for name in cpu_after}
     drained: dict[str, float] = {}
@@ -353,6 +355,7 @@ def run_step(
         final_p50_s=statistics.median(final) if final else float("nan"),
         final_p99_s=p99(final),
         drained_s={name: drained.get(name, 60.0) for name in lag.offsets},
+        load_5min=load_5min,
     )
 
 
@@ -384,7 +387,11 @@ def run_soak(
                     for name, sampler in list(samplers.items())
                     if sampler.samples
                 )
-                print(f"soak {(printed - began) / 60:4.1f} min: RSS MiB {latest}", flush=True)
+                print(
+                    f"soak {(printed - began) / 60:4.1f} min: RSS MiB {latest}; "
+                    f"load average {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
 
     watcher = threading.Thread(target=watch, name="soak-rss")
     watcher.start()
@@ -410,7 +417,7 @@ def describe(step: Step) -> str:
         f"p99 {step.alert_p99_s:.2f} s; {step.minute_windows:,} minute windows final "
         f"p50 {step.final_p50_s:.1f} s p99 {step.final_p99_s:.1f} s after their end; "
         f"cores used: {', '.join(f'{k} {v:.2f}' for k, v in step.cpu.items())}; "
-        f"{'held' if step.held else 'NOT held'}"
+        f"machine's 5-minute load average {step.load_5min:.1f}; {'held' if step.held else 'NOT held'}"
     )
 
 
@@ -418,16 +425,16 @@ def print_tables(steps: list[Step]) -> None:
     print(
         "\n| rate ev/s | achieved | 202 -> queryable p50 / p99 (probes) | received -> queryable p50 / p99 "
         "(all events) | alert 202 -> firing p50 / p99 | minute windows final after their end p50 / p99 | "
-        "max lag sink / worker (records) | lag 0 after the load, sink / worker | held |"
+        "max lag sink / worker (records) | lag 0 after the load, sink / worker | load (5 min) | held |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for s in steps:
         print(
             f"| {s.rate:,} | {s.achieved:,.0f} | {s.probe_p50_s:.2f} / {s.probe_p99_s:.2f} s | "
             f"{s.event_p50_s:.2f} / {s.event_p99_s:.2f} s | {s.alert_p50_s:.2f} / {s.alert_p99_s:.2f} s | "
             f"{s.final_p50_s:.1f} / {s.final_p99_s:.1f} s | {s.max_lag.get('sink', 0)} / "
             f"{s.max_lag.get('worker', 0)} | {s.drained_s['sink']:.1f} / {s.drained_s['worker']:.1f} s | "
-            f"{'yes' if s.held else 'no'} |"
+            f"{s.load_5min:.1f} | {'yes' if s.held else 'no'} |"
         )
     names = list(steps[0].cpu)
     print(f"\n| rate ev/s | cores used: {' | '.join(names)} |")
