@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup native run test lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go segment-node check docker-compose
+.PHONY: setup native run test test-durations lint bench clean alertmanager browser prometheus clickhouse-js clickhouse-go segment-node check docker-compose
 
 $(STAMP): pyproject.toml constraints.txt sdk/python/pyproject.toml
 	@command -v java >/dev/null || { echo "make: Java 17+ is needed for the embedded Kafka broker"; exit 1; }
@@ -91,11 +91,17 @@ $(SEGMENT_NODE)/node_modules/.package-lock.json: $(SEGMENT_NODE)/package-lock.js
 	npm ci --prefix $(SEGMENT_NODE) --no-audit --no-fund --loglevel=error
 
 # Test files run in TEST_WORKERS processes (pytest-xdist, whole files each, so a file's shared
-# stack is started once) against one broker the controller starts (tests/conftest.py). The
-# suite waits on its pipelines more than it computes: 4 workers keep the 2 cores busy.
+# stack is started once) against one broker the controller starts, the longest files first by
+# tests/durations.json (tests/conftest.py). The suite waits on its pipelines more than it
+# computes: 4 workers keep the 2 cores busy. `make test-durations` runs it and rewrites that file.
 TEST_WORKERS ?= 4
-test: lint native alertmanager browser prometheus docker-compose clickhouse-js clickhouse-go segment-node
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+TEST_DEPS := lint native alertmanager browser prometheus docker-compose clickhouse-js clickhouse-go segment-node
+test: $(TEST_DEPS)
+	$(BIN)/pytest $(PARALLEL) --durations=15
+
+test-durations: $(TEST_DEPS)
+	$(BIN)/pytest $(PARALLEL) --store-durations
 
 bench: setup native
 	$(BIN)/python -m bench.ingest

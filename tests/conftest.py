@@ -41,19 +41,48 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             pytest.exit(f"streams/{library.name} is older than its source: run `make native`", returncode=2)
 
 
+# Seconds each test file took in a whole run (`make test-durations` writes it): xdist hands out
+# whole files in collection order, so the suite sorts the longest first and the short ones fill
+# the gaps at the end. A file not in it (a new one) counts as the longest.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-durations", action="store_true", help=f"write each test file's seconds to {DURATIONS.name}"
+    )
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that needs a broker is marked `kafka` (so `make check` can leave it out), and
-    files of end-to-end tests come first, then those on the broker, then the rest (each file's
-    tests in their order): xdist hands out whole files in this order, so the long ones start first
-    and the short ones fill the gaps at the end."""
-    rank: dict[Path, int] = {}
+    the files are ordered longest first by DURATIONS, then end-to-end files before those on the
+    broker before the rest (each file's tests in their order)."""
+    seconds: dict[str, float] = orjson.loads(DURATIONS.read_bytes()) if DURATIONS.exists() else {}
+    rank: dict[Path, tuple[float, int]] = {}
     for item in items:
         if "kafka_libs" in getattr(item, "fixturenames", ()):  # a broker, the session's or its own
             item.add_marker(pytest.mark.kafka)
-        own = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("kafka") else 2
-        rank[item.path] = min(rank.get(item.path, own), own)
+        kind = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("kafka") else 2
+        known = seconds.get(item.path.relative_to(config.rootpath).as_posix(), float("inf"))
+        rank[item.path] = min(rank.get(item.path, (-known, kind)), (-known, kind))
     items.sort(key=lambda item: rank[item.path])
+
+
+class _FileDurations:
+    """With --store-durations: each test's setup, call and teardown counted to its file (in the
+    xdist controller, which gets every worker's reports), written to DURATIONS at the end."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        path = report.nodeid.split("::")[0]
+        self.seconds[path] = self.seconds.get(path, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        ordered = sorted(((path, round(s, 1)) for path, s in self.seconds.items()), key=lambda kv: -kv[1])
+        DURATIONS.write_bytes(orjson.dumps(dict(ordered), option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
@@ -92,6 +121,8 @@ _STARTED_BROKER = pytest.StashKey[KafkaBroker]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("store_durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_FileDurations(), "file-durations")
     distributed = not hasattr(config, "workerinput") and (config.getoption("numprocesses", None) or 0) > 0
     without_broker = "not kafka" in (config.getoption("markexpr", "") or "")  # make check
     if distributed and not without_broker and SHARED_BROKER not in os.environ:
