@@ -34,8 +34,9 @@ With `--soak-minutes M` the holds are followed by a soak: M minutes of the same 
 `--soak-rate` (by default half the highest rate this run held; `--rates=` skips the holds),
 checked as a hold is (the rate must be held), while the RSS (VmRSS) of every process (the sink,
 the worker, the ingest, the broker, the load generator and this one) is sampled every 30 s and
-printed as it is taken. For each process, over the samples after a 2-minute warm-up: RSS at the
-start, at the end, its maximum and the slope of the least-squares line in MiB per 10 minutes.
+printed as it is taken. For each process, over the samples from the end of a 2-minute warm-up to
+the load's end: RSS at the start, at the end, its maximum and the slope of the least-squares line
+in MiB per 10 minutes.
 Flat: the slope grows by at most 5 MiB or 1 % of the starting RSS per 10 minutes, whichever is
 larger (why: FLAT_MIB_PER_10MIN). Each process's CPU over the soak is reported as over a hold.
 
@@ -45,6 +46,7 @@ Exit status 1 when no rate is held, or when the soak is not held or some process
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -85,8 +87,8 @@ WARMUP_S = 120.0
 # Flat: the least-squares slope of RSS after the warm-up grows by at most the larger of these per
 # 10 minutes. Between two samples RSS moves by a few MiB without any leak (Python's arenas, the
 # JVM's heap between collections, chDB's caches), so over a 30-minute soak a smaller slope is
-# noise; either bound is still far below what a leak of one object per event would show (at
-# 10,000 events/s, 100 bytes an event is 57 MiB per 10 minutes).
+# noise; yet a process that kept a single byte per event would exceed the bound (at 10,000
+# events/s, one byte an event is 5.7 MiB per 10 minutes).
 FLAT_MIB_PER_10MIN = 5.0
 FLAT_SHARE_PER_10MIN = 0.01
 
@@ -143,9 +145,9 @@ class Trend:
         return self.slope_mib_per_10min <= self.bound_mib_per_10min
 
 
-def trend(samples: list[tuple[float, int]], after: float) -> Trend:
-    """The trend of (monotonic time s, RSS kB) samples taken at or after `after`."""
-    kept = [(at, kb / 1024) for at, kb in samples if at >= after]
+def trend(samples: list[tuple[float, int]], after: float, until: float = math.inf) -> Trend:
+    """The trend of (monotonic time s, RSS kB) samples taken from `after` to `until`."""
+    kept = [(at, kb / 1024) for at, kb in samples if after <= at <= until]
     if not kept:
         return Trend(*[float("nan")] * 4)
     mib = [value for _, value in kept]
@@ -402,7 +404,11 @@ def run_soak(
         watcher.join()
         for sampler in samplers.values():
             sampler.close()
-    return step, {name: trend(list(sampler.samples), began + WARMUP_S) for name, sampler in samplers.items()}
+    # Up to the load's end: not the drain and the final reads of run_step.
+    until = began + minutes * 60
+    return step, {
+        name: trend(list(sampler.samples), began + WARMUP_S, until) for name, sampler in samplers.items()
+    }
 
 
 def describe(step: Step) -> str:

@@ -48,6 +48,9 @@ def test_the_warm_up_is_left_out_and_noise_is_flat() -> None:
     assert found.flat
     # With the warm-up in, the same process would look like it grows.
     assert not trend(warm + steady, 0).flat
+    # Samples after the load's end (the benchmark's own reads) are left out when told.
+    after_load = [(WARMUP_S + 57 * SAMPLE_S, 900 * MIB)]
+    assert trend(warm + steady + after_load, WARMUP_S, WARMUP_S + 56 * SAMPLE_S) == found
 
 
 def test_a_leak_of_a_large_process_is_judged_by_its_share() -> None:
