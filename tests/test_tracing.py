@@ -9,11 +9,13 @@ from __future__ import annotations
 import gzip
 import secrets
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
+import sentry_sdk
 from sentry_sdk.envelope import Envelope
 
 from tests.conftest import Pipeline, wait_for
@@ -67,6 +69,19 @@ def post(pipeline: Pipeline, event_id: str, sampled: bool) -> tuple[str, str]:
     return trace_id, span_id
 
 
+@pytest.fixture
+def no_sentry_in_this_process() -> Iterator[None]:
+    """The test posts as a client of its own trace: a Sentry client that an earlier test of this
+    process started would put its own trace on those requests (sentry-sdk's httpx integration
+    overwrites `sentry-trace`), so none is bound while the test runs."""
+    scope = sentry_sdk.get_global_scope()
+    before = scope.client
+    scope.set_client(None)
+    yield
+    scope.set_client(before)
+
+
+@pytest.mark.usefixtures("no_sentry_in_this_process")
 def test_an_ingest_requests_trace_reaches_the_workers_fold_and_the_sinks_insert(pipeline: Pipeline) -> None:
     sentry = Receiver()
     try:
