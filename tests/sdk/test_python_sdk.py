@@ -199,8 +199,11 @@ def test_track_returns_at_once_while_the_server_hangs(api: ScriptedApi) -> None:
             else:
                 client.track_performance("api.latency", float(n), severity="critical")
             slowest = max(slowest, time.monotonic() - before)
-        assert time.monotonic() - started < 2.0
-        assert slowest < 0.1
+        # A call that waited on the stuck request would wait for its 60 s timeout: the bounds
+        # are far below that and far above what a loaded machine's scheduler adds (0.38 s seen
+        # for one call in make test beside three other test processes on two cores).
+        assert time.monotonic() - started < 5.0
+        assert slowest < 1.0
         assert client.dropped == 2000  # 3000 tracked into a buffer of 1000 behind a stuck batch
         assert not client.flush(timeout=0.2)  # it does block, and gives up at the timeout
     finally:
