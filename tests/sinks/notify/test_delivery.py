@@ -110,7 +110,7 @@ def start_notifier(pipeline: Pipeline, kafka: KafkaBroker, **env: str) -> None:
     pipeline.env |= {"COSNAP_NOTIFY_BACKOFF_S": "0.2", "COSNAP_NOTIFY_BACKOFF_MAX_S": "1"} | env
     pipeline.start("notify")
     group = f"{pipeline.topics.internal}notify"
-    assert wait_for(lambda: len(committed(kafka, group)) == 3, 20), pipeline.log("notify")
+    assert wait_for(lambda: len(committed(kafka, group)) == 3, 60), pipeline.log("notify")
 
 
 def listed_alerts(alertmanager: str) -> list[dict[str, Any]]:
