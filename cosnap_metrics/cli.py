@@ -380,7 +380,7 @@ def _compose_env(args: argparse.Namespace) -> int:
     from cosnap_metrics.compose_env import COMPOSE_PASSWORDS, write_compose_env
 
     try:
-        write_compose_env(args.file)
+        write_compose_env(args.file, args.brokers)
     except FileExistsError:
         print(
             f"error: {args.file} exists; it is never overwritten (its passwords are in use)", file=sys.stderr
@@ -700,6 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the .env of docker-compose.yml: new passwords, mode 0600, never overwritten",
     )
     compose_env.add_argument("--file", type=Path, default=Path(".env"), help="where to write (default: .env)")
+    compose_env.add_argument(
+        "--brokers",
+        type=int,
+        choices=BROKER_COUNTS,
+        default=1,
+        help="3: the profile `cluster`, three Kafka nodes with every service on all three (default 1)",
+    )
     compose_env.set_defaults(func=_compose_env)
 
     alertmanager = commands.add_parser("alertmanager", help="Alertmanager's configuration").add_subparsers(
