@@ -5,6 +5,7 @@ answering 503 with Retry-After, losing nothing, while two of the three nodes are
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ from cosnap_metrics.broker import KafkaCluster, describe_partition
 from cosnap_metrics.provision import ensure_topics
 from schemas.topics import Topics
 from tests.conftest import make_pipeline, wait_for
+from tests.cosnap_metrics.runner import CLI, runner_env
 
 RECOVERED_WITHIN_S = 120.0  # a node started again is back in every ISR (two busy cores)
 
@@ -151,3 +153,13 @@ def test_the_ingest_answers_503_while_two_nodes_are_down_and_loses_nothing(
     topic = pipeline.topics.events
     assert wait_for(lambda: _in_sync(kafka_cluster, topic, 6), RECOVERED_WITHIN_S, interval=1)
     print(f"503 with Retry-After {refused[0].headers['Retry-After']} after {answered_s:.1f} s")
+
+
+def test_run_refuses_a_number_of_brokers_it_cannot_start(tmp_path: Path) -> None:
+    env = runner_env(tmp_path / "data")
+    flag = subprocess.run([CLI, "run", "--brokers", "2"], env=env, capture_output=True, text=True, timeout=60)
+    assert flag.returncode == 2 and "invalid choice: 2" in flag.stderr
+    env["COSNAP_BROKERS"] = "2"
+    variable = subprocess.run([CLI, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert variable.returncode == 2 and "2 brokers: `run` starts 1 or 3" in variable.stderr
+    assert not (tmp_path / "data" / "kafka-cluster").exists()
