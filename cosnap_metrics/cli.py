@@ -11,7 +11,14 @@ from datetime import datetime
 from pathlib import Path
 
 from schemas.health import ServiceHealth
-from schemas.settings import CommonSettings, IngestSettings, RunnerSettings, SinkSettings, StreamsSettings
+from schemas.settings import (
+    BROKER_COUNTS,
+    CommonSettings,
+    IngestSettings,
+    RunnerSettings,
+    SinkSettings,
+    StreamsSettings,
+)
 
 
 def _logging(
@@ -31,9 +38,17 @@ def _logging(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from cosnap_metrics.supervisor import run_pipeline
 
-    return run_pipeline(RunnerSettings(), args.log_format)
+    overrides = {"brokers": args.brokers} if args.brokers is not None else {}
+    try:
+        settings = RunnerSettings(**overrides)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_pipeline(settings, args.log_format)
 
 
 # The ingest's share of its stop deadline (plumbing/stopping.py) for requests still waiting for
@@ -202,7 +217,7 @@ def _topics(_args: argparse.Namespace) -> int:
     from cosnap_metrics.provision import ensure_topics
 
     settings = CommonSettings()
-    created = ensure_topics(settings.kafka_bootstrap, settings.topics)
+    created = ensure_topics(settings.kafka_bootstrap, settings.topics, settings.kafka_replication)
     print(f"created: {', '.join(created) or 'none (all present)'}")
     return 0
 
@@ -365,7 +380,7 @@ def _compose_env(args: argparse.Namespace) -> int:
     from cosnap_metrics.compose_env import COMPOSE_PASSWORDS, write_compose_env
 
     try:
-        write_compose_env(args.file)
+        write_compose_env(args.file, args.brokers)
     except FileExistsError:
         print(
             f"error: {args.file} exists; it is never overwritten (its passwords are in use)", file=sys.stderr
@@ -478,9 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="every log line to the console in this format (default: COSNAP_LOG_FORMAT; under `run`, "
         "only warnings, state changes and a status line)",
     )
-    commands.add_parser(
+    run = commands.add_parser(
         "run", parents=[logs], help="run the whole embedded pipeline (Kafka, sink, streams, ingest)"
-    ).set_defaults(func=_run)
+    )
+    run.add_argument(
+        "--brokers",
+        type=int,
+        choices=BROKER_COUNTS,
+        help="Kafka nodes to start on loopback: 1, or 3 (a cluster: topics with 3 replicas, "
+        "min.insync.replicas 2); default COSNAP_BROKERS, 1",
+    )
+    run.set_defaults(func=_run)
     commands.add_parser("ingest", parents=[logs], help="run the ingest API").set_defaults(func=_ingest)
     commands.add_parser("streams", parents=[logs], help="run the Faust worker").set_defaults(func=_streams)
     commands.add_parser(
@@ -677,6 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the .env of docker-compose.yml: new passwords, mode 0600, never overwritten",
     )
     compose_env.add_argument("--file", type=Path, default=Path(".env"), help="where to write (default: .env)")
+    compose_env.add_argument(
+        "--brokers",
+        type=int,
+        choices=BROKER_COUNTS,
+        default=1,
+        help="3: the profile `cluster`, three Kafka nodes with every service on all three (default 1)",
+    )
     compose_env.set_defaults(func=_compose_env)
 
     alertmanager = commands.add_parser("alertmanager", help="Alertmanager's configuration").add_subparsers(

@@ -2,7 +2,8 @@
 short status line every few seconds, read from the services' own `/health` and `/metrics`.
 
 Every `STATUS_EVERY_S` a daemon thread asks each service for its health (a line when its state
-changes: `[run] streams is healthy`) and for its Prometheus metrics, from which it makes the
+changes: `[run] streams is healthy`; on a Kafka cluster the nodes too: `[run] kafka is 2 of 3
+nodes up; kafka-2 is down (killed by SIGKILL)`) and for its Prometheus metrics, from which it makes the
 status line:
 
     [run] in 12.0 ev/s | lag 0 | windows 1,234 | alerts firing 1 | errors 0
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -142,9 +143,16 @@ class Console:
     `stop()`. Its lines go to `stream` (the runner's stdout) under the label `run`."""
 
     def __init__(
-        self, services: Mapping[str, Endpoints], stream: TextIO, every_s: float = STATUS_EVERY_S
+        self,
+        services: Mapping[str, Endpoints],
+        stream: TextIO,
+        every_s: float = STATUS_EVERY_S,
+        states: Mapping[str, Callable[[], str]] | None = None,
     ) -> None:
+        """`states`: parts that are not services, by name, each with a function that tells its
+        state (the runner's Kafka nodes): a line when it changes, like a service's."""
         self._services = dict(services)
+        self._own_states = dict(states or {})
         self._every_s = every_s
         self._line = ProgressLine("run", stream=stream, every_s=0.0)
         self._tty = stream.isatty()
@@ -172,13 +180,11 @@ class Console:
 
     def tick(self, client: httpx.Client) -> None:
         """Read every service once: state changes as lines, then the status line."""
+        for name, state_of in self._own_states.items():
+            self._tell(name, state_of())
         expositions = []
         for name, endpoints in self._services.items():
-            state = _state(client, endpoints.health)
-            if state != self._states.get(name):
-                self._states[name] = state
-                if not self._stopped.is_set():
-                    self._line.note(f"{name} is {state}")
+            self._tell(name, _state(client, endpoints.health))
             try:
                 response = client.get(endpoints.metrics)
             except httpx.HTTPError:
@@ -190,6 +196,13 @@ class Console:
         self._previous = current
         if not self._stopped.is_set():
             self._show(text, current.at)
+
+    def _tell(self, name: str, state: str) -> None:
+        """A line when `name`'s state is not the one told last."""
+        if state != self._states.get(name):
+            self._states[name] = state
+            if not self._stopped.is_set():
+                self._line.note(f"{name} is {state}")
 
     def _show(self, text: str, now: float) -> None:
         if self._tty:

@@ -9,12 +9,14 @@ import time
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from schemas.topics import Topics
+from schemas.topics import Topics, min_insync_replicas
 
 
 def ensure_topics(bootstrap: str, topics: Topics, replication: int = 1, timeout: float = 60.0) -> list[str]:
-    """Create missing topics and return the names created. Retries while a fresh KRaft
-    controller is still electing; raises KafkaError after `timeout` seconds."""
+    """Create missing topics, each with `replication` replicas and min.insync.replicas their
+    majority, and return the names created (a topic that exists is left as it is). Retries while
+    a fresh KRaft controller is still electing or too few brokers have registered; raises
+    KafkaError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -29,8 +31,9 @@ def _create_missing(bootstrap: str, topics: Topics, replication: int) -> list[st
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cosnap-provision")
     try:
         existing = set(admin.list_topics())
+        min_isr = {"min.insync.replicas": str(min_insync_replicas(replication))}
         missing = [
-            NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
+            NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config | min_isr)
             for spec in topics.specs()
             if spec.name not in existing
         ]

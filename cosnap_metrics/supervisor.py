@@ -1,14 +1,16 @@
 """`cosnap-metrics run`: the whole embedded pipeline from one command, supervised.
 
-Fetches and starts Apache Kafka, creates the topics, starts the sink (which owns chDB and
+Fetches and starts Apache Kafka (one node, or with `--brokers 3` a cluster of three on
+loopback), creates the topics, starts the sink (which owns chDB and
 serves reads), the Faust worker, the ingest API and, when alerts go beyond the topic, the
 notifier, and prints where to reach them. Then it watches every process it started:
 
 - a process that exits is noticed at once (SIGCHLD), reaped, named in one console line and
-  started again after a backoff (`RESTART_BACKOFF`): the broker on the same data directory and
-  ports, a service only while the broker is up (a service that died with the broker comes back
-  after it). A process that exits `MAX_FAILURES` times within `FAILURE_WINDOW_S` stops the whole
-  run, with the reason and exit status 1;
+  started again after a backoff (`RESTART_BACKOFF`): a Kafka node on the same data directory and
+  ports (the nodes that are down together come back together: a node serves only with a majority
+  of the quorum running), a service only while a majority of the nodes is up (a service that
+  died with the broker comes back after it). A process that exits `MAX_FAILURES` times within
+  `FAILURE_WINDOW_S` stops the whole run, with the reason and exit status 1;
 - the services log to `<data dir>/logs/<service>.jsonl`; the console gets their warnings and
   state changes only (plumbing/logs.py), and after the banner a line when a service's health
   changes and a status line every few seconds (cosnap_metrics/console.py). With
@@ -45,7 +47,7 @@ import httpx
 from prometheus_client import Counter, Gauge
 from pydantic import SecretStr
 
-from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.broker import BrokerConfig, KafkaBroker, KafkaCluster, fetch_kafka
 from cosnap_metrics.console import Console, Endpoints
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import describe_exit, signal_group, spawn
@@ -59,10 +61,12 @@ from plumbing.stopping import EXIT_SECOND_SIGNAL, EXIT_UNFLUSHED
 from plumbing.webhooks import SECRET_PREFIX
 from schemas.health import ServiceHealth
 from schemas.settings import RunnerSettings
+from schemas.topics import min_insync_replicas
 
 SERVICES = ("sink", "streams", "ingest")  # start order
 EXAMPLE_QUERY = "SELECT type, count() FROM metrics.events GROUP BY type"
-BROKER = "kafka"
+BROKER = "kafka"  # the child's name of a single node; a cluster's are kafka-1, kafka-2, ...
+CLUSTER_DIR = "kafka-cluster"  # under the data directory, one `node-<id>` directory per node
 
 RESTART_BACKOFF = Backoff(initial=1.0, cap=20.0)  # waits 0.5-1, 1-2, 2-4, 4-8 s, ... before a restart
 MAX_FAILURES = 5  # exits of one process within FAILURE_WINDOW_S that stop the run
@@ -147,6 +151,7 @@ def child_environment(settings: RunnerSettings) -> dict[str, str]:
     return os.environ | {
         "COSNAP_DATA_DIR": str(settings.data_dir.resolve()),
         "COSNAP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "COSNAP_KAFKA_REPLICATION": str(settings.kafka_replication),
         "COSNAP_TOPIC_PREFIX": settings.topic_prefix,
         "COSNAP_SUPERVISOR_URL": _supervisor_url(settings),
         "PYTHONUNBUFFERED": "1",
@@ -214,22 +219,30 @@ class Signals:
                 pass
 
 
+def node_names(kafka: KafkaCluster) -> dict[str, KafkaBroker]:
+    """The runner's name of each Kafka node: `kafka` alone, `kafka-<node id>` in a cluster."""
+    if len(kafka.nodes) == 1:
+        return {BROKER: kafka.nodes[0]}
+    return {f"{BROKER}-{node.config.node_id}": node for node in kafka.nodes}
+
+
 class Supervisor:
-    """The broker and the services of one run, started and restarted; `stop()` ends them."""
+    """The Kafka nodes and the services of one run, started and restarted; `stop()` ends them."""
 
     def __init__(
         self,
         settings: RunnerSettings,
-        broker: KafkaBroker,
+        kafka: KafkaCluster,
         env: dict[str, str],
         log_format: str | None = None,
     ) -> None:
         self._settings = settings
-        self._broker = broker
+        self._kafka = kafka
+        self._nodes = node_names(kafka)
         self._env = env
         self._log_args = ["--log-format", log_format] if log_format else []
         self._names = services(settings)
-        self.children = {name: Child(name) for name in (BROKER, *self._names)}
+        self.children = {name: Child(name) for name in (*self._nodes, *self._names)}
         self.signals = Signals(self.kill_all)
         self._health = ServiceHealth(service="run", status="unhealthy", problems=["starting"])
 
@@ -255,11 +268,28 @@ class Supervisor:
             service="run", status="degraded" if problems else "healthy", problems=problems, details=details
         )
 
-    def start_broker(self) -> None:
-        """Start (or start again) the broker and wait until it answers; RunnerError if not."""
-        self._broker.start(cancelled=lambda: self.signals.stopping)
-        self.children[BROKER].process = self._broker.process
-        UP.labels(BROKER).set(1)
+    def start_kafka(self) -> None:
+        """Start every Kafka node and wait until each answers; RunnerError if one does not."""
+        self._kafka.start(cancelled=lambda: self.signals.stopping)
+        self._running(list(self._nodes))
+
+    def _running(self, names: list[str]) -> None:
+        for name in names:
+            self.children[name].process = self._nodes[name].process
+            UP.labels(name).set(1)
+
+    def kafka_up(self) -> bool:
+        """Whether a majority of the nodes runs: the cluster's quorum, and the replicas that
+        min.insync.replicas asks for."""
+        running = sum(self.children[name].process is not None for name in self._nodes)
+        return running > len(self._nodes) // 2
+
+    def kafka_state(self) -> str:
+        """The nodes as the console shows them: `3 of 3 nodes up`, `2 of 3 nodes up; kafka-2 is
+        down (killed by SIGKILL)`."""
+        down = [child for name in self._nodes if (child := self.children[name]).process is None]
+        state = f"{len(self._nodes) - len(down)} of {len(self._nodes)} nodes up"
+        return "; ".join([state, *(f"{child.name} is down ({child.last_exit})" for child in down)])
 
     def start_service(self, name: str) -> None:
         self.children[name].process = spawn(
@@ -281,7 +311,7 @@ class Supervisor:
             self.signals.wait(CHECK_EVERY_S)
             self._reap()
             self._restart_due()
-            if not ready and self.children[BROKER].process is not None:
+            if not ready and self.kafka_up():
                 ready = self._ready()
                 if ready:
                     on_ready()
@@ -299,20 +329,16 @@ class Supervisor:
                 continue
             how = describe_exit(child.process.returncode)
             delay = child.failed(how)
-            after = (
-                " once Kafka is back"
-                if child.name != BROKER and self.children[BROKER].process is None
-                else ""
-            )
+            after = " once Kafka is back" if child.name not in self._nodes and not self.kafka_up() else ""
             _say(f"{child.name} exited ({how}); restarting in {delay:.1f} s{after}")
             self._publish()
 
     def _restart_due(self) -> None:
         now = time.monotonic()
-        broker = self.children[BROKER]
-        if broker.process is None and broker.restart_at is not None and now >= broker.restart_at:
-            self._restart_broker(broker)
-        if broker.process is None:
+        down = [child for name in self._nodes if (child := self.children[name]).process is None]
+        if any(child.restart_at is not None and now >= child.restart_at for child in down):
+            self._restart_nodes(down)
+        if not self.kafka_up():
             return  # the services come back after the broker
         for name in self._names:
             child = self.children[name]
@@ -323,31 +349,39 @@ class Supervisor:
                 _say(f"{name} started again (restart {child.restarts})")
                 self._publish()
 
-    def _restart_broker(self, broker: Child) -> None:
-        broker.restarts += 1
-        RESTARTS.labels(BROKER).inc()
+    def _restart_nodes(self, down: list[Child]) -> None:
+        """Start the nodes that are down again, together, and wait until each answers."""
+        for child in down:
+            child.restarts += 1
+            RESTARTS.labels(child.name).inc()
+            node = self._nodes[child.name]
+            _say(f"starting {_label(child.name)} again on {node.bootstrap} (restart {child.restarts})")
         began = time.monotonic()
-        _say(f"starting Kafka again on {self._broker.bootstrap} (restart {broker.restarts})")
         try:
-            self.start_broker()
+            nodes = [self._nodes[child.name] for child in down]
+            self._kafka.restart(nodes, cancelled=lambda: self.signals.stopping)
         except RunnerError as exc:
             if self.signals.stopping:
                 return
-            delay = broker.failed(str(exc))
-            _say(f"Kafka did not start: {exc}; trying again in {delay:.1f} s")
+            for child in down:
+                delay = child.failed(str(exc))
+                _say(f"{_label(child.name)} did not start: {exc}; trying again in {delay:.1f} s")
         else:
-            _say(f"Kafka ready again, {time.monotonic() - began:.1f} s after its start")
+            self._running([child.name for child in down])
+            for child in down:
+                _say(f"{_label(child.name)} ready again, {time.monotonic() - began:.1f} s after its start")
         self._publish()
 
     def kill_all(self) -> None:
         """SIGKILL every process now (a second Ctrl-C); `stop()` then reaps them."""
-        processes = [child.process for child in self.children.values()] + [self._broker.process]
-        for process in processes:  # the broker's is there while it starts, before it is a child's
+        processes = [child.process for child in self.children.values()]
+        processes += [node.process for node in self._kafka.nodes]
+        for process in processes:  # a node's is there while it starts, before it is a child's
             if process is not None:
                 signal_group(process, signal.SIGKILL)
 
     def stop(self) -> list[str]:
-        """Stop the services together, then the broker, within STOP_S; what was not written
+        """Stop the services together, then the Kafka nodes, within STOP_S; what was not written
         out, one entry per service that could not (empty: a clean stop)."""
         began = time.monotonic()
         running = {n: c.process for n in self._names if (c := self.children[n]).process is not None}
@@ -366,7 +400,7 @@ class Supervisor:
                 unclean.append(f"{name} could not write out all it held (its last line says what)")
             elif code != 0:
                 unclean.append(f"{name} ended with {describe_exit(code)}")
-        self._broker.stop(timeout=max(began + STOP_S - time.monotonic(), BROKER_STOP_MIN_S))
+        self._kafka.stop(timeout=max(began + STOP_S - time.monotonic(), BROKER_STOP_MIN_S))
         for child in self.children.values():
             child.process = None
         return unclean
@@ -390,6 +424,24 @@ def with_validation_receiver(
     return updated, {"COSNAP_VALIDATE_WEBHOOK_URL": url, "COSNAP_WEBHOOK_SECRET": secret}
 
 
+def _label(name: str) -> str:
+    """How the console names a node: `Kafka` when it is the only one, else `kafka-2`."""
+    return "Kafka" if name == BROKER else name
+
+
+def kafka_of_run(settings: RunnerSettings, libs: Path, data_dir: Path) -> KafkaCluster:
+    """The Kafka of a run: one node in `<data dir>/kafka`, or `settings.brokers` nodes under
+    `<data dir>/kafka-cluster`; node 1 on the port of COSNAP_KAFKA_BOOTSTRAP (its first address)
+    and COSNAP_KAFKA_CONTROLLER_PORT."""
+    port = _port(settings.kafka_bootstrap.split(",")[0])
+    if settings.brokers == 1:
+        config = BrokerConfig(libs, data_dir / "kafka", port, settings.kafka_controller_port)
+        return KafkaCluster.single(config)
+    return KafkaCluster.on_loopback(
+        libs, data_dir / CLUSTER_DIR, settings.brokers, port, settings.kafka_controller_port
+    )
+
+
 def run_pipeline(settings: RunnerSettings, log_format: str | None = None) -> int:
     """Blocks until Ctrl-C/SIGTERM, or until a process fails too often; returns the exit status.
     `log_format` (`json`): every line of every service on the console in that format, and no
@@ -397,30 +449,34 @@ def run_pipeline(settings: RunnerSettings, log_format: str | None = None) -> int
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     libs = fetch_kafka(settings.kafka_version, settings.kafka_cache_dir)
-    broker = KafkaBroker(
-        BrokerConfig(
-            libs, data_dir / "kafka", _port(settings.kafka_bootstrap), settings.kafka_controller_port
-        )
-    )
+    kafka = kafka_of_run(settings, libs, data_dir)
+    cluster = {"kafka_bootstrap": kafka.bootstrap} if len(kafka.nodes) > 1 else {}
+    settings = settings.model_copy(update={"kafka_replication": kafka.replication, **cluster})
     log_dir = settings.log_dir or data_dir / "logs"
     settings, validation = with_validation_receiver(settings, data_dir)
     env = child_environment(settings) | {"COSNAP_LOG_DIR": str(log_dir.resolve())} | validation
-    supervisor = Supervisor(settings, broker, env, log_format)
+    supervisor = Supervisor(settings, kafka, env, log_format)
     serve_status(settings.metrics_host, settings.run_metrics_port, supervisor.health)
-    console = Console(endpoints(settings), sys.stdout)
+    states = {BROKER: supervisor.kafka_state} if len(kafka.nodes) > 1 else {}
+    console = Console(endpoints(settings), sys.stdout, states=states)
     code = 0
     try:
-        print(f"[kafka] starting Apache Kafka {settings.kafka_version} on {broker.bootstrap}", flush=True)
-        supervisor.start_broker()
-        created = ensure_topics(broker.bootstrap, settings.topics)
-        print(f"[kafka] ready; topics created: {', '.join(created) or 'none (all present)'}", flush=True)
+        began = time.monotonic()
+        print(f"[kafka] starting Apache Kafka {settings.kafka_version} on {_nodes_text(kafka)}", flush=True)
+        supervisor.start_kafka()
+        created = ensure_topics(kafka.bootstrap, settings.topics, replication=kafka.replication)
+        print(
+            f"[kafka] ready in {time.monotonic() - began:.1f} s; "
+            f"topics created: {', '.join(created) or 'none (all present)'}",
+            flush=True,
+        )
         keys = KeyStore(settings.keys_file)
         write_key = ensure_dev_key(keys, data_dir)
         read_key = ensure_dev_read_key(keys, data_dir)
         supervisor.start_services()
 
         def ready() -> None:
-            _banner(settings, data_dir, log_dir, write_key, read_key)
+            _banner(settings, kafka, data_dir, log_dir, write_key, read_key)
             if log_format is None:
                 console.start()
 
@@ -445,11 +501,29 @@ def run_pipeline(settings: RunnerSettings, log_format: str | None = None) -> int
     return code
 
 
-def _banner(settings: RunnerSettings, data_dir: Path, log_dir: Path, write_key: str, read_key: str) -> None:
+def _nodes_text(kafka: KafkaCluster) -> str:
+    """`127.0.0.1:9092`, or `3 nodes: kafka-1 127.0.0.1:9092, kafka-2 127.0.0.1:40123, ...`."""
+    nodes = node_names(kafka)
+    if len(nodes) == 1:
+        return kafka.bootstrap
+    return f"{len(nodes)} nodes: " + ", ".join(f"{name} {node.bootstrap}" for name, node in nodes.items())
+
+
+def _banner(
+    settings: RunnerSettings,
+    kafka: KafkaCluster,
+    data_dir: Path,
+    log_dir: Path,
+    write_key: str,
+    read_key: str,
+) -> None:
     ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    min_isr = min_insync_replicas(kafka.replication)
+    durability = f"topics: {kafka.replication} replicas, min.insync.replicas {min_isr}"
     print(
         "\n"
         f"  Cosnap Metrics is running (data in {data_dir})\n"
+        f"  kafka        {_nodes_text(kafka)}   ({durability})\n"
         f"  ingest API   {ingest}/v1/events\n"
         f"  API docs     {ingest}/docs\n"
         f"  dashboard    {settings.query_url}/dashboard\n"

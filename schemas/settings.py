@@ -18,6 +18,7 @@ from schemas.segment import DEFAULT_SEGMENT_MAPPING
 from schemas.series import MAX_NAMES
 from schemas.topics import DEFAULT_PREFIX, Topics
 
+BROKER_COUNTS = (1, 3)  # the Kafka nodes `cosnap-metrics run` can start
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["json", "text"]
 
@@ -26,7 +27,16 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COSNAP_", frozen=True, extra="ignore")
 
     data_dir: Path = Field(default=Path(".cosnap-data"), description="Local state: Kafka logs, chDB, keys")
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092", description="host:port of every broker, comma-separated"
+    )
+    kafka_replication: int = Field(
+        default=1,
+        ge=1,
+        le=7,
+        description="Replicas of each topic the pipeline creates (3 on a cluster); min.insync.replicas "
+        "is their majority. `run --brokers 3` sets it",
+    )
     topic_prefix: str = DEFAULT_PREFIX
     clickhouse_url: str = Field(
         default="",
@@ -288,9 +298,23 @@ class RunnerSettings(IngestSettings, StreamsSettings, SinkSettings, NotifierSett
         description="Broker jars fetched from Maven Central, shared by every checkout",
     )
     kafka_controller_port: int = 9093
+    brokers: int = Field(
+        default=1,
+        description="Kafka nodes `run` starts: 1, or a cluster of 3 on loopback (topics with 3 replicas, "
+        "min.insync.replicas 2); `run --brokers` overrides it",
+    )
     run_metrics_port: int = Field(
         default=8128,
         ge=0,
         le=65535,
         description="The runner's /metrics and /health: its processes and their restarts; 0 = off",
     )
+
+    @field_validator("brokers")
+    @classmethod
+    def _cluster_size(cls, value: int) -> int:
+        # Every node is a voter of the controller quorum, which a majority keeps: with 2 nodes
+        # either one down stops the cluster, so 2 is no gain over 1.
+        if value not in BROKER_COUNTS:
+            raise ValueError(f"{value} brokers: `run` starts {' or '.join(map(str, BROKER_COUNTS))}")
+        return value

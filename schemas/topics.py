@@ -13,6 +13,13 @@ MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
 EVENT_PARTITIONS = 6
 
 
+def min_insync_replicas(replication: int) -> int:
+    """The replicas that must have a record before an acks=all write succeeds: a majority of
+    `replication` (1 of 1, 2 of 3), so one replica of three may be down and writes go on, and a
+    record acknowledged is on two nodes (docs/reference.md, "A Kafka cluster")."""
+    return replication // 2 + 1
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str

@@ -193,7 +193,7 @@ def _faust_app(settings: StreamsSettings) -> faust.App:
         producer_acks=-1,
         producer_max_request_size=MAX_CHECKPOINT_BYTES,
         consumer_auto_offset_reset="earliest",
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka_replication,
         # A worker killed without leaving the group holds its partitions until this runs out.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -22,7 +21,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from cosnap_metrics.broker import BrokerConfig, KafkaBroker, fetch_kafka
+from cosnap_metrics.broker import BrokerConfig, KafkaBroker, KafkaCluster, fetch_kafka
+from cosnap_metrics.broker import free_port as free_port  # the tests' and the benchmarks' too
 from cosnap_metrics.errors import RunnerError
 from cosnap_metrics.processes import spawn, stop
 from cosnap_metrics.provision import ensure_topics
@@ -93,13 +93,6 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25) -
         if result or time.monotonic() > deadline:
             return result
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _fetch_kafka_libs() -> Path:
@@ -270,6 +263,18 @@ def own_kafka(kafka_libs: Path, tmp_path: Path) -> Iterator[KafkaBroker]:
     broker.stop()
 
 
+@pytest.fixture(scope="module")
+def kafka_cluster(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A cluster of three KRaft nodes of the test file's own (topics with 3 replicas,
+    min.insync.replicas 2), for tests that kill, stop and restart its nodes one by one
+    (`nodes[i]`, `restart([...])`). A test that takes nodes down starts them again before it ends."""
+    data_dir = tmp_path_factory.mktemp("kafka-cluster")
+    cluster = KafkaCluster.on_loopback(kafka_libs, data_dir, 3, free_port(), free_port())
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def pipeline(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pipeline]:
     """Environment for the pipeline's processes on their own topics, ports and chDB directory.
@@ -287,9 +292,12 @@ def pipeline_on_own_kafka(own_kafka: KafkaBroker, tmp_path: Path) -> Iterator[Pi
     running.stop()
 
 
-def make_pipeline(kafka: KafkaBroker, tmp_path: Path) -> Pipeline:
+def make_pipeline(kafka: KafkaBroker | KafkaCluster, tmp_path: Path) -> Pipeline:
+    """The pipeline's environment on `kafka` (a node, or a cluster: then its topics have the
+    cluster's replicas, and the services' own topics too)."""
+    replication = kafka.replication if isinstance(kafka, KafkaCluster) else 1
     topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
-    ensure_topics(kafka.bootstrap, topics)
+    ensure_topics(kafka.bootstrap, topics, replication)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     logs = tmp_path / "logs"
@@ -298,6 +306,7 @@ def make_pipeline(kafka: KafkaBroker, tmp_path: Path) -> Pipeline:
     env = os.environ | {
         "COSNAP_DATA_DIR": str(data_dir),
         "COSNAP_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "COSNAP_KAFKA_REPLICATION": str(replication),
         "COSNAP_TOPIC_PREFIX": topics.prefix,
         "COSNAP_INGEST_PORT": str(ingest_port),
         "COSNAP_QUERY_URL": f"http://127.0.0.1:{query_port}",

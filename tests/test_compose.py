@@ -23,7 +23,7 @@ import yaml
 
 from cosnap_metrics.alertmanager_config import CONFIG_NAME, TEMPLATE_DIR, write_config
 from cosnap_metrics.cli import build_parser
-from cosnap_metrics.compose_env import COMPOSE_PASSWORDS
+from cosnap_metrics.compose_env import CLUSTER_NODES, COMPOSE_PASSWORDS
 from cosnap_metrics.healthcheck import SERVICES, container_service
 from schemas.settings import RunnerSettings
 
@@ -438,3 +438,43 @@ def test_docker_compose_config_accepts_the_file_with_the_env_compose_env_writes(
         resolved["services"]["notify"]["environment"]["COSNAP_VALIDATE_WEBHOOK_URL"]
         == "http://validate:8129/"
     )
+
+
+def test_the_cluster_profile_makes_three_nodes_one_cluster_with_every_service_on_all_three(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / ".env"
+    cli = [sys.executable, "-m", "cosnap_metrics.cli"]
+    subprocess.run([*cli, "compose-env", "--brokers", "3", "--file", str(env_file)], check=True)
+    written = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line[:1] != "#")
+    assert written["COMPOSE_PROFILES"] == "cluster"
+    compose = ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file)]
+    for profile in ([], ["--profile", "cluster"]):
+        config = subprocess.run(
+            [*compose, *profile, "config"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert config.returncode == 0, config.stderr
+    services = yaml.safe_load(config.stdout)["services"]
+    nodes = {name: services[name] for name in CLUSTER_NODES}
+    assert [services[name].get("profiles") for name in CLUSTER_NODES] == [None, ["cluster"], ["cluster"]]
+    advertised = []
+    for node_id, (name, node) in enumerate(nodes.items(), 1):
+        env = node["environment"]
+        assert node["image"] == services["kafka"]["image"]
+        assert str(env["KAFKA_NODE_ID"]) == str(node_id)
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"
+        assert str(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == "3"
+        assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "3"
+        assert str(env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "3"
+        assert str(env["KAFKA_MIN_INSYNC_REPLICAS"]) == str(env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == "2"
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+        assert {volume.split(":")[0] for volume in node["volumes"]} == {f"{name}-data"}
+        advertised.append(env["KAFKA_ADVERTISED_LISTENERS"].removeprefix("PLAINTEXT://"))
+    assert advertised == ["kafka:9092", "kafka-2:9092", "kafka-3:9092"]
+    for name, service in services.items():
+        if service.get("build") and "COSNAP_KAFKA_BOOTSTRAP" in service.get("environment", {}):
+            assert service["environment"]["COSNAP_KAFKA_BOOTSTRAP"] == ",".join(advertised), name
+            assert str(service["environment"]["COSNAP_KAFKA_REPLICATION"]) == "3", name

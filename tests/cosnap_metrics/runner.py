@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -34,15 +35,15 @@ def runner_env(data_dir: Path, **extra: str) -> dict[str, str]:
     )
 
 
-def launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """The console script, as `make run` starts it, writing its console to `log`."""
+def launch(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The console script, as `make run` starts it (with `args`), writing its console to `log`."""
     with log.open("ab") as out:
-        return subprocess.Popen([CLI, "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([CLI, "run", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
     """Launch the runner and wait for its banner; the runner and the development write key."""
-    runner = launch(env, log)
+    runner = launch(env, log, *args)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
@@ -78,9 +79,42 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def query(env: dict[str, str], sql: str) -> str:
+    """`cosnap-metrics query` of the run of `env`: its output (TSV with a header)."""
+    result = subprocess.run(
+        [CLI, "query", sql],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def interrupt(runner: subprocess.Popen[bytes], twice: bool = False) -> None:
+    """Ctrl-C (`twice`: and again, which kills every process at once), then check that every
+    process the runner started is gone."""
+    started = descendants(runner.pid)
+    assert len(started) >= 4, started  # the broker, sink, streams and ingest at least
+    runner.send_signal(signal.SIGINT)
+    if twice:
+        time.sleep(0.5)  # two signals sent at once may reach the runner as one
+        runner.send_signal(signal.SIGINT)
+    assert runner.wait(timeout=120) == (130 if twice else 0)
+    time.sleep(0.5)
+    assert [pid for pid in started if alive(pid)] == []
+
+
 def child_running(runner: subprocess.Popen[bytes], name: str) -> int | None:
-    """The pid of the runner's child `name` (`kafka`, or a service: `sink`, `ingest`, ...)."""
-    wanted = "kafka.Kafka" if name == "kafka" else f"cosnap_metrics.cli {name}"
+    """The pid of the runner's child `name` (`kafka`, a node of a cluster: `kafka-2`, or a
+    service: `sink`, `ingest`, ...)."""
+    if name == "kafka":
+        wanted = "kafka.Kafka"
+    elif name.startswith("kafka-"):
+        wanted = f"/node-{name.removeprefix('kafka-')}/server.properties"
+    else:
+        wanted = f"cosnap_metrics.cli {name}"
     for pid in children(runner.pid):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

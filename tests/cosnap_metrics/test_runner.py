@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,35 +11,9 @@ import clickhouse_connect
 import httpx
 import pytest
 
-from tests.cosnap_metrics.runner import CLI, alive, descendants, runner_env, start
+from tests.cosnap_metrics.runner import CLI, interrupt, query, runner_env, start
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
-
-
-def _query(env: dict[str, str], sql: str) -> str:
-    result = subprocess.run(
-        [CLI, "query", sql],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def _interrupt(runner: subprocess.Popen[bytes], twice: bool = False) -> None:
-    """Ctrl-C (`twice`: and again, which kills every process at once), then check that every
-    process the runner started is gone."""
-    started = descendants(runner.pid)
-    assert len(started) >= 4, started  # the broker, sink, streams and ingest at least
-    runner.send_signal(signal.SIGINT)
-    if twice:
-        time.sleep(0.5)  # two signals sent at once may reach the runner as one
-        runner.send_signal(signal.SIGINT)
-    assert runner.wait(timeout=120) == (130 if twice else 0)
-    time.sleep(0.5)
-    assert [pid for pid in started if alive(pid)] == []
 
 
 def test_run_serves_curl_and_query_then_stops_everything(tmp_path: Path) -> None:
@@ -57,7 +30,7 @@ def test_run_serves_curl_and_query_then_stops_everything(tmp_path: Path) -> None
         )
         assert response.status_code == 202, response.text
         accepted = time.monotonic()
-        while _query(env, "SELECT count() FROM metrics.events").split() != ["count()", "1"]:
+        while query(env, "SELECT count() FROM metrics.events").split() != ["count()", "1"]:
             assert time.monotonic() - accepted < 5, "event not queryable within 5 s"
             time.sleep(0.2)
         refused = subprocess.run(
@@ -76,15 +49,15 @@ def test_run_serves_curl_and_query_then_stops_everything(tmp_path: Path) -> None
         )
         assert client.query("SELECT count() FROM metrics.events").result_rows == [(1,)]
     finally:
-        _interrupt(runner)
+        interrupt(runner)
 
     # With the pipeline stopped, the CLI opens chDB itself.
-    assert _query(env, "SELECT count() FROM metrics.events").split() == ["count()", "1"]
+    assert query(env, "SELECT count() FROM metrics.events").split() == ["count()", "1"]
 
     # A second run reuses the data directory (and the broker cache): same key, same rows.
     runner, second_key = start(env, tmp_path / "run2.log")
     try:
         assert second_key == write_key
-        assert _query(env, "SELECT count() FROM metrics.events").split() == ["count()", "1"]
+        assert query(env, "SELECT count() FROM metrics.events").split() == ["count()", "1"]
     finally:
-        _interrupt(runner, twice=True)
+        interrupt(runner, twice=True)
