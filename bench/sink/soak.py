@@ -1,6 +1,6 @@
 """The sink alone under a steady load, for its memory: is it flat, and what grows if not.
 
-    python -m bench.sink.soak [--rate 7500] [--minutes 15] [--sample 10] [--env NAME=VALUE ...]
+    python -m bench.sink.soak [--rate 7500] [--minutes 20] [--warmup 600] [--sample 10] [--env NAME=VALUE ...]
 
 Starts a real Apache Kafka broker and `cosnap-metrics sink` as `make run` starts it (embedded
 chDB in a fresh directory, its query service beside it), and writes straight into Kafka, at
@@ -18,14 +18,16 @@ Every `--sample` seconds it reads the sink's RSS (VmRSS, and its anonymous and f
 shares, /proc/<pid>/status) and its `/metrics`: the rows inserted, and the store's own figures
 (sinks/clickhouse/metrics.py, StoreMemory): chDB's tracked memory and caches, its allocator's
 resident bytes, the active parts with their primary index and marks in memory. Each figure is
-printed as sampled; at the end, for each, over the samples after a WARMUP_S warm-up: start, end
-and the least-squares slope per 10 minutes and per million rows stored, so that memory that
+printed as sampled; at the end, for each, over the samples after the warm-up (`--warmup`, 10
+minutes by default: why, bench/pipeline's WARMUP_S): start, end and the least-squares slope per 10
+minutes (of the samples and of their floor) and per million rows stored, so that memory that
 follows the data can be told from a leak.
 
-Flat (the bar of bench/pipeline's soak): RSS grows by at most max(5 MiB, 1 % of its start) per
-10 minutes. What the engine holds in memory for the rows stored (the primary index and marks of
-the active parts) is bounded by the data, not by time: the judgement is on RSS less those, and
-their bytes per row are printed beside it. Exit status 1 when not flat or the sink fell behind.
+Flat (the bar of bench/pipeline's soak): the floor of RSS (its lowest over the last minute, so
+that a sample taken during a merge does not count as kept) grows by at most max(5 MiB, 1 % of its
+start) per 10 minutes. What the engine holds in memory for the rows stored (the primary index
+and marks of the active parts) is bounded by the data, not by time: the judgement is on RSS less
+those, and their bytes per row are printed beside it. Exit status 1 when not flat or the sink fell behind.
 `--env` passes settings to the sink's environment (e.g. `--env MALLOC_ARENA_MAX=2`).
 """
 
@@ -50,7 +52,7 @@ import httpx
 import orjson
 
 from bench.kafka import bench_kafka
-from bench.pipeline.__main__ import Trend, trend
+from bench.pipeline.__main__ import FLOOR_S, WARMUP_S, Trend, trend
 from bench.services import Services
 from bench.sink.__main__ import PROJECTS
 from bench.streams.feed import EVENTS_PER_ENVELOPE, Envelope, choose_projects, cosnap_mix, pack, produce
@@ -65,10 +67,6 @@ from streams.windows import EventTimeWindows
 
 POOL_SECONDS = 20  # of events at the rate, built once and written again with new ids and times
 MIB = 1024 * 1024
-# Left out of the trends: ClickHouse keeps every part a merge replaced for `old_parts_lifetime`
-# (480 s) before it deletes it, and each such part holds memory (~27 KiB tracked per part here),
-# so the first 8 minutes of inserts grow memory that then stays level (docs/findings.md).
-WARMUP_S = 600.0
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 _SAMPLE = re.compile(r"^(cosnap_sink_[a-z_]+)(?:\{([^}]*)\})? (\S+)$", re.M)
 
@@ -212,7 +210,8 @@ class Sampler:
                 f"file {figures.get('RssFile', 0) / MIB:.1f})  chDB tracked "
                 f"{figures.get('memory_bytes:MemoryTracking', 0) / MIB:.1f}, jemalloc resident "
                 f"{figures.get('allocator_bytes:resident', 0) / MIB:.1f}, parts "
-                f"{figures.get('parts:', 0):.0f}, primary index "
+                f"{figures.get('parts:active', 0):.0f} (outdated {figures.get('parts:outdated', 0):.0f}), "
+                "primary index "
                 f"{figures.get('part_bytes:primary_index', 0) / MIB:.2f}, marks "
                 f"{figures.get('part_bytes:marks', 0) / MIB:.2f}, mark cache "
                 f"{figures.get('memory_bytes:MarkCacheBytes', 0) / MIB:.1f}, condition cache "
@@ -254,18 +253,11 @@ DERIVED = {
 }
 
 
-FLOOR_S = 60.0
-FLOOR = "RSS floor"  # the lowest RSS of the last FLOOR_S: what stays between merges
-
-
 def derive(samples: list[Sample]) -> None:
     for sample in samples:
         for name, (base, minus) in DERIVED.items():
             if base in sample.figures and all(m in sample.figures for m in minus):
                 sample.figures[name] = sample.figures[base] - sum(sample.figures[m] for m in minus)
-        recent = [s.figures["VmRSS"] for s in samples if sample.at - FLOOR_S <= s.at <= sample.at]
-        if "VmRSS" in sample.figures:
-            sample.figures[FLOOR] = min(recent)
 
 
 def main() -> int:
@@ -349,8 +341,11 @@ def report(
         f"\nwritten {events:,} events ({events / (ended - began):,.0f}/s) and {windows.records:,} windows; "
         f"the sink inserted {stored:,.0f} event rows; the trend from {args.warmup:.0f} s to the load's end"
     )
-    print("\n| figure | start | end | slope / 10 min | slope / million rows |")
-    print("|---|---|---|---|---|")
+    print(
+        f"\n| figure | start | end | slope / 10 min | its floor's (lowest of {FLOOR_S:.0f} s) | "
+        "slope / million rows |"
+    )
+    print("|---|---|---|---|---|---|")
     names = [
         "VmRSS",
         "RssAnon",
@@ -367,12 +362,15 @@ def report(
         t = found.trend
         print(
             f"| {name} MiB | {t.start_mib:.1f} | {t.end_mib:.1f} | {t.slope_mib_per_10min:+.2f} | "
-            f"{found.per_million_rows:+.2f} |"
+            f"{t.floor_slope_mib_per_10min:+.2f} | {found.per_million_rows:+.2f} |"
         )
-    parts = figure(load, "parts:", after, 1)
+    parts = figure(load, "parts:active", after, 1)
+    outdated = figure(load, "parts:outdated", after, 1)
     rows = figure(load, "rows", after, 1)
-    print(f"| active parts | {parts.trend.start_mib:.0f} | {parts.trend.end_mib:.0f} | "
-          f"{parts.trend.slope_mib_per_10min:+.1f} | |")  # fmt: skip
+    for label, found in (("active parts", parts), ("outdated parts", outdated)):
+        t = found.trend
+        print(f"| {label} | {t.start_mib:.0f} | {t.end_mib:.0f} | {t.slope_mib_per_10min:+.1f} | "
+              f"{t.floor_slope_mib_per_10min:+.1f} | |")  # fmt: skip
     per_row = [
         (s.figures["part_bytes:primary_index"] + s.figures["part_bytes:marks"]) / s.figures["rows:"]
         for s in load[-1:]
@@ -386,10 +384,10 @@ def report(
         f"{per_row[0] if per_row else math.nan:.4f} bytes per row stored"
     )
     print(
-        f"RSS {rss.start_mib:.0f} -> {rss.end_mib:.0f} MiB, slope {rss.slope_mib_per_10min:+.2f} "
-        "MiB / 10 min "
-        f"(bound {rss.bound_mib_per_10min:.1f}); less the data's primary index and marks "
-        f"{judged.slope_mib_per_10min:+.2f} (bound {judged.bound_mib_per_10min:.1f}): "
+        f"RSS {rss.start_mib:.0f} -> {rss.end_mib:.0f} MiB, slope {rss.slope_mib_per_10min:+.2f} MiB "
+        "/ 10 min, "
+        f"its floor's {rss.floor_slope_mib_per_10min:+.2f}; less the data's primary index and marks, the "
+        f"floor's slope {judged.floor_slope_mib_per_10min:+.2f} (bound {judged.bound_mib_per_10min:.1f}): "
         f"{'flat' if judged.flat else 'NOT flat'}; the sink kept up: {kept_up}"
     )
     print(f"measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores")

@@ -61,8 +61,9 @@ _STORE_MEMORY_SQL = (
     + ")"
 )
 _STORE_PARTS_SQL = (
-    "SELECT table, count(), sum(rows), sum(primary_key_bytes_in_memory_allocated), sum(marks_bytes) "
-    "FROM system.parts WHERE active AND database = {db:String} GROUP BY table"
+    "SELECT table, countIf(active), countIf(NOT active), sumIf(rows, active), "
+    "sumIf(primary_key_bytes_in_memory_allocated, active), sumIf(marks_bytes, active) "
+    "FROM system.parts WHERE database = {db:String} GROUP BY table"
 )
 # chDB's allocator (jemalloc, its own: Python's objects are not in it), one line of its report.
 _ALLOCATOR = re.compile(
@@ -74,9 +75,9 @@ _ALLOCATOR_KINDS = ("allocated", "active", "metadata", "resident", "mapped", "re
 
 class StoreMemory(Collector):
     """The store's memory as ClickHouse reports it, read at each scrape through the sink's client
-    (`watch`): `system.metrics` (tracked memory and each cache), the active parts of the sink's
-    database per table (count, rows, primary index and marks in memory) and, on chDB, its allocator's
-    totals. Nothing before `watch`; a store that does not answer gives no samples."""
+    (`watch`): `system.metrics` (tracked memory and each cache), the parts of the sink's database
+    per table (active and outdated; the active ones' rows, primary index and marks in memory) and,
+    on chDB, its allocator's totals. Nothing before `watch`; a store that does not answer gives no samples."""
 
     def __init__(self) -> None:
         self._client: Client | None = None
@@ -98,7 +99,11 @@ class StoreMemory(Collector):
             "name in system.metrics",
             labels=["metric"],
         )
-        parts = GaugeMetricFamily("cosnap_sink_store_parts", "Active parts, by table", labels=["table"])
+        parts = GaugeMetricFamily(
+            "cosnap_sink_store_parts",
+            "Parts by table: active, and outdated (replaced by a merge, kept until old_parts_lifetime)",
+            labels=["table", "state"],
+        )
         part_figures = GaugeMetricFamily(
             "cosnap_sink_store_part_bytes",
             "Of the active parts: primary index and marks held in memory, by table",
@@ -111,8 +116,9 @@ class StoreMemory(Collector):
             for name, value in client.query(_STORE_MEMORY_SQL).result_rows:
                 memory.add_metric([str(name)], float(value))
             found = client.query(_STORE_PARTS_SQL, parameters={"db": self._database}).result_rows
-            for table, count, total, index, marks in found:
-                parts.add_metric([table], float(count))
+            for table, active, outdated, total, index, marks in found:
+                parts.add_metric([table, "active"], float(active))
+                parts.add_metric([table, "outdated"], float(outdated))
                 rows.add_metric([table], float(total))
                 part_figures.add_metric([table, "primary_index"], float(index))
                 part_figures.add_metric([table, "marks"], float(marks))
