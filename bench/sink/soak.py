@@ -1,6 +1,7 @@
 """The sink alone under a steady load, for its memory: is it flat, and what grows if not.
 
-    python -m bench.sink.soak [--rate 7500] [--minutes 20] [--warmup 600] [--sample 10] [--env NAME=VALUE ...]
+    python -m bench.sink.soak [--rate 7500] [--minutes 30] [--warmup 600] [--sample 10]
+                              [--env NAME=VALUE ...]
 
 Starts a real Apache Kafka broker and `cosnap-metrics sink` as `make run` starts it (embedded
 chDB in a fresh directory, its query service beside it), and writes straight into Kafka, at
@@ -265,7 +266,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rate", type=int, default=7500, help="events/s")
-    parser.add_argument("--minutes", type=float, default=20, help="minutes of load")
+    parser.add_argument("--minutes", type=float, default=30, help="minutes of load")
     parser.add_argument(
         "--warmup",
         type=float,
