@@ -7,6 +7,7 @@ fields below so that the runner can hand the same environment to every process i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -21,6 +22,11 @@ from schemas.topics import DEFAULT_PREFIX, Topics
 BROKER_COUNTS = (1, 3)  # the Kafka nodes `cosnap-metrics run` can start
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["json", "text"]
+
+
+def half_the_cores() -> int:
+    """Half the machine's cores, at least one: the default share of one analyst's read."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 class CommonSettings(BaseSettings):
@@ -64,6 +70,13 @@ class CommonSettings(BaseSettings):
     )
     query_max_concurrent: int = Field(
         default=4, gt=0, description="Reads at once; the query service answers 429 beyond"
+    )
+    query_max_threads: int = Field(
+        default_factory=half_the_cores,
+        ge=0,
+        description="max_threads of a read: the cores one read may keep busy (0 = ClickHouse's own, "
+        "every core); default half the machine's, so that a runaway read leaves the rest to the "
+        "inserts, the worker and the ingest",
     )
     log_level: LogLevel = "INFO"
     log_format: LogFormat = Field(

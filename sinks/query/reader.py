@@ -23,7 +23,7 @@ import logging
 import queue
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,7 +34,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, scrub_error_deta
 from pydantic import BaseModel
 
 from plumbing.clickhouse import chdb_connection, connect
-from schemas.settings import CommonSettings
+from schemas.settings import CommonSettings, half_the_cores
 from sinks.query.errors import QueryRefused, ReadCancelled, ReadersBusy, ReadFailed, ReadLimitHit
 from sinks.query.sql_guard import SqlGuard, split_format
 
@@ -67,6 +67,7 @@ class ReadLimits:
     max_result_rows: int = 100_000
     max_result_bytes: int = 100_000_000
     max_concurrent: int = 4
+    max_threads: int = field(default_factory=half_the_cores)
 
     def settings(self) -> dict[str, str]:
         """The session's settings, `readonly` last (after it, nothing can be changed)."""
@@ -80,6 +81,7 @@ class ReadLimits:
             "max_result_rows": str(self.max_result_rows),
             "max_result_bytes": str(self.max_result_bytes),
             "result_overflow_mode": "throw",
+            "max_threads": str(self.max_threads),
             "readonly": "1",
         }
 
@@ -107,6 +109,7 @@ def read_limits(settings: CommonSettings) -> ReadLimits:
         max_result_rows=settings.query_max_result_rows,
         max_result_bytes=settings.query_max_result_bytes,
         max_concurrent=settings.query_max_concurrent,
+        max_threads=settings.query_max_threads,
     )
 
 

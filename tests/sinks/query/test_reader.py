@@ -41,12 +41,13 @@ def test_the_session_is_read_only_and_limited_for_its_whole_life(
     store: tuple[str, Client], tmp_path: Path
 ) -> None:
     url, writer = store
-    reader = Reader(url, ReadLimits(timeout_s=7, max_result_rows=500, max_concurrent=1))
+    reader = Reader(url, ReadLimits(timeout_s=7, max_result_rows=500, max_concurrent=1, max_threads=1))
     try:
         settings = reader.run(
-            "SELECT getSetting('readonly'), getSetting('max_execution_time'), getSetting('max_result_rows')"
+            "SELECT getSetting('readonly'), getSetting('max_execution_time'), getSetting('max_result_rows'), "
+            "getSetting('max_threads')"
         )
-        assert settings.rows == [[1, 7.0, 500]]
+        assert settings.rows == [[1, 7.0, 500, 1]]
         # Past the guard, straight to the session: the engine itself refuses every write, every
         # change of a setting, and the table functions that reach the host.
         session = reader._sessions[0]
@@ -54,6 +55,7 @@ def test_the_session_is_read_only_and_limited_for_its_whole_life(
         for sql in [
             "SET readonly = 0",
             "SET max_execution_time = 0",
+            "SET max_threads = 0",
             "SELECT 1 SETTINGS readonly = 0",
             "SELECT 1 SETTINGS max_result_rows = 0",
             "CREATE TABLE metrics.y (a UInt8) ENGINE = Memory",
