@@ -274,12 +274,16 @@ def kafka_cluster(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A cluster of three KRaft nodes of the test file's own (topics with 3 replicas,
     min.insync.replicas 2), for tests that kill, stop and restart its nodes one by one
     (`nodes[i]`, `restart([...])`). A test that takes nodes down starts them again before it ends."""
-    data_dir = tmp_path_factory.mktemp("kafka-cluster")
-    flags = RunnerSettings().jvm_flags
-    cluster = KafkaCluster.on_loopback(kafka_libs, data_dir, 3, free_port(), free_port(), jvm_flags=flags)
+    cluster = new_cluster(kafka_libs, tmp_path_factory.mktemp("kafka-cluster"))
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+def new_cluster(libs: Path, data_dir: Path) -> KafkaCluster:
+    """Three nodes under `data_dir` on free loopback ports, with the JVM flags `run` gives its own."""
+    flags = RunnerSettings().jvm_flags
+    return KafkaCluster.on_loopback(libs, data_dir, 3, free_port(), free_port(), jvm_flags=flags)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 
 from plumbing.keys import KeyStore
 from tests.conftest import Pipeline, wait_for
+from tests.recount import windows_and_recount
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -189,30 +190,9 @@ def test_two_workers_split_the_partitions_and_agree_with_the_recomputation(pipel
         ),
         timeout=180,
     ), pipeline.log("streams")[-3000:]
-    windows = """
-        SELECT project, type, name, currency, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count,
-               toString(sum)
-        FROM metrics.windows WHERE granularity = '1m'"""
-    recomputed = """
-        SELECT project, type,
-               multiIf(type = 'revenue', name, type = 'performance', metric, type = 'feature', feature,
-                       concat(funnel, ':', step)) AS series, currency,
-               formatDateTime(toStartOfMinute(timestamp), '%Y-%m-%dT%H:%i:%S') AS minute, count(),
-               toString(sum(multiIf(type = 'revenue', toDecimal128(amount, 9),
-                            type = 'performance', toDecimal128(toString(value), 9), toDecimal128(1, 9))))
-        FROM metrics.events FINAL GROUP BY project, type, series, currency, minute"""
-    assert summed(pipeline.query(windows)) == summed(pipeline.query(recomputed))
+    windows, recounted = windows_and_recount(pipeline)
+    assert windows == recounted
     owned = [
         set(re.findall(r"owns events partition (\d+)", pipeline.log(w))) for w in ("streams", "streams#2")
     ]
     assert all(owned) and not owned[0] & owned[1], owned  # each worker owned some, none owned twice
-
-
-def summed(rows: list[list[Any]]) -> dict[tuple[str, ...], tuple[int, Decimal]]:
-    """(project, type, series, currency, minute) -> (count, sum), adding up across dimensions."""
-    totals: dict[tuple[str, ...], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
-    for row in rows:
-        acc = totals[tuple(str(c) for c in row[:5])]
-        acc[0] += int(str(row[5]))
-        acc[1] += Decimal(str(row[6]))
-    return {k: (v[0], v[1]) for k, v in totals.items()}
