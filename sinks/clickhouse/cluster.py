@@ -40,11 +40,18 @@ SHARDING_KEYS = {
     "traits": "cityHash64(message_id)",
 }
 
-# Session settings of every insert into a Distributed table (the sink's batches, and the copy
-# of migration 0004): the insert returns once each shard has the rows (not once the node that
-# took it queued them on its own disk for later), on a majority of the shard's replicas, so the
-# sink commits Kafka offsets only for rows that survive the loss of a node.
-INSERT_SETTINGS = {"distributed_foreground_insert": "1", "insert_quorum": "auto"}
+# The sink's session on a cluster. Inserts into a Distributed table return once each shard has
+# the rows (not once the node that took them queued them on its own disk to forward later), on a
+# majority of the shard's replicas, one quorum insert at a time per table and shard; reads see
+# every quorum-written row (a replica lacking one refuses the read rather than answer without
+# it). So the sink commits Kafka offsets only for rows that survive the loss of a node, and the
+# late corrections' look-up of first copies (corrections.py) sees every copy stored before it.
+SESSION_SETTINGS = {
+    "distributed_foreground_insert": "1",
+    "insert_quorum": "auto",
+    "insert_quorum_parallel": "0",
+    "select_sequential_consistency": "1",
+}
 
 _NAME = r"\{database\}\.(\w+)"
 _CREATE_TABLE = re.compile(

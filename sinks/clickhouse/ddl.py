@@ -12,7 +12,7 @@ from importlib import resources
 
 from clickhouse_connect.driver.client import Client
 
-from sinks.clickhouse.cluster import INSERT_SETTINGS, migrations_table, on_cluster
+from sinks.clickhouse.cluster import SESSION_SETTINGS, migrations_table, on_cluster
 
 _MIGRATION = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -38,7 +38,7 @@ def apply_migrations(client: Client, database: str, until: int | None = None, cl
     None); return the names applied. Each statement of a migration may run again after a crash
     part-way through it: the migration is recorded only once all of them ran. With `cluster`
     named, every statement runs on each of its nodes (`ON CLUSTER`, waiting for them all)."""
-    settings = INSERT_SETTINGS if cluster else {}
+    settings = SESSION_SETTINGS if cluster else {}
     client.command(
         f"CREATE DATABASE IF NOT EXISTS {database}" + (f" ON CLUSTER {cluster}" if cluster else "")
     )

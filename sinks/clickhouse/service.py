@@ -10,7 +10,7 @@ from plumbing.clickhouse import connect
 from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
-from sinks.clickhouse.cluster import INSERT_SETTINGS as CLUSTER_INSERT_SETTINGS
+from sinks.clickhouse.cluster import SESSION_SETTINGS as CLUSTER_SETTINGS
 from sinks.clickhouse.consumer import Route, TopicSink
 from sinks.clickhouse.corrections import LateCorrections
 from sinks.clickhouse.ddl import apply_migrations
@@ -43,7 +43,7 @@ def open_store(settings: SinkSettings) -> Client:
     insert in progress. A server's client is not shared so (its session would refuse the second
     of two concurrent queries), and a server is watched apart."""
     cluster = settings.clickhouse_cluster
-    client = connect(settings.resolved_clickhouse_url, CLUSTER_INSERT_SETTINGS if cluster else None)
+    client = connect(settings.resolved_clickhouse_url, CLUSTER_SETTINGS if cluster else None)
     applied = apply_migrations(client, settings.clickhouse_database, cluster=cluster)
     if applied:
         log.info("applied migrations %s", ", ".join(applied))

@@ -36,8 +36,8 @@ from clickhouse_connect.driver.client import Client
 from plumbing.clickhouse import connect
 from schemas.settings import SinkSettings
 from sinks.clickhouse.cluster import (
-    INSERT_SETTINGS,
     LOCAL_SUFFIX,
+    SESSION_SETTINGS,
     SHARDING_KEYS,
     migrations_table,
     on_cluster,
@@ -172,7 +172,11 @@ def replicated_tables(client: Client) -> tuple[dict[str, tuple[str, str]], dict[
 def on_chdb_cluster(data: str, config: str) -> None:
     """Run in a process of its own (chDB's configuration is the process's first engine's)."""
     try:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{data}", chdb_options={"config-file": config})
+        # The sink's session on a cluster (service.open_store), through the same client.
+        client = clickhouse_connect.get_client(
+            dsn=f"chdb://{data}", chdb_options={"config-file": config}, settings=SESSION_SETTINGS
+        )
+        assert client.query("SELECT getSetting('insert_quorum_parallel')").result_rows == [(False,)]
         assert client.query("SELECT is_local FROM system.clusters WHERE cluster = 'cosnap'").result_rows == [
             (1,)
         ]
@@ -181,8 +185,8 @@ def on_chdb_cluster(data: str, config: str) -> None:
 
         cluster = cast(Client, SingleNode(client))
         assert len(apply_migrations(cluster, "m", until=3, cluster=CLUSTER)) == 3
-        client.command(EVENTS, settings=INSERT_SETTINGS)
-        client.command(AGGREGATES, settings=INSERT_SETTINGS)
+        client.command(EVENTS)
+        client.command(AGGREGATES)
         assert apply_migrations(cluster, "m", cluster=CLUSTER)[0] == "0004_late_corrections.sql"
         check_moved_forward(client)
         engines = dict(
