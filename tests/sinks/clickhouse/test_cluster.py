@@ -39,6 +39,8 @@ from sinks.clickhouse.cluster import (
     LOCAL_SUFFIX,
     SESSION_SETTINGS,
     SHARDING_KEYS,
+    UnsupportedStatement,
+    alter_commands,
     migrations_table,
     on_cluster,
 )
@@ -259,3 +261,24 @@ def test_the_setting_needs_a_server_and_a_cluster_name() -> None:
         SinkSettings(clickhouse_cluster=CLUSTER)  # chDB in the data directory
     with pytest.raises(ValueError, match="clickhouse_cluster"):
         SinkSettings(clickhouse_url="http://127.0.0.1:8123", clickhouse_cluster="a; DROP")
+
+
+def test_a_statement_without_a_rule_is_refused() -> None:
+    for statement in (
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.mv TO {database}.events AS SELECT 1",
+        "CREATE TABLE IF NOT EXISTS {database}.sessions (id String) ENGINE = ReplacingMergeTree ORDER BY id",
+        "CREATE TABLE IF NOT EXISTS {database}.events (id String) ENGINE = Memory",
+        "TRUNCATE TABLE {database}.events",
+    ):
+        with pytest.raises(UnsupportedStatement):
+            on_cluster(statement, CLUSTER)
+
+
+def test_an_alter_splits_into_commands_not_ttl_rules() -> None:
+    ttl = "MODIFY TTL a + INTERVAL 7 DAY DELETE WHERE g = '10s', a + INTERVAL 90 DAY DELETE WHERE g = '1,m'"
+    commands = alter_commands(f"ADD COLUMN x Map(String, UInt8) COMMENT 'a, b' AFTER y, {ttl}")
+    assert commands == ["ADD COLUMN x Map(String, UInt8) COMMENT 'a, b' AFTER y", ttl]
+    assert on_cluster(f"ALTER TABLE {{database}}.aggregates ADD COLUMN x UInt8, {ttl}", CLUSTER) == [
+        f"ALTER TABLE {{database}}.aggregates_local ON CLUSTER {CLUSTER} ADD COLUMN x UInt8, {ttl}",
+        f"ALTER TABLE {{database}}.aggregates ON CLUSTER {CLUSTER} ADD COLUMN x UInt8",
+    ]
