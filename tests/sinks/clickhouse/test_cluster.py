@@ -33,6 +33,7 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from cosnap_metrics.broker import free_port
 from plumbing.clickhouse import connect
 from schemas.settings import SinkSettings
 from sinks.clickhouse.cluster import (
@@ -48,7 +49,6 @@ from sinks.clickhouse.ddl import _statements, apply_migrations, migrations
 from sinks.clickhouse.retention import apply_retention, canonical_ttl, current_ttl
 from sinks.clickhouse.rows import EVENT_COLUMNS
 from sinks.clickhouse.writer import BatchWriter
-from tests.conftest import free_port
 from tests.sinks.clickhouse.test_migrations import AGGREGATES, EVENTS, check_moved_forward
 
 CLUSTER = "cosnap"
