@@ -29,9 +29,9 @@ def chdb_connection(url: str) -> str:
     return f"{os.path.realpath(urlparse(url).path)}?{urlencode(CHDB_CACHE_BYTES)}"
 
 
-def connect(url: str) -> Client:
+def connect(url: str, settings: dict[str, str] | None = None) -> Client:
     """A client for `chdb:///path` (embedded; one process per directory, its caches bounded by
-    CHDB_CACHE_BYTES) or `http(s)://...`."""
+    CHDB_CACHE_BYTES) or `http(s)://...`, whose session has `settings` (a server's only)."""
     if url.startswith("chdb:"):
         return clickhouse_connect.get_client(dsn=url, chdb_options=CHDB_CACHE_BYTES)
     parsed = urlparse(url)
@@ -41,4 +41,5 @@ def connect(url: str) -> Client:
         username=parsed.username or "default",
         password=parsed.password or "",
         secure=parsed.scheme == "https",
+        settings=settings,
     )

@@ -202,6 +202,12 @@ class SinkSettings(CommonSettings):
         description="ClickHouse's HTTP interface over the embedded store, for clickhouse-connect, pandas, "
         "Grafana, the JS client (user = project, password = read key); empty = off",
     )
+    clickhouse_cluster: str = Field(
+        default="",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+        description="The ClickHouse cluster (a server's remote_servers) the sink creates its tables on: "
+        "replicated local tables behind Distributed ones, DDL ON CLUSTER; empty = one server or chDB",
+    )
     sink_batch_rows: int = Field(default=50_000, gt=0)
     sink_flush_ms: int = Field(default=500, gt=0, description="Longest time a row waits for its insert")
     sink_metrics_port: int = Field(
@@ -225,6 +231,14 @@ class SinkSettings(CommonSettings):
     retention_10s_days: int = Field(default=7, ge=0, description="10-second windows of metrics.aggregates")
     retention_1m_days: int = Field(default=90, ge=0, description="1-minute windows of metrics.aggregates")
     retention_1h_days: int = Field(default=730, ge=0, description="1-hour windows of metrics.aggregates")
+
+    @model_validator(mode="after")
+    def _cluster_on_a_server(self) -> Self:
+        if self.clickhouse_cluster and self.embedded_clickhouse:
+            raise ValueError(
+                "COSNAP_CLICKHOUSE_CLUSTER needs a ClickHouse server in COSNAP_CLICKHOUSE_URL, not chDB"
+            )
+        return self
 
 
 # The rule of default-rules.yaml that only `cosnap-metrics validate`'s synthetic event fires: the

@@ -17,6 +17,7 @@ import logging
 from clickhouse_connect.driver.client import Client
 
 from schemas.settings import SinkSettings
+from sinks.clickhouse.cluster import LOCAL_SUFFIX, on_cluster
 
 log = logging.getLogger("cosnap.sink")
 
@@ -40,7 +41,8 @@ def wanted_ttls(settings: SinkSettings) -> dict[str, str]:
 
 
 def current_ttl(client: Client, database: str, table: str) -> str:
-    """The table's TTL as ClickHouse states it in `engine_full` ("" without one)."""
+    """The table's TTL as ClickHouse states it in `engine_full` ("" without one). On a cluster,
+    pass the local table: a Distributed table has none."""
     engine = client.query(
         "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {table:String}",
         parameters={"db": database, "table": table},
@@ -62,15 +64,18 @@ def canonical_ttl(client: Client, database: str, table: str, ttl: str) -> str:
 
 def apply_retention(client: Client, settings: SinkSettings) -> list[str]:
     """Give each table the TTL `settings` ask for where it has another; return the tables altered.
-    Called at sink start, after the migrations; blocks for one ALTER per table changed."""
-    database = settings.clickhouse_database
+    Called at sink start, after the migrations; blocks for one ALTER per table changed (on a
+    cluster, of the local tables on every node)."""
+    database, cluster = settings.clickhouse_database, settings.clickhouse_cluster
     altered = []
     for table, ttl in wanted_ttls(settings).items():
-        if current_ttl(client, database, table) == canonical_ttl(client, database, table, ttl):
+        stored = f"{table}{LOCAL_SUFFIX}" if cluster else table
+        if current_ttl(client, database, stored) == canonical_ttl(client, database, table, ttl):
             continue
         # `database` matches the identifier pattern of the settings and `ttl` is made of integers.
         change = f"MODIFY TTL {ttl}" if ttl else "REMOVE TTL"
-        client.command(f"ALTER TABLE {database}.{table} {change}")
+        for statement in on_cluster(f"ALTER TABLE {{database}}.{table} {change}", cluster):
+            client.command(statement.replace("{database}", database))
         log.info("retention of %s.%s: %s", database, table, ttl or "forever")
         altered.append(table)
     return altered

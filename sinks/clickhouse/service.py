@@ -10,6 +10,7 @@ from plumbing.clickhouse import connect
 from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
 from schemas.health import ServiceHealth
 from schemas.settings import SinkSettings
+from sinks.clickhouse.cluster import SESSION_SETTINGS as CLUSTER_SETTINGS
 from sinks.clickhouse.consumer import Route, TopicSink
 from sinks.clickhouse.corrections import LateCorrections
 from sinks.clickhouse.ddl import apply_migrations
@@ -35,12 +36,15 @@ log = logging.getLogger("cosnap.sink")
 
 def open_store(settings: SinkSettings) -> Client:
     """A client on the configured ClickHouse, with every migration applied and the tables'
-    retention set as configured. On chDB, the engine's memory figures are read through it at each
-    scrape of the sink's /metrics (sinks/clickhouse/metrics.py, StoreMemory): the client's lock
-    makes a scrape wait for an insert in progress. A server's client is not shared so (its
-    session would refuse the second of two concurrent queries), and a server is watched apart."""
-    client = connect(settings.resolved_clickhouse_url)
-    applied = apply_migrations(client, settings.clickhouse_database)
+    retention set as configured; on a cluster (`COSNAP_CLICKHOUSE_CLUSTER`), its inserts wait for
+    the shards and a quorum of their replicas (sinks/clickhouse/cluster.py). On chDB, the
+    engine's memory figures are read through it at each scrape of the sink's /metrics
+    (sinks/clickhouse/metrics.py, StoreMemory): the client's lock makes a scrape wait for an
+    insert in progress. A server's client is not shared so (its session would refuse the second
+    of two concurrent queries), and a server is watched apart."""
+    cluster = settings.clickhouse_cluster
+    client = connect(settings.resolved_clickhouse_url, CLUSTER_SETTINGS if cluster else None)
+    applied = apply_migrations(client, settings.clickhouse_database, cluster=cluster)
     if applied:
         log.info("applied migrations %s", ", ".join(applied))
     apply_retention(client, settings)
