@@ -614,7 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
         "<data dir>/validate-webhook-secret)",
     )
     validate.add_argument(
-        "--timeout", type=float, default=90.0, metavar="S", help="wait this long for the row and the alert"
+        "--timeout",
+        type=float,
+        default=90.0,
+        metavar="S",
+        help="wait this long for the rows and the alert (and at most this long, up to 30 s, for "
+        "each health answer)",
     )
     validate.set_defaults(func=_validate)
 

@@ -16,11 +16,12 @@ from schemas.settings import CommonSettings
 from sinks.query.reader import QueryResult, Reader, read_limits
 
 
-def run_query(settings: CommonSettings, sql: str) -> QueryResult:
-    """Run one read statement; raises QueryError with the guard's, the limit's or ClickHouse's reason."""
+def run_query(settings: CommonSettings, sql: str, wait_s: float | None = None) -> QueryResult:
+    """Run one read statement; raises QueryError with the guard's, the limit's or ClickHouse's reason.
+    `wait_s` bounds the wait for the query service's answer (default: the read's limit + 30 s)."""
     if settings.embedded_clickhouse:
         try:
-            return _via_service(settings, sql)
+            return _via_service(settings, sql, settings.query_timeout_s + 30 if wait_s is None else wait_s)
         except httpx.ConnectError:
             pass  # no pipeline running: the data directory is free to open here
     try:
@@ -35,14 +36,14 @@ def run_query(settings: CommonSettings, sql: str) -> QueryResult:
         reader.close()
 
 
-def _via_service(settings: CommonSettings, sql: str) -> QueryResult:
+def _via_service(settings: CommonSettings, sql: str, wait_s: float) -> QueryResult:
     token_file = settings.query_token_file
     token = token_file.read_text().strip() if token_file.exists() else ""
     response = httpx.post(
         f"{settings.query_url}/v1/query",
         json={"sql": sql},
         headers={"Authorization": f"Bearer {token}"},
-        timeout=settings.query_timeout_s + 30,
+        timeout=wait_s,
     )
     if response.status_code != 200:
         raise QueryError(response.json().get("detail", response.text))

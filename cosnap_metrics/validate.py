@@ -42,6 +42,7 @@ from schemas.settings import VALIDATE_RULE, CommonSettings, NotifierSettings
 DEFAULT_LISTEN = "127.0.0.1:8129"  # where validate's receiver listens, and the runner sends to
 SECRET_FILE = "validate-webhook-secret"  # noqa: S105 - the file's name, under the data directory
 VALIDATE_METRIC = "cosnap.validate"
+HEALTH_WAIT_S = 30.0  # the longest wait for a health answer (and for the post), or --timeout
 SIGNATURE_TOLERANCE_S = 300  # Standard Webhooks: a delivery older or newer than this is refused
 
 
@@ -153,7 +154,8 @@ def _stored(settings: CommonSettings, events: list[dict[str, Any]], deadline: fl
     found, error = 0, ""
     while True:
         try:
-            found = int(str(run_query(settings, sql).rows[0][0]))
+            wait_s = max(deadline - time.monotonic(), 1.0)  # a hung store fails by the deadline
+            found = int(str(run_query(settings, sql, wait_s).rows[0][0]))
             error = ""
         except (QueryError, httpx.HTTPError) as exc:
             error = str(exc)
@@ -211,7 +213,7 @@ def validate(
     if settings.embedded_clickhouse:
         checks.append(("query service", f"{settings.query_url}/health"))
     try:
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=min(HEALTH_WAIT_S, timeout_s)) as client:
             for name, url in checks:
                 report(_health(client, name, url))
             events = synthetic_events(run)

@@ -28,7 +28,7 @@ def ingest(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iter
     running = make_pipeline(kafka, tmp_path_factory.mktemp("amounts"))
     running.start("ingest")
     yield running
-    running.stop()
+    running.close()
 
 
 def post(p: Pipeline, body: bytes) -> httpx.Response:

@@ -26,7 +26,7 @@ def ingest(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iter
     running.env |= {"COSNAP_RATE_LIMIT_EVENTS_PER_S": "0"}
     running.start("ingest")
     yield running
-    running.stop()
+    running.close()
 
 
 # Every check but two, which hold the API to rules its contract does not have:

@@ -40,7 +40,7 @@ def running(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Ite
     pipeline.env |= {"COSNAP_RATE_LIMIT_EVENTS_PER_S": "0"}
     pipeline.start("sink", "ingest")
     yield pipeline
-    pipeline.stop()
+    pipeline.close()
 
 
 def nfc(text: str) -> str:

@@ -190,7 +190,9 @@ def test_kafka_down_is_a_503_to_retry_and_nothing_is_answered_200(api: ServedIng
 
 
 def test_the_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
-    limited = ServedIngest(tmp_path / "data", settings={"rate_limit_events_per_s": 1, "rate_limit_burst": 1})
+    # One event per 20 s: the bucket stays empty for the second post however slow the machine.
+    settings = {"rate_limit_events_per_s": 0.05, "rate_limit_burst": 1}
+    limited = ServedIngest(tmp_path / "data", settings=settings)
     limited.start()
     try:
         batch = {"batch": [{"type": "track", "userId": "u1", "event": "X"}] * 3}

@@ -36,7 +36,7 @@ def segment_pipeline(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactor
     running = make_pipeline(kafka, tmp_path_factory.mktemp("segment"))
     running.start("sink", "ingest")
     yield running
-    running.stop()
+    running.close()
 
 
 def plan(prefix: str, seed: int) -> list[tuple[str, dict[str, Any]]]:

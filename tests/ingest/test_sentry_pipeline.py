@@ -89,7 +89,7 @@ def sentry_pipeline(kafka: KafkaBroker, tmp_path: Path, alertmanager: str) -> It
     running.env |= {"COSNAP_ALERTMANAGER_URL": alertmanager, "COSNAP_NOTIFY_BACKOFF_S": "0.2"}
     running.start("sink", "ingest", "notify")
     yield running, secret
-    running.stop()
+    running.close()
 
 
 def post_hook(p: Pipeline, secret: str, body: dict[str, Any]) -> None:

@@ -218,7 +218,7 @@ def ingest(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iter
     pipeline.env |= {"COSNAP_RATE_LIMIT_EVENTS_PER_S": "0"}
     pipeline.start("ingest")
     yield pipeline
-    pipeline.stop()
+    pipeline.close()
 
 
 @pytest.mark.kafka
