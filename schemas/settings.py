@@ -208,6 +208,13 @@ class SinkSettings(CommonSettings):
         description="The ClickHouse cluster (a server's remote_servers) the sink creates its tables on: "
         "replicated local tables behind Distributed ones, DDL ON CLUSTER; empty = one server or chDB",
     )
+    clickhouse_min_free_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Free space the sink's inserts leave on the store's disk "
+        "(min_free_disk_bytes_to_perform_insert): below it ClickHouse refuses them and the sink "
+        "retries, offsets uncommitted, so the last bytes stay for merges; 0 = off",
+    )
     sink_batch_rows: int = Field(default=50_000, gt=0)
     sink_flush_ms: int = Field(default=500, gt=0, description="Longest time a row waits for its insert")
     sink_metrics_port: int = Field(

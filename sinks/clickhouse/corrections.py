@@ -162,15 +162,17 @@ class LateCorrections:
     """Late records waiting until their events are stored, then written as corrections. Called
     from the sink's consumer thread only."""
 
-    def __init__(self, client: Client, database: str, topic: str, events_topic: str) -> None:
+    def __init__(
+        self, client: Client, database: str, topic: str, events_topic: str, min_free_bytes: int = 0
+    ) -> None:
         self.topic = topic
         self.events_topic = events_topic
         self._client = client
         self._database = database
         self._pending: list[_Pending] = []
         self._tried_at = 0.0  # when `flush` last ran with records pending
-        self.corrections = BatchWriter(client, f"{database}.aggregates", CORRECTION_COLUMNS)
-        self.late_events = BatchWriter(client, f"{database}.late_events", LATE_EVENT_COLUMNS)
+        self.corrections = BatchWriter(client, f"{database}.aggregates", CORRECTION_COLUMNS, min_free_bytes)
+        self.late_events = BatchWriter(client, f"{database}.late_events", LATE_EVENT_COLUMNS, min_free_bytes)
 
     def add(self, partition: int, offset: int, value: bytes) -> None:
         """Keep a late record (raises pydantic's ValidationError for one that is not)."""

@@ -58,27 +58,27 @@ def create_sink(settings: SinkSettings, client: Client) -> TopicSink:
     traits and late topics, writing through `client`."""
     db = settings.clickhouse_database
     topics = settings.topics
+
+    def writer(table: str, columns: list[str]) -> BatchWriter:
+        return BatchWriter(client, f"{db}.{table}", columns, settings.clickhouse_min_free_bytes)
+
     return TopicSink(
         bootstrap=settings.kafka_bootstrap,
         group_id=f"{topics.internal}sink",
         routes=[
-            Route(topics.events, event_rows, BatchWriter(client, f"{db}.events", EVENT_COLUMNS)),
-            Route(
-                topics.aggregates, aggregate_rows, BatchWriter(client, f"{db}.aggregates", AGGREGATE_COLUMNS)
-            ),
-            Route(topics.alerts, alert_rows, BatchWriter(client, f"{db}.alerts", ALERT_COLUMNS)),
-            Route(
-                topics.alert_deliveries,
-                record_row,
-                BatchWriter(client, f"{db}.alert_deliveries", ALERT_DELIVERY_COLUMNS),
-            ),
-            Route(topics.alert_acks, record_row, BatchWriter(client, f"{db}.alert_acks", ALERT_ACK_COLUMNS)),
-            Route(topics.traits, trait_rows, BatchWriter(client, f"{db}.traits", TRAIT_COLUMNS)),
+            Route(topics.events, event_rows, writer("events", EVENT_COLUMNS)),
+            Route(topics.aggregates, aggregate_rows, writer("aggregates", AGGREGATE_COLUMNS)),
+            Route(topics.alerts, alert_rows, writer("alerts", ALERT_COLUMNS)),
+            Route(topics.alert_deliveries, record_row, writer("alert_deliveries", ALERT_DELIVERY_COLUMNS)),
+            Route(topics.alert_acks, record_row, writer("alert_acks", ALERT_ACK_COLUMNS)),
+            Route(topics.traits, trait_rows, writer("traits", TRAIT_COLUMNS)),
         ],
         dead_letter_topic=topics.dead_letter,
         max_rows=settings.sink_batch_rows,
         max_wait_s=settings.sink_flush_ms / 1000,
-        corrections=LateCorrections(client, db, topics.late, topics.events),
+        corrections=LateCorrections(
+            client, db, topics.late, topics.events, settings.clickhouse_min_free_bytes
+        ),
     )
 
 

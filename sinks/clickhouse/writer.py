@@ -125,10 +125,15 @@ class BatchWriter:
     rows refused for their content, and raises SinkError on a transient failure, keeping the rows
     not inserted for the next try."""
 
-    def __init__(self, client: Client, table: str, columns: list[str]) -> None:
+    def __init__(self, client: Client, table: str, columns: list[str], min_free_bytes: int = 0) -> None:
         self._client = client
         self.table = table
         self._columns = columns
+        # ClickHouse refuses the insert (NOT_ENOUGH_SPACE, a store failure: retried) while the
+        # disk has less free: the room a merge in flight still writes into is never the sink's.
+        self._settings = INSERT_SETTINGS | (
+            {"min_free_disk_bytes_to_perform_insert": str(min_free_bytes)} if min_free_bytes else {}
+        )
         self._lines: list[bytes] = []
         # Where the lines came from, one entry per run of lines of one record: the position of
         # its first line in `_lines`, and (partition, offset, index of that line in the record).
@@ -168,7 +173,7 @@ class BatchWriter:
                 self._columns,
                 insert_block=chunks,
                 fmt="JSONEachRow",
-                settings=INSERT_SETTINGS,
+                settings=self._settings,
             )
         self._inserted.inc(len(lines))
         self._batches.observe(len(lines))

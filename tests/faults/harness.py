@@ -44,6 +44,7 @@ PIPELINE_ENV = {
     "COSNAP_CHECKPOINT_S": "1",
     "COSNAP_WINDOW_GRACE_S": "2",
     "COSNAP_WATERMARK_IDLE_S": "2",
+    "COSNAP_CLICKHOUSE_MIN_FREE_BYTES": str(64 << 20),  # the store's disk is STORE_DISK
 }
 
 

@@ -3,6 +3,7 @@ rows are found; the others land once; a transient failure keeps what did not lan
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,21 @@ def test_a_transient_failure_while_splitting_keeps_only_what_did_not_land(client
     assert all(orjson.loads(r.row)["event_id"] == f"e{r.index}" for r in refused)
     landed = client.query("SELECT event_id FROM metrics.events ORDER BY kafka_offset, event_id").result_rows
     assert sorted(row[0] for row in landed) == sorted(f"e{i}" for i in range(41, 64))
+
+
+def test_inserts_leave_the_free_space_floor_for_merges(client: Client, tmp_path: Path) -> None:
+    """Below COSNAP_CLICKHOUSE_MIN_FREE_BYTES free on the store's disk ClickHouse refuses the
+    insert as a store failure (retried, rows kept), never as the rows' fault."""
+    free = shutil.disk_usage(tmp_path).free
+    floored = BatchWriter(client, "metrics.events", EVENT_COLUMNS, min_free_bytes=free + (1 << 40))
+    floored.add(event_rows(envelope(["1", "2"]), 0, 0), 0, 0)
+    with pytest.raises(SinkError) as raised:
+        floored.flush()
+    assert "NOT_ENOUGH_SPACE" in str(raised.value) and not refused_for_content(raised.value)
+    assert floored.pending == 2 and count(client) == 0
+    below = BatchWriter(client, "metrics.events", EVENT_COLUMNS, min_free_bytes=1 << 20)
+    below.add(event_rows(envelope(["1", "2"]), 0, 0), 0, 0)
+    assert below.flush() == [] and count(client) == 2
 
 
 def test_transient_and_content_errors_are_told_apart(client: Client) -> None:
