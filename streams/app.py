@@ -5,8 +5,8 @@ This module composes the worker on a Faust app; its agent, timer and tasks stay 
 done by objects that are given the Kafka side:
 
 - `Partitions` (streams/partitions.py): the state of each events partition owned, windows and an
-  alert engine (envelopes are keyed by project, so a partition holds whole series and whole
-  alert groups);
+  alert engine (envelopes are keyed by project or by series, so a partition holds whole series
+  and the whole groups of the rules a key holds);
 - `Folder` (streams/folding.py): each events record folded into its partition's state, the
   alert changes it causes published at once, what cannot be folded dead-lettered;
 - `Emission` (streams/emission.py): windows sent as soon as a record moves the watermark past
@@ -215,6 +215,16 @@ def _compose(settings: StreamsSettings, app: faust.App) -> Worker:
     sender = FaustSender(app)
     alerts = AlertPublisher(sender, topics.alerts)
     rules = load_rules(settings.rules_file)
+    if settings.events_key == "series":
+        spread = [rule.name for rule in rules.rules if not rule.within_one_series_key]
+        if spread:
+            # Each partition evaluates the rule on its part of the project's events
+            # (docs/reference.md, "Spreading a project over partitions").
+            log.warning(
+                "envelopes are keyed by series: rules %s read events (or, for their impact, revenue "
+                "and funnels) of more than one series key, and see only those of each partition",
+                ", ".join(spread),
+            )
     compiled = not str(streams.windows.__file__).endswith(".py")
     log.info("windows and alerts run %s", "compiled (mypyc)" if compiled else "as Python (see `make native`)")
 
