@@ -6,7 +6,8 @@ Builds the demo's Cosnap traffic of ONE project (ten minutes of event time endin
 ago) with bench/streams/feed.py, as the ingest writes it: requests of 500 events, each split into
 one envelope per series key (`COSNAP_EVENTS_KEY=series`: `project|type|name`), plus one closer per
 partition two hours later so every window closes. Each configuration gets a topic set of its own
-and is timed like bench/streams: from the first record a worker took (its earliest `owns events
+and is timed like bench/streams, its workers started (and their group settled) before the records
+are written: from the first record a worker took (its earliest `owns events
 partition` line) to the moment the last minute window holding the data was written.
 
 Configurations: keyed by project with one worker (the project on one partition: what one
@@ -33,6 +34,7 @@ from cosnap_metrics.provision import ensure_topics
 from schemas.topics import EVENT_PARTITIONS, Topics
 
 PROJECT = "cosnap"
+SETTLE_S = 10  # after the last worker is ready, for the group's last rebalance to end
 
 
 def run(
@@ -44,15 +46,20 @@ def run(
     ensure_topics(bench.bootstrap, topics)
     here = dataclasses.replace(bench, topics=topics, work=bench.work / name)
     here.work.mkdir()
-    written = produce(bench.bootstrap, topics.events, envelopes)
-    print(f"{name}: records per partition {dict(sorted(written.partitions.items()))}", flush=True)
     reader = AggregateReader(here, ignore_from)
     started: list[Worker] = []
     try:
+        # The workers join the group before the records are written: else the first one to join
+        # folds them all before a rebalance hands the others their share.
         for n in range(workers):
             work = dataclasses.replace(here, work=here.work / f"worker-{n}")
             work.work.mkdir()
             started.append(Worker(work, COSNAP_STREAMS_METRICS_PORT=str(free_port()), **env))
+        for worker in started:
+            worker.wait_ready()
+        time.sleep(SETTLE_S)
+        written = produce(bench.bootstrap, topics.events, envelopes)
+        print(f"{name}: records per partition {dict(sorted(written.partitions.items()))}", flush=True)
         deadline = time.monotonic() + timeout
         while reader.tally.minute_events < data_events:
             for worker in started:
