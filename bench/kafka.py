@@ -43,6 +43,7 @@ def bench_kafka(name: str) -> Iterator[Bench]:
             work / "kafka",
             free_port(),
             free_port(),
+            jvm_flags=settings.jvm_flags,
         )
     )
     try:

@@ -310,9 +310,8 @@ def new_cluster_id() -> str:
 
 CLUSTER_FILE = "cluster.json"
 # Per node of a cluster (docs/findings.md, "Three KRaft nodes on two cores"): a smaller heap
-# than one node's, and the JIT's first tier only, which halved the start of three JVMs on 2 cores.
+# than one node's.
 CLUSTER_HEAP = "512m"
-CLUSTER_JVM_FLAGS = ("-XX:TieredStopAtLevel=1",)
 
 
 class KafkaCluster:
@@ -342,7 +341,7 @@ class KafkaCluster:
         port: int,
         controller_port: int,
         heap: str = CLUSTER_HEAP,
-        jvm_flags: tuple[str, ...] = CLUSTER_JVM_FLAGS,
+        jvm_flags: tuple[str, ...] = (),
     ) -> KafkaCluster:
         """`size` nodes under `data_dir` (`node-1`, `node-2`, ...): node 1 on `port` and
         `controller_port`, the others on free ports picked on the cluster's first start and kept

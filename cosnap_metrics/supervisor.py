@@ -435,10 +435,17 @@ def kafka_of_run(settings: RunnerSettings, libs: Path, data_dir: Path) -> KafkaC
     and COSNAP_KAFKA_CONTROLLER_PORT."""
     port = _port(settings.kafka_bootstrap.split(",")[0])
     if settings.brokers == 1:
-        config = BrokerConfig(libs, data_dir / "kafka", port, settings.kafka_controller_port)
+        config = BrokerConfig(
+            libs, data_dir / "kafka", port, settings.kafka_controller_port, jvm_flags=settings.jvm_flags
+        )
         return KafkaCluster.single(config)
     return KafkaCluster.on_loopback(
-        libs, data_dir / CLUSTER_DIR, settings.brokers, port, settings.kafka_controller_port
+        libs,
+        data_dir / CLUSTER_DIR,
+        settings.brokers,
+        port,
+        settings.kafka_controller_port,
+        jvm_flags=settings.jvm_flags,
     )
 
 

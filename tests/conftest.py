@@ -106,6 +106,12 @@ def kafka_libs() -> Path:
     return _fetch_kafka_libs()
 
 
+def new_broker(libs: Path, data_dir: Path) -> KafkaBroker:
+    """A broker on free loopback ports with the JVM flags `run` gives its own."""
+    flags = RunnerSettings().jvm_flags
+    return KafkaBroker(BrokerConfig(libs, data_dir, free_port(), free_port(), jvm_flags=flags))
+
+
 # With pytest-xdist (`make test` runs `-n`), the controller starts the session's broker before
 # it spawns its workers and hands them its address through this variable: one broker serves all
 # workers (each test has topics of its own), and it is stopped once, after the last worker ended.
@@ -120,7 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
     without_broker = "not kafka" in (config.getoption("markexpr", "") or "")  # make check
     if distributed and not without_broker and SHARED_BROKER not in os.environ:
         data_dir = Path(tempfile.mkdtemp(prefix="kafka-"))
-        broker = KafkaBroker(BrokerConfig(_fetch_kafka_libs(), data_dir, free_port(), free_port()))
+        broker = new_broker(_fetch_kafka_libs(), data_dir)
         broker.start()
         config.stash[_STARTED_BROKER] = broker
         cfg = broker.config
@@ -144,7 +150,7 @@ def kafka(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         data_dir, port, controller_port = shared.rsplit(":", 2)
         yield KafkaBroker(BrokerConfig(kafka_libs, Path(data_dir), int(port), int(controller_port)))
         return
-    broker = KafkaBroker(BrokerConfig(kafka_libs, tmp_path_factory.mktemp("kafka"), free_port(), free_port()))
+    broker = new_broker(kafka_libs, tmp_path_factory.mktemp("kafka"))
     broker.start()
     yield broker
     broker.stop()
@@ -257,7 +263,7 @@ class AlertListener:
 @pytest.fixture
 def own_kafka(kafka_libs: Path, tmp_path: Path) -> Iterator[KafkaBroker]:
     """A broker of the test's own, for tests that stop and restart it."""
-    broker = KafkaBroker(BrokerConfig(kafka_libs, tmp_path / "own-kafka", free_port(), free_port()))
+    broker = new_broker(kafka_libs, tmp_path / "own-kafka")
     broker.start()
     yield broker
     broker.stop()
@@ -269,7 +275,8 @@ def kafka_cluster(kafka_libs: Path, tmp_path_factory: pytest.TempPathFactory) ->
     min.insync.replicas 2), for tests that kill, stop and restart its nodes one by one
     (`nodes[i]`, `restart([...])`). A test that takes nodes down starts them again before it ends."""
     data_dir = tmp_path_factory.mktemp("kafka-cluster")
-    cluster = KafkaCluster.on_loopback(kafka_libs, data_dir, 3, free_port(), free_port())
+    flags = RunnerSettings().jvm_flags
+    cluster = KafkaCluster.on_loopback(kafka_libs, data_dir, 3, free_port(), free_port(), jvm_flags=flags)
     cluster.start()
     yield cluster
     cluster.stop()

@@ -33,12 +33,14 @@ commits offsets with its checkpoints, every 5 s). Each rate is held `--hold` sec
 With `--soak-minutes M` the holds are followed by a soak: M minutes of the same load at
 `--soak-rate` (by default half the highest rate this run held; `--rates=` skips the holds),
 checked as a hold is (the rate must be held), while the RSS (VmRSS) of every process (the sink,
-the worker, the ingest, the broker, the load generator and this one) is sampled every 30 s and
-printed as it is taken. For each process, over the samples from the end of a 2-minute warm-up to
-the load's end: RSS at the start, at the end, its maximum and the slope of the least-squares line
-in MiB per 10 minutes.
-Flat: the slope grows by at most 5 MiB or 1 % of the starting RSS per 10 minutes, whichever is
-larger (why: FLAT_MIB_PER_10MIN). Each process's CPU over the soak is reported as over a hold.
+the worker, the ingest, the broker, the load generator and this one) is sampled every 10 s and
+printed every 30 s. For each process, over the samples from the end of a 10-minute warm-up (why:
+WARMUP_S) to the load's end: RSS at the start, at the end, its maximum, and the slope of the
+least-squares line in MiB per 10 minutes, of the samples and of their floor (each sample's lowest
+of the last minute: why, FLOOR_S).
+Flat: the floor's slope grows by at most 5 MiB or 1 % of the starting RSS per 10 minutes,
+whichever is larger (why: FLAT_MIB_PER_10MIN). Each process's CPU over the soak is reported as
+over a hold.
 
 Exit status 1 when no rate is held, or when the soak is not held or some process's RSS not flat.
 """
@@ -82,12 +84,21 @@ DRAIN_S = 5.0
 CHECKPOINT_S = 5.0  # the worker commits its offsets with its checkpoints, at most this often
 PROBES_PER_QUERY = 1000  # probe ids per read of metrics.events (42 characters each)
 # The soak: RSS of every process every SAMPLE_S; the first WARMUP_S are left out of its trend.
-SAMPLE_S = 30.0
-WARMUP_S = 120.0
-# Flat: the least-squares slope of RSS after the warm-up grows by at most the larger of these per
-# 10 minutes. Between two samples RSS moves by a few MiB without any leak (Python's arenas, the
-# JVM's heap between collections, chDB's caches), so over a 30-minute soak a smaller slope is
-# noise; yet a process that kept a single byte per event would exceed the bound (at 10,000
+# Ten minutes: the sink's RSS rises for about that long before it levels (chDB keeps each part a
+# merge replaced for `old_parts_lifetime`, 480 s, and the sink's C heap reaches its working size
+# within minutes; BENCHMARKS.md, "Sink soak").
+SAMPLE_S = 10.0
+PRINT_S = 30.0
+WARMUP_S = 600.0
+# The floor of RSS: its lowest value over the last FLOOR_S. A merge in chDB holds up to ~150 MiB
+# more for seconds (and its allocator keeps the freed pages ~5 s before it returns them), so a
+# sample that falls in one is high without anything kept; a leak lifts the floor as much as any
+# sample, while a minute of samples always has one between merges.
+FLOOR_S = 60.0
+# Flat: the least-squares slope of the RSS floor after the warm-up grows by at most the larger of
+# these per 10 minutes. Between merges and collections RSS moves by a few MiB without any leak
+# (Python's arenas, the JVM's heap between collections), so over a 30-minute soak a smaller slope
+# is noise; yet a process that kept a single byte per event would exceed the bound (at 10,000
 # events/s, one byte an event is 5.7 MiB per 10 minutes).
 FLAT_MIB_PER_10MIN = 5.0
 FLAT_SHARE_PER_10MIN = 0.01
@@ -134,6 +145,7 @@ class Trend:
     end_mib: float
     max_mib: float
     slope_mib_per_10min: float  # of the least-squares line; nan with fewer than two samples
+    floor_slope_mib_per_10min: float  # the same of the floor (FLOOR_S)
 
     @property
     def bound_mib_per_10min(self) -> float:
@@ -141,22 +153,31 @@ class Trend:
 
     @property
     def flat(self) -> bool:
-        """Growing by at most the bound (shrinking is flat too); never with too few samples."""
-        return self.slope_mib_per_10min <= self.bound_mib_per_10min
+        """The floor grows by at most the bound (shrinking is flat too); never with too few
+        samples."""
+        return self.floor_slope_mib_per_10min <= self.bound_mib_per_10min
+
+
+def floor(samples: list[tuple[float, int]], window_s: float = FLOOR_S) -> list[tuple[float, int]]:
+    """Each (time, value) sample's value replaced by the lowest of the last `window_s`."""
+    return [(at, min(v for t, v in samples if at - window_s <= t <= at)) for at, _ in samples]
+
+
+def _slope(kept: list[tuple[float, float]]) -> float:
+    """Of the least-squares line, per 10 minutes."""
+    if len(kept) < 2:
+        return float("nan")
+    return statistics.linear_regression([at for at, _ in kept], [v for _, v in kept]).slope * 600
 
 
 def trend(samples: list[tuple[float, int]], after: float, until: float = math.inf) -> Trend:
     """The trend of (monotonic time s, RSS kB) samples taken from `after` to `until`."""
     kept = [(at, kb / 1024) for at, kb in samples if after <= at <= until]
     if not kept:
-        return Trend(*[float("nan")] * 4)
+        return Trend(*[float("nan")] * 5)
+    floors = [(at, kb / 1024) for at, kb in floor(samples) if after <= at <= until]
     mib = [value for _, value in kept]
-    slope = (
-        statistics.linear_regression([at for at, _ in kept], mib).slope * 600
-        if len(kept) >= 2
-        else float("nan")
-    )
-    return Trend(mib[0], mib[-1], max(mib), slope)
+    return Trend(mib[0], mib[-1], max(mib), _slope(kept), _slope(floors))
 
 
 def p99(values: list[float]) -> float:
@@ -382,7 +403,7 @@ def run_soak(
         while not stop.wait(1):
             if "loadgen" not in samplers and (pid := child_pid("loadgen")) is not None:
                 samplers["loadgen"] = RssSampler(pid, SAMPLE_S)
-            if time.monotonic() - printed >= SAMPLE_S:
+            if time.monotonic() - printed >= PRINT_S:
                 printed = time.monotonic()
                 latest = ", ".join(
                     f"{name} {sampler.samples[-1][1] / 1024:.0f}"
@@ -506,16 +527,21 @@ def main() -> int:
         print(
             f"\nsoak: {step.rate:,} events/s for {args.soak_minutes} min, "
             f"{'held' if step.held else 'NOT held'}; RSS after a {WARMUP_S:.0f} s warm-up, sampled "
-            f"every {SAMPLE_S:.0f} s; flat: the least-squares slope grows at most "
+            f"every {SAMPLE_S:.0f} s; flat: the least-squares slope of its floor (the lowest of the last "
+            f"{FLOOR_S:.0f} s) grows at most "
             f"max({FLAT_MIB_PER_10MIN:.0f} MiB, {FLAT_SHARE_PER_10MIN:.0%} of the starting RSS) per 10 min"
         )
         print_tables([step])
-        print("\n| process | RSS start MiB | end MiB | max MiB | slope MiB / 10 min | bound | flat |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "\n| process | RSS start MiB | end MiB | max MiB | slope MiB / 10 min | floor's slope | bound "
+            "| flat |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for name, t in trends.items():
             print(
                 f"| {name} | {t.start_mib:.0f} | {t.end_mib:.0f} | {t.max_mib:.0f} | "
-                f"{t.slope_mib_per_10min:+.1f} | {t.bound_mib_per_10min:.1f} | {'yes' if t.flat else 'no'} |"
+                f"{t.slope_mib_per_10min:+.1f} | {t.floor_slope_mib_per_10min:+.1f} | "
+                f"{t.bound_mib_per_10min:.1f} | {'yes' if t.flat else 'no'} |"
             )
     print(f"\nmeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores")
     holds_ok = not rates or bool(held)

@@ -62,6 +62,21 @@ ROUTES = 200  # the cap on distinct values per dimension of a (project, type, na
 STEADY_S = 10.0
 
 
+def proc_status(path: str) -> dict[str, int]:
+    """The memory lines of a /proc/<pid>/status file, in kB: VmRSS, VmHWM and RSS's anonymous
+    and file-backed shares, RssAnon and RssFile (empty once the process is gone)."""
+    try:
+        with open(path) as status:
+            lines = status.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    return {
+        name: int(value.split()[0])
+        for name, value in (line.split(":", 1) for line in lines)
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    }
+
+
 class RssSampler:
     """Samples a process's VmRSS on a thread; VmHWM is the kernel's own peak."""
 
@@ -75,16 +90,7 @@ class RssSampler:
 
     def read(self) -> dict[str, int]:
         """VmRSS and VmHWM in kB (empty once the process is gone)."""
-        try:
-            with open(self._status) as status:
-                lines = status.read().splitlines()
-        except FileNotFoundError:
-            return {}
-        return {
-            name: int(value.split()[0])
-            for name, value in (line.split(":", 1) for line in lines)
-            if name in ("VmRSS", "VmHWM")
-        }
+        return proc_status(self._status)
 
     def _run(self) -> None:
         while self._running:

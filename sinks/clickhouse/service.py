@@ -13,6 +13,7 @@ from schemas.settings import SinkSettings
 from sinks.clickhouse.consumer import Route, TopicSink
 from sinks.clickhouse.corrections import LateCorrections
 from sinks.clickhouse.ddl import apply_migrations
+from sinks.clickhouse.metrics import STORE_MEMORY
 from sinks.clickhouse.retention import apply_retention
 from sinks.clickhouse.rows import (
     AGGREGATE_COLUMNS,
@@ -34,12 +35,17 @@ log = logging.getLogger("cosnap.sink")
 
 def open_store(settings: SinkSettings) -> Client:
     """A client on the configured ClickHouse, with every migration applied and the tables'
-    retention set as configured."""
+    retention set as configured. On chDB, the engine's memory figures are read through it at each
+    scrape of the sink's /metrics (sinks/clickhouse/metrics.py, StoreMemory): the client's lock
+    makes a scrape wait for an insert in progress. A server's client is not shared so (its
+    session would refuse the second of two concurrent queries), and a server is watched apart."""
     client = connect(settings.resolved_clickhouse_url)
     applied = apply_migrations(client, settings.clickhouse_database)
     if applied:
         log.info("applied migrations %s", ", ".join(applied))
     apply_retention(client, settings)
+    if settings.embedded_clickhouse:
+        STORE_MEMORY.watch(client, settings.clickhouse_database)
     return client
 
 

@@ -20,7 +20,6 @@ quote the data the engine read (a value that did not parse, for instance).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import re
 import uuid
@@ -28,14 +27,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlparse
 from uuid import UUID
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, scrub_error_details
 from pydantic import BaseModel
 
-from plumbing.clickhouse import connect
+from plumbing.clickhouse import chdb_connection, connect
 from schemas.settings import CommonSettings
 from sinks.query.errors import QueryRefused, ReadCancelled, ReadersBusy, ReadFailed, ReadLimitHit
 from sinks.query.sql_guard import SqlGuard, split_format
@@ -202,7 +200,7 @@ class Reader:
         if url.startswith("chdb:"):
             import chdb  # imported here: the ingest and the streams worker never load the engine
 
-            self._engine = chdb.connect(os.path.realpath(urlparse(url).path))  # type: ignore[no-untyped-call]
+            self._engine = chdb.connect(chdb_connection(url))  # type: ignore[no-untyped-call]
             listed = self._engine.query("SELECT name FROM system.table_functions", "TabSeparated")
             table_functions = listed.bytes().decode().split()
         self.guard = SqlGuard(table_functions)
@@ -296,7 +294,7 @@ class Reader:
         (neither `SET` nor a `SETTINGS` clause; docs/findings.md). A session costs ~3 ms."""
         import chdb
 
-        session = chdb.connect(os.path.realpath(urlparse(self._url).path))  # type: ignore[no-untyped-call]
+        session = chdb.connect(chdb_connection(self._url))  # type: ignore[no-untyped-call]
         try:
             if read.database:
                 session.query(f"USE {_identifier(read.database)}")

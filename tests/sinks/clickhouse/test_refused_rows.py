@@ -4,6 +4,7 @@ everything after them land, and the offsets move on."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -150,5 +151,9 @@ def test_poison_records_are_dead_lettered_and_the_rest_lands(pipeline: Pipeline,
     metrics = httpx.get(f"{pipeline.query_url}/metrics").text
     for topic, count in {topics.events: 4, topics.aggregates: 1, topics.alerts: 1}.items():
         assert f'cosnap_sink_dead_letters_total{{reason="refused",topic="{topic}"}} {count}.0' in metrics
+    # Beside them, the engine's own memory figures (sinks/clickhouse/metrics.py, StoreMemory).
+    assert re.search(r'^cosnap_sink_store_memory_bytes\{metric="MemoryTracking"\} [1-9]', metrics, re.M)
+    assert re.search(r'^cosnap_sink_store_rows\{table="events"\} [1-9]', metrics, re.M)
+    assert re.search(r'^cosnap_sink_store_allocator_bytes\{kind="resident"\} [1-9]', metrics, re.M)
     health = httpx.get(f"{pipeline.query_url}/health").json()
     assert health["status"] == "healthy", health
