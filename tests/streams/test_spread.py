@@ -1,8 +1,10 @@
 """One project spread over the partitions (`COSNAP_EVENTS_KEY=series`): one, two and three
 workers on its events, a third of them posted twice (client retries), give every window the
 offline recomputation from metrics.events gives, row by row with its dimensions, and the same
-alerts of a rule whose events lie in one series key: the same fingerprints, each firing once and
-resolved once (real Kafka, real chDB)."""
+alerts: of a rule whose events lie in one series key (the same fingerprints, each firing once
+and resolved once) and of a rule whose groups span the partitions, evaluated on their merged
+panes (each group firing once and resolving once, in the panes the posted events decide)
+(real Kafka, real chDB)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ BATCH = 500
 METRICS = [f"m{n}.latency" for n in range(10)]
 ROUTES = ["/a", "/b"]
 BURST_AT_S = 150  # the burst of failures, seconds after the start
+BURST = 80  # failures of m0.latency, and as many of the other metrics, half of each per route
 RULE: dict[str, Any] = {
     "name": "m0_failures",
     "match": {"type": "performance", "metric": "m0.latency", "tags": {"status": "failed"}},
@@ -36,6 +39,12 @@ RULE: dict[str, Any] = {
     "group_by": ["route"],
     "severity": "high",
     "annotations": {"summary": "{value:.0f} failures"},
+}
+# Failures of every metric: 40 of m0.latency per route would not fire it, 80 of all metrics do.
+SPANNING = RULE | {
+    "name": "all_failures",
+    "match": {"type": "performance", "tags": {"status": "failed"}},
+    "threshold": 60,
 }
 
 # Every window of the events, from metrics.events (first copies), with its dimensions: unit,
@@ -66,9 +75,10 @@ WHERE granularity = '1m'
 
 def make_events(start: datetime, rng: random.Random) -> list[dict[str, Any]]:
     """One project's mix over 4 minutes: 10 metrics, 3 features, 2 funnels of 3 steps, 2 revenue
-    names in 2 currencies; and a burst of 40 failures of m0.latency per route within 10 s."""
+    names in 2 currencies; and a burst of failures within 10 s, per route 40 of m0.latency and
+    40 of the other metrics."""
     events: list[dict[str, Any]] = []
-    for i in range(TOTAL - 80):
+    for i in range(TOTAL - 2 * BURST):
         common = {
             "event_id": f"s{i}",
             "timestamp": (start + timedelta(milliseconds=rng.randrange(240_000))).isoformat(),
@@ -89,17 +99,39 @@ def make_events(start: datetime, rng: random.Random) -> list[dict[str, Any]]:
             amount, currency = rng.choice(["9.99", "59.99"]), rng.choice(["USD", "EUR"])
             name = rng.choice(["renewal", "purchase"])
             events.append(common | {"type": "revenue", "name": name, "amount": amount, "currency": currency})
-    for n in range(80):
+    for n in range(2 * BURST):
         ts = start + timedelta(seconds=BURST_AT_S, milliseconds=rng.randrange(10_000))
         tags = {"route": ROUTES[n % 2], "status": "failed"}
-        event = {"type": "performance", "metric": "m0.latency", "value": 900.0, "unit": "ms", "tags": tags}
+        metric = "m0.latency" if n < BURST else METRICS[1 + n % (len(METRICS) - 1)]
+        event = {"type": "performance", "metric": metric, "value": 900.0, "unit": "ms", "tags": tags}
         events.append(event | {"event_id": f"burst{n}", "timestamp": ts.isoformat(), "user_id": f"u{n}"})
     return sorted(events, key=lambda e: e["timestamp"])
 
 
+def spanning_alerts(events: list[dict[str, Any]]) -> list[list[object]]:
+    """[route, state, evaluated pane] of the spanning count rule, from the events alone: it fires
+    in the pane of the 60th failure of the route (the burst is shorter than the window) and
+    resolves in the first pane whose window (that pane and the 3 before it) holds fewer than 60."""
+    out: list[list[object]] = []
+    for route in ROUTES:
+        panes = [
+            datetime.fromisoformat(e["timestamp"]).timestamp() // 10 * 10
+            for e in events
+            if e.get("tags") == {"route": route, "status": "failed"}
+        ]
+        fired = panes[SPANNING["threshold"] - 1]
+        resolved = next(
+            pane
+            for pane in range(int(fired) + 10, int(fired) + 600, 10)
+            if sum(pane - 30 <= p <= pane for p in panes) < SPANNING["threshold"]
+        )
+        out += [[route, "firing", int(fired)], [route, "resolved", resolved]]
+    return out
+
+
 def rules_file(tmp_path: Path) -> Path:
     path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"rules": [RULE]}))
+    path.write_text(yaml.safe_dump({"rules": [RULE, SPANNING]}))
     return path
 
 
@@ -152,11 +184,25 @@ def test_one_projects_windows_and_alerts_do_not_depend_on_how_many_workers_fold_
     def alerts() -> list[list[object]]:
         return pipeline.query(
             "SELECT labels['route'], state, count() FROM metrics.alerts FINAL"
-            " GROUP BY labels['route'], state ORDER BY labels['route'], state"
+            " WHERE rule = 'm0_failures' GROUP BY labels['route'], state ORDER BY labels['route'], state"
         )
 
     expected = [[route, state, 1] for route in ROUTES for state in ("firing", "resolved")]
     assert wait_for(lambda: alerts() == expected, timeout=120, interval=1), alerts()
-    fingerprints = pipeline.query("SELECT DISTINCT fingerprint FROM metrics.alerts FINAL")
+    fingerprints = pipeline.query(
+        "SELECT DISTINCT fingerprint FROM metrics.alerts FINAL WHERE rule = 'm0_failures'"
+    )
     labels: dict[str, str] = {"alertname": RULE["name"], "severity": "high", "project": "cosnap-test"}
     assert sorted(map(str, fingerprints)) == sorted(str([fingerprint(labels | {"route": r})]) for r in ROUTES)
+
+    # The rule spanning the partitions, evaluated on every partition's part of its panes: once
+    # per route each way, in the panes the events decide, whichever workers folded them.
+    def merged() -> list[list[object]]:
+        return pipeline.query(
+            "SELECT labels['route'], state,"
+            " toUnixTimestamp(toStartOfInterval(evaluated_at, INTERVAL 10 SECOND)) FROM metrics.alerts FINAL"
+            " WHERE rule = 'all_failures' ORDER BY labels['route'], state"
+        )
+
+    expected_merged = spanning_alerts(events)
+    assert wait_for(lambda: merged() == expected_merged, timeout=120, interval=1), (merged(), expected_merged)
