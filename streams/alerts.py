@@ -561,6 +561,7 @@ class AlertEngine:
         self._changed_minutes.clear()
         return {
             "clock": None if clock == -math.inf else clock,
+            "idle": clock != self._newest,  # the clock follows the wall clock
             "groups": [[*key[:2], list(key[2]), sent] for key, sent in groups.items()],
             "minutes": minutes,
         }

@@ -12,9 +12,10 @@ panes with an alert engine of its own, publishing the changes as the partitions'
 
 - The merged clock is the oldest of the partitions' clocks: every partition has folded its events
   up to it. It starts once every events partition has sent a part, or `idle_s` after the first
-  one (a partition without events sends none). A partition silent for `idle_s` has its clock
-  follow the wall clock (as a quiet partition's own clock does), so a stopped worker holds the
-  rules back for `idle_s` at most.
+  one (a partition without events sends none). The clock of a partition that said its own
+  follows the wall clock (no records for `idle_s`), or that has been silent for `idle_s`, follows
+  the wall clock from its last part on, so a stopped worker holds the rules back for `idle_s`
+  at most.
 - Each time the merged clock passes the end of a pane, every group is evaluated as of the end of
   that pane, on every partition's part of it: the pane an alert fires or resolves in does not
   depend on which worker folded what, nor on when their parts arrived. Between those, a group is
@@ -68,6 +69,7 @@ class _Source:
     offset: int
     clock: float
     heard_at: float
+    idle: bool  # its clock follows the wall clock (no records for `idle_s`)
 
 
 class PaneMerger:
@@ -100,7 +102,9 @@ class PaneMerger:
         if len(self._sources) < self._partitions and waiting:
             return -math.inf
         clocks = [
-            source.clock + (now - source.heard_at) if now - source.heard_at >= self._idle else source.clock
+            source.clock + (now - source.heard_at)
+            if source.idle or now - source.heard_at >= self._idle
+            else source.clock
             for source in self._sources.values()
         ]
         return min(clocks, default=-math.inf)
@@ -116,10 +120,11 @@ class PaneMerger:
             return []  # folded again after a restart: the newer part is already in
         if clock is None:
             return []  # the partition has seen no event yet
+        idle = bool(part.get("idle"))
         if known is None:
-            self._sources[source] = _Source(offset, clock, now)
+            self._sources[source] = _Source(offset, clock, now, idle)
         else:
-            known.offset, known.clock, known.heard_at = offset, max(known.clock, clock), now
+            known.offset, known.clock, known.heard_at, known.idle = offset, max(known.clock, clock), now, idle
         touched: list[GroupKey] = []
         for rule, project, values, sent in part["groups"]:
             key: GroupKey = (rule, project, tuple(values))
