@@ -345,7 +345,7 @@ class AlertEngine:
         self._spanning = spanning
         self._changed_panes: set[tuple[GroupKey, int]] = set()  # of spanning rules, since the last take
         self._changed_minutes: set[tuple[str, int]] = set()  # (project, minute) of revenue or steps
-        self._taken_pane = -math.inf  # the pane the clock was in at the last take
+        self._taken = -math.inf  # the clock at the last take
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -525,14 +525,16 @@ class AlertEngine:
     def take_partials(self, now: float) -> dict[str, Any] | None:
         """This partition's part of the spanning rules' groups: the clock, the panes (hours,
         users) changed since the last take, whole as they are now, and the revenue and funnel
-        steps of the minutes changed (for impacts); None when nothing changed and the clock is
-        in the pane it was in at the last take. A pane is sent whole, not as a difference: the
-        merging stage keeps each partition's latest, so sending one again changes nothing."""
+        steps of the minutes changed (for impacts); None when nothing changed and the clock has
+        not moved since the last take (a clock that follows the wall clock: not into another
+        pane). A pane is sent whole, not as a difference: the merging stage keeps each
+        partition's latest, so sending one again changes nothing."""
         clock = self.clock(now)
-        in_pane = clock // PANE_S * PANE_S if clock != -math.inf else clock
-        if not self._changed_panes and not self._changed_minutes and in_pane == self._taken_pane:
+        idle = clock != self._newest  # the clock follows the wall clock: the stage moves it on too
+        moved = clock // PANE_S * PANE_S != self._taken // PANE_S * PANE_S if idle else clock > self._taken
+        if not self._changed_panes and not self._changed_minutes and not moved:
             return None
-        self._taken_pane = in_pane
+        self._taken = clock
         groups: dict[GroupKey, dict[str, Any]] = {}
         for key, start in sorted(self._changed_panes):
             group = self._groups.get(key)
@@ -561,7 +563,7 @@ class AlertEngine:
         self._changed_minutes.clear()
         return {
             "clock": None if clock == -math.inf else clock,
-            "idle": clock != self._newest,  # the clock follows the wall clock
+            "idle": idle,
             "groups": [[*key[:2], list(key[2]), sent] for key, sent in groups.items()],
             "minutes": minutes,
         }

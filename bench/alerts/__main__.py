@@ -196,7 +196,12 @@ def measure(
         "p50_ms": round(statistics.median(latencies), 1),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
         "max_ms": round(latencies[-1], 1),
-        "slowest_ms": [round(latency, 1) for latency in latencies[-5:]],
+        "slowest_ms": dict(
+            sorted(
+                ((n, round((arrived[n] - posted[n]) * 1000, 1)) for n in arrived if n in posted),
+                key=lambda p: p[1],
+            )[-5:]
+        ),
         "background_events_per_s": round(background_load.requests_per_s * BATCH),
         "background_non_202": background_load.non_202,
         "missing_probes": sorted(set(posted) - set(arrived), key=int),
