@@ -510,6 +510,8 @@ class AlertEngine:
         holds (it then holds on the whole panes too). Return the alert records of the changes."""
         changes = []
         for key in keys:
+            if key not in self._groups:
+                continue  # forgotten since it was touched
             rule = self._compiled[key[0]].rule
             if rule.aggregate not in _RISING or rule.op not in (">", ">=") or rule.baseline is not None:
                 continue

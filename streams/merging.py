@@ -89,6 +89,9 @@ class PaneMerger:
         self._hours: dict[tuple[GroupKey, int], dict[int, Decimal]] = {}
         self._minutes: dict[tuple[str, int], dict[int, tuple[dict[str, Decimal], dict[str, int]]]] = {}
         self._clock = -math.inf  # the merged clock the groups were last evaluated at
+        # Groups parts touched, with the newest pane touched: evaluated early again as the clock
+        # moves, until it is in that pane (a part may come before the clock reaches its panes).
+        self._touched: dict[GroupKey, int] = {}
 
     @property
     def engine(self) -> AlertEngine:
@@ -125,14 +128,15 @@ class PaneMerger:
             self._sources[source] = _Source(offset, clock, now, idle)
         else:
             known.offset, known.clock, known.heard_at, known.idle = offset, max(known.clock, clock), now, idle
-        touched: list[GroupKey] = []
+        touched = False
         for rule, project, values, sent in part["groups"]:
             key: GroupKey = (rule, project, tuple(values))
             if not self._engine.knows(rule):
                 continue  # not a spanning rule of this worker's rules file
-            touched.append(key)
+            touched = True
             for start_text, pane in sent["panes"].items():
                 start = int(start_text)
+                self._touched[key] = max(self._touched.get(key, start), start)
                 parts = self._panes.setdefault((key, start), {})
                 accumulators = [None if state is None else Accumulator.from_state(state) for state in pane]
                 parts[source] = (accumulators, sent["users"].get(start_text, []))
@@ -145,12 +149,12 @@ class PaneMerger:
             by_source = self._minutes.setdefault((project, minute), {})
             by_source[source] = ({c: Decimal(a) for c, a in revenue.items()}, steps)
             self._engine.put_minute(project, minute, *_summed(by_source.values()))
-        return self._advance(now, sorted(set(touched)))
+        return self._advance(now, touched)
 
     def tick(self, now: float) -> list[dict[str, Any]]:
         """Evaluate the groups as the merged clock moves with the wall clock (partitions gone
         quiet), then forget what no rule can see any more."""
-        changes = self._advance(now, [])
+        changes = self._advance(now, False)
         if self._clock != -math.inf:
             self._engine.forget(self._clock)
             oldest = self._clock - self._engine.horizon - 2 * PANE_S
@@ -159,10 +163,13 @@ class PaneMerger:
             _drop_before(self._minutes, oldest)
         return changes
 
-    def _advance(self, now: float, touched: list[GroupKey]) -> list[dict[str, Any]]:
+    def _advance(self, now: float, touched: bool) -> list[dict[str, Any]]:
+        """Move the merged clock to `now`'s: evaluate every group at each pane end it passed, then
+        early the groups touched since (`touched`: a part touched some just now)."""
         clock = self.clock(now)
         changes: list[dict[str, Any]] = []
-        if clock > self._clock:
+        moved = clock > self._clock
+        if moved:
             if self._clock != -math.inf:
                 # Each pane the clock passed the end of is whole: every group is evaluated as of
                 # its end, whatever the order its parts came in.
@@ -172,8 +179,11 @@ class PaneMerger:
                 for end in ends[-MAX_PANES_CLOSED:]:
                     changes += self._engine.evaluate(end - PANE_END_S, now)
             self._clock = clock
-        if touched and self._clock != -math.inf:
-            changes += self._engine.evaluate_early(self._clock, now, touched)
+        if (touched or moved) and self._touched and self._clock != -math.inf:
+            changes += self._engine.evaluate_early(self._clock, now, sorted(self._touched))
+            current = self._clock // PANE_S * PANE_S
+            for key in [key for key, newest in self._touched.items() if newest <= current]:
+                del self._touched[key]
         return changes
 
 

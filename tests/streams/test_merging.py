@@ -26,7 +26,7 @@ from streams.envelope import decode
 from streams.merging import PaneMerger
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
-from streams.windows import EventTimeWindows
+from streams.windows import Accumulator, EventTimeWindows, iso
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 NOW = 2_000_000_000.0  # wall clock: no partition is ever idle here
@@ -237,3 +237,20 @@ def test_the_merged_alerts_do_not_depend_on_how_many_partitions_hold_the_events(
 @given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3, 6]))
 def test_any_order_of_parts_redelivery_and_restart_gives_the_same_alerts(schedule: int, count: int) -> None:
     assert outcome(merged(count, seed=3, schedule=random.Random(schedule))) == outcome(one_partition(3))
+
+
+def test_a_part_ahead_of_the_merged_clock_fires_once_the_clock_reaches_its_pane() -> None:
+    """A partition's part may hold a pane the merged clock has not reached (another partition
+    is behind): the group fires as soon as that one's part moves the clock into the pane, not
+    when the pane closes."""
+    merger = PaneMerger(AlertEngine(RULES, idle_s=10**9), 2, idle_s=10**9)
+    t0 = T0.timestamp()
+    pane = [Accumulator(25, 25 * 10**9, 1.0, 1.0, False).to_state(), None]
+    failures = {"first_seen": t0 + 20, "panes": {str(int(t0) + 20): pane}, "hours": {}, "users": {}}
+    ahead = {"source": 0, "offset": 5, "clock": t0 + 21, "idle": False, "minutes": []}
+    behind = {"source": 1, "offset": 3, "clock": t0 + 15, "idle": False, "groups": [], "minutes": []}
+    assert merger.add(behind, NOW) == []
+    assert merger.add(ahead | {"groups": [["failures", "p", ["/a"], failures]]}, NOW) == []  # clock at 15 s
+    [firing] = merger.add(behind | {"offset": 4, "clock": t0 + 22}, NOW)
+    assert (firing["rule"], firing["state"], firing["labels"]["route"]) == ("failures", "firing", "/a")
+    assert firing["evaluated_at"] == iso(T0.timestamp() + 21)  # the merged clock: the older of 21 s and 22 s
