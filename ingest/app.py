@@ -84,6 +84,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         ),
         detailed_health=DetailedHealthCheck(settings),
         topics=topics,
+        events_key=settings.events_key,
     )
     keys = state.keys
 
@@ -148,7 +149,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         state.take(write_key, len(body.items))
 
         parsed = parse_events(body.items, body.sent_at, received_at, request_id, state.policy)
-        await state.accept(project, request_id, received_at, parsed.accepted, parsed.rejected)
+        await state.accept(project, request_id, received_at, parsed, parsed.rejected)
         response = IngestResponse(accepted=len(parsed.accepted), rejected=[r for r, _ in parsed.rejected])
         request.state.log_context = {
             "project": project,

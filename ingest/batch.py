@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from ingest.body import Unparseable, dumps_exact
 from ingest.errors import BadRequest, PayloadTooLarge
 from ingest.reasons import MAX_NAME_CHARS, readable, validation_reason
+from schemas.event_types import spread_name
 from schemas.events import MAX_BATCH_EVENTS, Event, Rejection
 from schemas.records import DEAD_LETTER_RAW_BYTES
 
@@ -40,6 +41,8 @@ class ParsedBatch:
     raw items (for the dead-letter topic)."""
 
     accepted: list[bytes] = field(default_factory=list)
+    # Of each accepted event, its series' part of the Kafka key (schemas.event_types.spread_name).
+    names: list[str] = field(default_factory=list)
     rejected: list[tuple[Rejection, Any]] = field(default_factory=list)
 
 
@@ -146,6 +149,7 @@ def parse_events(
         wire["received_at"] = received
         wire["request_id"] = request_id
         batch.accepted.append(orjson.dumps(wire))
+        batch.names.append(spread_name(event))
     return batch
 
 

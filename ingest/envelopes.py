@@ -1,10 +1,14 @@
 """Packing the events of concurrent requests into shared envelopes.
 
 Faust pays a fixed cost per Kafka record whatever its size, so one-event records would cap the
-stream worker at a small fraction of the rate it folds shared records at. Requests of one project
-that arrive within `linger_s` of each other share an envelope; a request's 202 waits until every
-envelope holding its events is acknowledged. An envelope is one record: it is written whole or not
-at all, so a failed write fails exactly the requests that had events in it.
+stream worker at a small fraction of the rate it folds shared records at. Events of one Kafka key
+(a project, or a project's series when envelopes are keyed by series: docs/reference.md,
+"Spreading a project over partitions") that arrive within `linger_s` of each other share an
+envelope, whichever requests they came with; a request's 202 waits until every envelope holding
+its events is acknowledged. An envelope is one record: it is written whole or not at all, so a
+failed write fails exactly the requests that had events in it (and a request whose events went
+into several envelopes fails when one of them does: its retry repeats the others, which the
+worker and the sink count once, by event id).
 """
 
 from __future__ import annotations
@@ -48,42 +52,49 @@ class EnvelopePacker:
         self._linger_s = linger_s
         self._max_events = max_events
         self._max_bytes = max_bytes
-        self._open: dict[str, _OpenEnvelope] = {}
+        self._open: dict[bytes, _OpenEnvelope] = {}
         self.envelopes_sent = 0
 
-    async def submit(self, project: str, project_json: bytes, events: list[bytes], request_id: str) -> None:
-        """Add `events` (each one JSON object) of request `request_id` to the project's open
-        envelope(s) and wait for the ack. `project_json` is the project name as a JSON string."""
-        waits: list[asyncio.Future[None]] = []
-        for event in events:
-            envelope = self._open.get(project)
+    async def submit(
+        self, project_json: bytes, events: list[bytes], keys: bytes | list[bytes], request_id: str
+    ) -> None:
+        """Add `events` (each one JSON object) of request `request_id` to the open envelopes of
+        their Kafka keys and wait for the acks. `project_json` is the project name as a JSON
+        string; `keys` the key of every event (a list as long as `events`) or of all of them."""
+        waits: set[asyncio.Future[None]] = set()
+        last: asyncio.Future[None] | None = None  # the envelope of the previous event, mostly this one's
+        for n, event in enumerate(events):
+            key = keys if isinstance(keys, bytes) else keys[n]
+            envelope = self._open.get(key)
             if envelope is not None and (
                 len(envelope.events) >= self._max_events or envelope.size + len(event) > self._max_bytes
             ):
-                self._seal(project)
+                self._seal(key)
                 envelope = None
             if envelope is None:
-                envelope = self._start(project, project_json)
+                envelope = self._start(key, project_json)
             envelope.events.append(event)
             envelope.size += len(event) + 1
-            if not waits or waits[-1] is not envelope.acked:
-                waits.append(envelope.acked)
+            if envelope.acked is not last and envelope.acked not in waits:
+                waits.add(envelope.acked)
                 if len(envelope.request_ids) < MAX_HEADER_REQUEST_IDS:
                     envelope.request_ids.append(request_id)
+            last = envelope.acked
         if self._linger_s == 0:
-            self._seal(project)
+            for key in {keys} if isinstance(keys, bytes) else set(keys):
+                self._seal(key)
         await asyncio.gather(*waits)
 
-    def _start(self, project: str, project_json: bytes) -> _OpenEnvelope:
+    def _start(self, key: bytes, project_json: bytes) -> _OpenEnvelope:
         loop = asyncio.get_running_loop()
         envelope = _OpenEnvelope(project_json, loop.create_future())
         if self._linger_s > 0:
-            envelope.timer = loop.call_later(self._linger_s, self._seal, project)
-        self._open[project] = envelope
+            envelope.timer = loop.call_later(self._linger_s, self._seal, key)
+        self._open[key] = envelope
         return envelope
 
-    def _seal(self, project: str) -> None:
-        envelope = self._open.pop(project, None)
+    def _seal(self, key: bytes) -> None:
+        envelope = self._open.pop(key, None)
         if envelope is None:
             return
         if envelope.timer is not None:
@@ -95,7 +106,7 @@ class EnvelopePacker:
         envelope.acked.add_done_callback(observe_produce(time.perf_counter()))
         self._producer.produce(
             self._topic,
-            key=project.encode(),
+            key=key,
             value=value,
             acked=envelope.acked,
             headers=[request_ids_header(envelope.request_ids)],
@@ -103,5 +114,5 @@ class EnvelopePacker:
 
     def flush_open(self) -> None:
         """Seal every open envelope now (at shutdown)."""
-        for project in list(self._open):
-            self._seal(project)
+        for key in list(self._open):
+            self._seal(key)

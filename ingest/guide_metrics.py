@@ -269,7 +269,7 @@ def guide_router(state: IngestState) -> APIRouter:
         headers = state.allow_origin(request.headers.get("origin"), project)
         state.take(write_key, len(metrics))
         batch = metrics_of.receive(metrics, project, received_at, request_id, state.policy)
-        await state.accept(project, request_id, received_at, batch.events.accepted, batch.rejected)
+        await state.accept(project, request_id, received_at, batch.events, batch.rejected)
         for reason, count in batch.dropped.items():
             GUIDE_DROPPED.labels(reason).inc(count)
         accepted = len(batch.events.accepted)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 
-from ingest.batch import TimePolicy, dead_letter_raw
+from ingest.batch import ParsedBatch, TimePolicy, dead_letter_raw
 from ingest.body import MAX_BODY_BYTES, check_content_type, decompress, read_capped
 from ingest.envelopes import EnvelopePacker
 from ingest.errors import Forbidden, IngestError, RateLimited, Unauthorized
@@ -27,6 +27,7 @@ from plumbing.kafka import RecordProducer
 from plumbing.keys import KeyStore, WriteKey
 from schemas.events import ErrorResponse, Rejection
 from schemas.records import DeadLetter, request_ids_header
+from schemas.settings import EventsKey
 from schemas.topics import Topics
 
 log = logging.getLogger("cosnap.ingest")
@@ -132,6 +133,7 @@ class IngestState:
     policy: TimePolicy
     detailed_health: DetailedHealthCheck
     topics: Topics
+    events_key: EventsKey = "project"
     kafka: Kafka | None = None
 
     @property
@@ -177,13 +179,19 @@ class IngestState:
         project: str,
         request_id: str,
         received_at: datetime,
-        accepted: list[bytes],
+        parsed: ParsedBatch,
         rejected: list[tuple[Rejection, Any]],
     ) -> None:
-        """Hand the accepted events to Kafka and wait for its acknowledgement (KafkaUnavailable
-        when it does not come), then dead-letter the rejected items with their reasons."""
+        """Hand the accepted events of `parsed` to Kafka and wait for the acknowledgement of every
+        envelope holding one (KafkaUnavailable when one does not come), then dead-letter the
+        rejected items with their reasons. Envelopes are keyed by project, or by series
+        (`events_key`, docs/reference.md, "Spreading a project over partitions")."""
+        accepted = parsed.accepted
         if accepted:
-            await self.running.packer.submit(project, orjson.dumps(project), accepted, request_id)
+            keys: bytes | list[bytes] = project.encode()
+            if self.events_key == "series":
+                keys = [f"{project}|{name}".encode() for name in parsed.names]
+            await self.running.packer.submit(orjson.dumps(project), accepted, keys, request_id)
             EVENTS_ACCEPTED.inc(len(accepted))
         for rejection, item in rejected:
             EVENTS_REJECTED.labels(reject_reason(item, rejection.reason)).inc()

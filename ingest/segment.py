@@ -134,7 +134,7 @@ class SegmentRoutes:
             messages, kind, context, batch_sent_at, received_at, request_id, state.policy
         )
         outcomes = await asyncio.gather(
-            state.accept(project, request_id, received_at, received.events.accepted, received.rejected),
+            state.accept(project, request_id, received_at, received.events, received.rejected),
             self._store_traits(project, request_id, received),
             return_exceptions=True,
         )

@@ -371,7 +371,7 @@ class SentryHooks:
             return self._answer(request, project, "ignored", 0, 0)
         event = _counted_event(payload, resource, action, metric)
         parsed = parse_events([event], None, received_at, request_id, self._state.policy)
-        await self._state.accept(project, request_id, received_at, parsed.accepted, parsed.rejected)
+        await self._state.accept(project, request_id, received_at, parsed, parsed.rejected)
         return self._answer(request, project, "event", len(parsed.accepted), len(parsed.rejected))
 
     async def _publish(self, request_id: str, records: list[AlertRecord]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from schemas.events import (
     ConversionEvent,
+    Event,
     EventBase,
     EventType,
     FeatureEvent,
@@ -55,6 +56,15 @@ class EventKind:
         """The fields whose values find an event's series, tags aside: its name fields, then the
         field that splits them. Two for every type: the worker's index of names is two deep."""
         return self.name if self.split is None else (*self.name, self.split)
+
+
+def spread_name(event: Event) -> str:
+    """What follows `project|` in the Kafka key of `event` when envelopes are keyed by series
+    (`COSNAP_EVENTS_KEY=series`): `type|name`, where `name` is the value of the type's first name
+    field (a revenue name, a funnel, a feature, a metric). Every copy of an event gets the same
+    key, so the same partition; a name keeps its currencies, actions, units and tag values on one
+    partition (their caps are per name), and a funnel its steps (their ratios are per funnel)."""
+    return f"{event.type}|{getattr(event, EVENT_KINDS[event.type].name[0])}"
 
 
 EVENT_KINDS: dict[str, EventKind] = {

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from schemas.errors import CosnapError
+from schemas.event_types import EVENT_KINDS
 from schemas.events import EventType, TagKey
 
 PANE_S = 10  # the unit of alert windows: every window is a whole number of panes
@@ -332,6 +333,18 @@ class Rule(BaseModel):
     def delivery_channels(self) -> tuple[Channel, ...]:
         """The rule's channels, or its severity's."""
         return CHANNELS_BY_SEVERITY[self.severity] if self.channels is None else tuple(self.channels)
+
+    @property
+    def within_one_series_key(self) -> bool:
+        """Whether every event the rule reads lies on one events partition when envelopes are
+        keyed by series (project, type, name): `match` (and `of`) name one value of the type's
+        first name field (a revenue name, funnel, feature or metric), the same, and the rule has
+        no `impact` (which reads the project's revenue and funnels, on any partition)."""
+        field = EVENT_KINDS[self.match.type].name[0]
+        named = getattr(self.match, field)
+        if not isinstance(named, str) or self.impact is not None:
+            return False
+        return self.of is None or getattr(self.of, field) == named
 
     @property
     def horizon(self) -> int:

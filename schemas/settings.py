@@ -22,6 +22,9 @@ from schemas.topics import DEFAULT_PREFIX, Topics
 BROKER_COUNTS = (1, 3)  # the Kafka nodes `cosnap-metrics run` can start
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["json", "text"]
+# What keys the envelopes of metrics.events.v1, and so what one partition holds of a project
+# (docs/reference.md, "Spreading a project over partitions").
+EventsKey = Literal["project", "series"]
 
 
 def half_the_cores() -> int:
@@ -121,6 +124,11 @@ class CommonSettings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1",
         description="Where the workers' /metrics and /health listen (0.0.0.0 in a container)",
+    )
+    events_key: EventsKey = Field(
+        default="project",
+        description="Envelope key: project (a project on one partition) or series "
+        "(project, type, name: a project spread over the partitions)",
     )
 
     @property

@@ -77,6 +77,12 @@ class Topics:
         return f"{self.internal}late"
 
     @property
+    def panes(self) -> str:
+        """Each events partition's part of the panes of alert rules spanning partitions, merged
+        by one stage (streams/merging.py); one partition."""
+        return f"{self.internal}panes"
+
+    @property
     def internal(self) -> str:
         """Prefix of internal topics (Faust changelogs, repartition, leader election)."""
         return f"{self.prefix}internal."
@@ -100,6 +106,7 @@ class Topics:
                 EVENT_PARTITIONS,
                 {"retention.ms": week, "max.message.bytes": str(MAX_RECORD_BYTES)},
             ),
+            TopicSpec(self.panes, 1, {"retention.ms": str(24 * 3600 * 1000)}),
             TopicSpec(
                 self.checkpoints,
                 EVENT_PARTITIONS,

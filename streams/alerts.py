@@ -52,6 +52,7 @@ from streams.windows import Accumulator, Batch, Folded, epoch, iso
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MAX_GROUPS = 200  # per rule and project; further group values share the overflow group
 _REVENUE_BUCKET_S = 60
+_RISING = frozenset(["count", "rate", "sum", "max"])  # aggregates more events never lower
 MAX_USERS_PER_PANE = 1000  # distinct user ids kept per group and pane for `users_affected`
 
 GroupKey = tuple[str, str, tuple[str, ...]]  # rule, project, group_by values
@@ -307,7 +308,11 @@ class AlertGroup:
 
 
 class AlertEngine:
-    def __init__(self, rules: RuleFile, idle_s: float) -> None:
+    def __init__(self, rules: RuleFile, idle_s: float, spanning: frozenset[str] = frozenset()) -> None:
+        """`spanning`: the rules whose groups span events partitions (envelopes keyed by series,
+        docs/reference.md, "Spreading a project over partitions"). This engine folds their panes
+        but does not evaluate them: `take_partials` hands the panes it changed to the stage that
+        merges every partition's (streams/merging.py), which evaluates them on the whole group."""
         self._compiled = {
             rule.name: _Compiled(
                 rule,
@@ -337,6 +342,10 @@ class AlertEngine:
         self._idle = idle_s
         self._newest = -math.inf  # newest event time seen
         self._arrival = 0.0  # wall time of the last record
+        self._spanning = spanning
+        self._changed_panes: set[tuple[GroupKey, int]] = set()  # of spanning rules, since the last take
+        self._changed_minutes: set[tuple[str, int]] = set()  # (project, minute) of revenue or steps
+        self._taken = -math.inf  # the clock at the last take
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -444,6 +453,9 @@ class AlertEngine:
             hour = start // 3600 * 3600
             added = Decimal(batch.nanos).scaleb(-9) if rule.aggregate == "sum" else Decimal(len(batch.events))
             group.hours[hour] = group.hours.get(hour, Decimal(0)) + added
+        if rule.name in self._spanning:
+            self._changed_panes.add((key, start))
+            return None  # evaluated where the partitions' panes are merged
         return key
 
     def _group_key(self, compiled: _Compiled, project: str, values: tuple[str, ...]) -> GroupKey:
@@ -457,11 +469,15 @@ class AlertEngine:
 
     def _add_conversions(self, project: str, step: str, start: int, count: int) -> None:
         minute = start // _REVENUE_BUCKET_S * _REVENUE_BUCKET_S
+        if self._spanning:
+            self._changed_minutes.add((project, minute))
         counts = self._conversions.setdefault(project, {}).setdefault(minute, {})
         counts[step] = counts.get(step, 0) + count
 
     def _add_revenue(self, project: str, currency: str, start: int, amount: Decimal) -> None:
         minute = start // _REVENUE_BUCKET_S * _REVENUE_BUCKET_S
+        if self._spanning:
+            self._changed_minutes.add((project, minute))
         buckets = self._revenue.setdefault(project, {}).setdefault(minute, {})
         buckets[currency] = buckets.get(currency, Decimal(0)) + amount
 
@@ -472,9 +488,129 @@ class AlertEngine:
         if self._newest == -math.inf:
             return []
         clock = self.clock(now)
-        changes = [change for key in sorted(self._groups) if (change := self._evaluate(key, clock, now))]
+        changes = self.evaluate(clock, now)
         self._forget_old(clock)
         return changes
+
+    def evaluate(self, clock: float, now: float, keys: list[GroupKey] | None = None) -> list[dict[str, Any]]:
+        """Evaluate the groups of `keys` (None: every group) at `clock`, but those of spanning
+        rules; return the alert records of the changes."""
+        spanning = self._spanning
+        evaluated = sorted(self._groups) if keys is None else keys
+        return [
+            change
+            for key in evaluated
+            if key[0] not in spanning and (change := self._evaluate(key, clock, now)) is not None
+        ]
+
+    def evaluate_early(self, clock: float, now: float, keys: list[GroupKey]) -> list[dict[str, Any]]:
+        """Evaluate the groups of `keys` at `clock` on panes that may still lack events, only
+        where that cannot be wrong: for rules whose value only rises with more events (a count,
+        rate, sum or max above a threshold, without baseline), and only when the condition
+        holds (it then holds on the whole panes too). Return the alert records of the changes."""
+        changes = []
+        for key in keys:
+            if key not in self._groups:
+                continue  # forgotten since it was touched
+            rule = self._compiled[key[0]].rule
+            if rule.aggregate not in _RISING or rule.op not in (">", ">=") or rule.baseline is not None:
+                continue
+            value, _ = self.value(key, clock)
+            if value is not None and rule.holds(value):
+                change = self._evaluate(key, clock, now)
+                if change is not None:
+                    changes.append(change)
+        return changes
+
+    # -- spanning rules ---------------------------------------------------------------------------
+
+    def take_partials(self, now: float) -> dict[str, Any] | None:
+        """This partition's part of the spanning rules' groups: the clock, the panes (hours,
+        users) changed since the last take, whole as they are now, and the revenue and funnel
+        steps of the minutes changed (for impacts); None when nothing changed and the clock has
+        not moved since the last take (a clock that follows the wall clock: not into another
+        pane). A pane is sent whole, not as a difference: the merging stage keeps each
+        partition's latest, so sending one again changes nothing."""
+        clock = self.clock(now)
+        idle = clock != self._newest  # the clock follows the wall clock: the stage moves it on too
+        moved = clock // PANE_S * PANE_S != self._taken // PANE_S * PANE_S if idle else clock > self._taken
+        if not self._changed_panes and not self._changed_minutes and not moved:
+            return None
+        self._taken = clock
+        groups: dict[GroupKey, dict[str, Any]] = {}
+        for key, start in sorted(self._changed_panes):
+            group = self._groups.get(key)
+            pane = None if group is None else group.panes.get(start)
+            if group is None or pane is None:
+                continue  # forgotten since: older than anything the rule looks at
+            sent = groups.setdefault(
+                key, {"first_seen": group.first_seen, "panes": {}, "hours": {}, "users": {}}
+            )
+            sent["panes"][str(start)] = [None if acc is None else acc.to_state() for acc in pane]
+            if start in group.users:
+                sent["users"][str(start)] = sorted(group.users[start])
+            hour = start // 3600 * 3600
+            if hour in group.hours:
+                sent["hours"][str(hour)] = str(group.hours[hour])
+        minutes = [
+            [
+                project,
+                minute,
+                {c: str(a) for c, a in self._revenue.get(project, {}).get(minute, {}).items()},
+                self._conversions.get(project, {}).get(minute, {}),
+            ]
+            for project, minute in sorted(self._changed_minutes)
+        ]
+        self._changed_panes.clear()
+        self._changed_minutes.clear()
+        return {
+            "clock": None if clock == -math.inf else clock,
+            "idle": idle,
+            "groups": [[*key[:2], list(key[2]), sent] for key, sent in groups.items()],
+            "minutes": minutes,
+        }
+
+    def knows(self, rule: str) -> bool:
+        """Whether `rule` is one of the engine's rules."""
+        return rule in self._compiled
+
+    @property
+    def horizon(self) -> int:
+        """How far back (seconds) the engine's rules look, the farthest of them."""
+        return max((compiled.horizon for compiled in self._compiled.values()), default=0)
+
+    def put_pane(
+        self, key: GroupKey, first_seen: float, start: int, pane: list[Accumulator | None], users: set[str]
+    ) -> None:
+        """Set a group's pane to `pane` (the merge of every partition's), with its user ids."""
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = AlertGroup(first_seen=first_seen)
+        group.first_seen = min(group.first_seen, first_seen)
+        group.panes[start] = pane
+        if users:
+            group.users[start] = users
+        if group.settled is not None and start < group.settled.last:
+            group.settled = None
+
+    def put_hour(self, key: GroupKey, hour: int, total: Decimal) -> None:
+        """Set a baseline rule's total of an hour (the sum of every partition's)."""
+        group = self._groups.get(key)
+        if group is not None:
+            group.hours[hour] = total
+
+    def put_minute(
+        self, project: str, minute: int, revenue: dict[str, Decimal], steps: dict[str, int]
+    ) -> None:
+        """Set a project's revenue and funnel step counts of a minute (summed over partitions)."""
+        if revenue:
+            self._revenue.setdefault(project, {})[minute] = revenue
+        if steps:
+            self._conversions.setdefault(project, {})[minute] = steps
+
+    def forget(self, clock: float) -> None:
+        """Forget what no rule can see any more at `clock`."""
+        self._forget_old(clock)
 
     def value(self, key: GroupKey, clock: float) -> tuple[float | None, int]:
         """The rule's value for the group at `clock` (None: no data) and its sample count."""
@@ -775,6 +911,19 @@ class AlertEngine:
             project: {int(m): dict(counts) for m, counts in minutes.items()}
             for project, minutes in state.get("conversions", {}).items()
         }
+        if self._spanning:  # what was taken before the stop may not have reached the merging stage
+            self._changed_panes = {
+                (key, start)
+                for key, group in self._groups.items()
+                if key[0] in self._spanning
+                for start in group.panes
+            }
+            self._changed_minutes = {
+                (project, minute)
+                for source in (self._revenue, self._conversions)
+                for project, minutes in source.items()
+                for minute in minutes
+            }
 
 
 def _forget_minutes(by_project: dict[str, dict[int, Any]], before: float) -> None:

@@ -5,8 +5,8 @@ This module composes the worker on a Faust app; its agent, timer and tasks stay 
 done by objects that are given the Kafka side:
 
 - `Partitions` (streams/partitions.py): the state of each events partition owned, windows and an
-  alert engine (envelopes are keyed by project, so a partition holds whole series and whole
-  alert groups);
+  alert engine (envelopes are keyed by project or by series, so a partition holds whole series
+  and the whole groups of the rules a key holds);
 - `Folder` (streams/folding.py): each events record folded into its partition's state, the
   alert changes it causes published at once, what cannot be folded dead-lettered;
 - `Emission` (streams/emission.py): windows sent as soon as a record moves the watermark past
@@ -14,6 +14,9 @@ done by objects that are given the Kafka side:
 - `Checkpointer` and `Restorer` (streams/checkpointing.py): each partition's state written to
   its checkpoint, and read back by the next owner; events too late for their pane go, one late
   record per events record, to `metrics.internal.late` once a checkpoint covers that record;
+- `MergingStage` (streams/merging.py): with envelopes keyed by series, the alert rules whose
+  groups span partitions, evaluated on every partition's part of their panes by the worker that
+  owns the panes topic;
 - streams/publishing.py: what goes to Kafka, sent again until Kafka acknowledges it.
 
 `run_worker` runs it as `cosnap-metrics streams` does, stopped through plumbing/stopping.py.
@@ -39,19 +42,20 @@ from plumbing.outage import Outage, watch_kafka
 from plumbing.status import serve_status
 from plumbing.stopping import Shutdown
 from schemas.records import request_ids_in
-from schemas.rules import load_rules
+from schemas.rules import RuleFile, load_rules
 from schemas.series import DEFAULT_SERIES
 from schemas.settings import StreamsSettings
-from schemas.topics import MAX_CHECKPOINT_BYTES
+from schemas.topics import EVENT_PARTITIONS, MAX_CHECKPOINT_BYTES
 from streams.alerts import AlertEngine
 from streams.checkpoint import KafkaCheckpoints
 from streams.checkpointing import Checkpointer, Restorer
 from streams.dead_letters import DeadLetters
 from streams.emission import Emission
 from streams.folding import Folder
+from streams.merging import MergingStage, PaneMerger
 from streams.metrics import WorkerStatus
 from streams.partitions import EventsMessage, Partitions, PartitionState, record_context
-from streams.publishing import AlertPublisher, LatePublisher, WindowPublisher
+from streams.publishing import AlertPublisher, LatePublisher, PanePublisher, WindowPublisher
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
@@ -92,6 +96,7 @@ class Worker:
     emission: Emission
     status: WorkerStatus
     kafka: Outage
+    merging: MergingStage | None  # None: no alert rule spans partitions
 
     def held(self) -> str:
         """Records folded since their partition's last checkpoint, in words ("" when none): a
@@ -147,7 +152,19 @@ def create_app(settings: StreamsSettings) -> tuple[faust.App, Worker]:
     @app.timer(settings.tick_s)
     async def tick() -> None:
         await worker.emission.tick()
+        if worker.merging is not None:
+            await worker.merging.tick()
         worker.status.ticked(app.consumer, topics.events, worker.partitions.next_offsets())
+
+    merging = worker.merging
+    if merging is not None:
+        panes = app.topic(topics.panes, key_serializer="raw", value_serializer="raw")
+
+        @app.agent(panes)
+        async def merge_panes(stream: Any) -> None:
+            async for record in stream.noack().events():
+                await merging.take(record.message.offset, record.value)
+                app.consumer.ack(record.message)
 
     @app.task
     async def emit_due_windows() -> None:
@@ -177,6 +194,8 @@ def create_app(settings: StreamsSettings) -> tuple[faust.App, Worker]:
             if tp.topic == topics.events:
                 worker.partitions.forget(tp.partition)
                 worker.status.forget(tp.partition)
+            elif tp.topic == topics.panes and worker.merging is not None:
+                worker.merging.forget()
 
     app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]  # mode's signal typing
     return app, worker
@@ -215,6 +234,16 @@ def _compose(settings: StreamsSettings, app: faust.App) -> Worker:
     sender = FaustSender(app)
     alerts = AlertPublisher(sender, topics.alerts)
     rules = load_rules(settings.rules_file)
+    spanning: frozenset[str] = frozenset()
+    if settings.events_key == "series":
+        # Rules that read events (or, for their impact, revenue and funnels) of more than one
+        # series key are evaluated on the merged panes of every partition (streams/merging.py).
+        spanning = frozenset(rule.name for rule in rules.rules if not rule.within_one_series_key)
+        if spanning:
+            log.info(
+                "envelopes are keyed by series: rules %s merged across partitions",
+                ", ".join(sorted(spanning)),
+            )
     compiled = not str(streams.windows.__file__).endswith(".py")
     log.info("windows and alerts run %s", "compiled (mypyc)" if compiled else "as Python (see `make native`)")
 
@@ -222,7 +251,12 @@ def _compose(settings: StreamsSettings, app: faust.App) -> Worker:
         watermark = Watermark(lateness_s=settings.window_lateness_s, idle_s=settings.watermark_idle_s)
         series = SeriesResolver(DEFAULT_SERIES, settings.max_names_per_type)
         windows = EventTimeWindows(watermark, grace_s=settings.window_grace_s, series=series)
-        return PartitionState(windows, AlertEngine(rules, settings.watermark_idle_s))
+        return PartitionState(windows, AlertEngine(rules, settings.watermark_idle_s, spanning))
+
+    def fresh_merger() -> PaneMerger:
+        merged = RuleFile(rules=[rule for rule in rules.rules if rule.name in spanning])
+        engine = AlertEngine(merged, settings.watermark_idle_s)
+        return PaneMerger(engine, EVENT_PARTITIONS, settings.watermark_idle_s)
 
     def assigned() -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
@@ -230,14 +264,18 @@ def _compose(settings: StreamsSettings, app: faust.App) -> Worker:
     def ack(message: EventsMessage) -> None:
         app.consumer.ack(cast(Message, message))  # the worker holds only the agent's messages
 
-    source = KafkaCheckpoints(settings.kafka_bootstrap, topics.checkpoints, topics.events, topics.alerts)
+    source = KafkaCheckpoints(
+        settings.kafka_bootstrap, topics.checkpoints, topics.events, topics.alerts, topics.panes
+    )
     partitions = Partitions(Restorer(source, fresh_state).load, assigned)
     late = LatePublisher(sender, topics.late)
     checkpointer = Checkpointer(sender, topics.checkpoints, topics.events, late, ack, settings.checkpoint_s)
-    emission = Emission(partitions, WindowPublisher(emitter, topics.aggregates), alerts, checkpointer)
+    panes = PanePublisher(sender, topics.panes) if spanning else None
+    emission = Emission(partitions, WindowPublisher(emitter, topics.aggregates), alerts, checkpointer, panes)
     folder = Folder(partitions, alerts, DeadLetters(sender, topics.dead_letter), ack, emission.wake)
     kafka = Outage("Kafka", log)
-    return Worker(partitions, folder, emission, WorkerStatus(settings.tick_s, kafka), kafka)
+    merging = MergingStage(fresh_merger, source, alerts) if spanning else None
+    return Worker(partitions, folder, emission, WorkerStatus(settings.tick_s, kafka), kafka, merging)
 
 
 def _logs_the_failed_record(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

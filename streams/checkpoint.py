@@ -178,6 +178,7 @@ class KafkaCheckpoints:
     checkpoints_topic: str
     events_topic: str
     alerts_topic: str
+    panes_topic: str = ""
 
     def latest(self, partitions: list[int]) -> dict[int, Checkpoint]:
         with _kafka_answers(self.checkpoints_topic):
@@ -190,3 +191,8 @@ class KafkaCheckpoints:
     def published_alerts(self, partitions: set[int], since: float | None) -> dict[int, list[dict[str, Any]]]:
         with _kafka_answers(self.alerts_topic):
             return read_published_alerts(self.bootstrap, self.alerts_topic, partitions, since)
+
+    def panes(self, end: int) -> list[tuple[int, bytes]]:
+        """(offset, value) of the records of the panes topic (one partition) below `end`."""
+        with _kafka_answers(self.panes_topic):
+            return read_records(self.bootstrap, self.panes_topic, 0, 0, end)

@@ -116,6 +116,20 @@ def _snapshot(state: PartitionState, outbox: list[bytes]) -> dict[str, Any]:
     }
 
 
+async def read_until_answered(call: Callable[[], T], backoff: Backoff, what: str) -> T:
+    """`call` (a read of Kafka that raises SourceUnavailable) in a thread, again after a wait
+    until it answers."""
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.to_thread(call)
+        except SourceUnavailable as exc:
+            attempt += 1
+            delay = backoff.delay(attempt)
+            log.warning("%s not read, trying again in %.1fs: %s", what, delay, exc)
+            await asyncio.sleep(delay)
+
+
 class Restorer:
     """Builds the state of partitions a worker starts to own, as their previous owner left it:
     from each one's newest checkpoint, the records whose event ids it held, and the alert
@@ -132,16 +146,7 @@ class Restorer:
         self._backoff = backoff or Backoff(initial=0.5, cap=5.0)
 
     async def _read(self, call: Callable[[], T]) -> T:
-        """`call` (a read of the source) in a thread, again after a wait until it answers."""
-        attempt = 0
-        while True:
-            try:
-                return await asyncio.to_thread(call)
-            except SourceUnavailable as exc:
-                attempt += 1
-                delay = self._backoff.delay(attempt)
-                log.warning("partition state not read, trying again in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
+        return await read_until_answered(call, self._backoff, "partition state")
 
     async def load(self, partitions: list[int]) -> dict[int, PartitionState]:
         """The state of each of `partitions`, whole: their records are folded from its

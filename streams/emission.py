@@ -17,7 +17,7 @@ from collections.abc import Callable
 from streams.checkpointing import Checkpointer
 from streams.metrics import CHECKPOINT_SECONDS
 from streams.partitions import Partitions
-from streams.publishing import AlertPublisher, WindowPublisher
+from streams.publishing import AlertPublisher, PanePublisher, WindowPublisher
 
 
 class Emission:
@@ -30,9 +30,13 @@ class Emission:
         windows: WindowPublisher,
         alerts: AlertPublisher,
         checkpointer: Checkpointer,
+        panes: PanePublisher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`panes` sends each partition's part of the alert rules spanning partitions (None: no
+        rule spans them, streams/merging.py)."""
         self._partitions = partitions
+        self._panes = panes
         self._windows = windows
         self._alerts = alerts
         self._checkpointer = checkpointer
@@ -52,14 +56,19 @@ class Emission:
             await self._emit()
 
     async def tick(self) -> None:
-        """Publish the alert changes of the wall clock, emit the windows closed by now, and
-        checkpoint the partitions due for it once Kafka has those windows."""
+        """Publish the alert changes of the wall clock and the partitions' parts of the panes of
+        rules spanning partitions, emit the windows closed by now, and checkpoint the partitions
+        due for it once Kafka has those windows (a checkpoint never holds panes whose part was
+        not sent)."""
         now = self._clock()
         for partition, state in self._partitions.items():
             async with state.lock:
                 changes = state.alerts.tick(now)
                 if changes:
                     await self._alerts.publish(partition, changes)
+                part = None if self._panes is None else state.alerts.take_partials(now)
+                if part is not None and self._panes is not None:
+                    await self._panes.publish(partition, state.next_offset, part)
         async with self._emitting:
             await self._emit()
             for partition, state in self._partitions.items():

@@ -75,22 +75,52 @@ class AlertPublisher:
         The engine's state has already changed, so they must go out: a failure is retried until
         Kafka takes them (the caller's partition waits meanwhile)."""
         header = [(PARTITION_HEADER, str(partition).encode())]
-        for delay in self._backoff.delays():
-            try:
-                acks = [
-                    await self._sender.send(
-                        self._topic, change["fingerprint"].encode(), orjson.dumps(change), headers=header
-                    )
-                    for change in changes
-                ]
-                await asyncio.gather(*acks)
-                break
-            except SEND_ERRORS as exc:
-                log.warning("%d alert changes not published; retry in %.1fs: %r", len(changes), delay, exc)
-                await asyncio.sleep(delay)
+        records = [(change["fingerprint"].encode(), orjson.dumps(change)) for change in changes]
+        await _until_taken(self._sender, self._backoff, self._topic, records, header, "alert changes")
         count_transitions(changes)
         for change in changes:
             log.info("alert %s %s %s", change["rule"], change["state"], change["labels"])
+
+
+class PanePublisher:
+    """Sends an events partition's part of the panes of the alert rules spanning partitions
+    (streams/alerts.py, `take_partials`) to the panes topic, for the stage that merges them
+    (streams/merging.py)."""
+
+    def __init__(self, sender: RecordSender, topic: str, backoff: Backoff | None = None) -> None:
+        self._sender = sender
+        self._topic = topic
+        self._backoff = backoff or Backoff()
+
+    async def publish(self, partition: int, offset: int, part: dict[str, Any]) -> None:
+        """Send the part of events partition `partition` folded up to `offset` (excluded) and
+        return once Kafka has it. The engine no longer holds those panes as changed, and the
+        next checkpoint covers them: a failure is retried until Kafka takes it."""
+        value = orjson.dumps(
+            {"v": 1, "source": partition, "offset": offset, **part}, option=orjson.OPT_NON_STR_KEYS
+        )
+        await _until_taken(
+            self._sender, self._backoff, self._topic, [(str(partition).encode(), value)], [], "panes"
+        )
+
+
+async def _until_taken(
+    sender: RecordSender,
+    backoff: Backoff,
+    topic: str,
+    records: list[tuple[bytes, bytes]],
+    headers: list[tuple[str, bytes]],
+    what: str,
+) -> None:
+    """Send (key, value) `records` in order, again after a backoff until Kafka has them all."""
+    for delay in backoff.delays():
+        try:
+            acks = [await sender.send(topic, key, value, headers=headers) for key, value in records]
+            await asyncio.gather(*acks)
+            return
+        except SEND_ERRORS as exc:
+            log.warning("%d records of %s not published; retry in %.1fs: %r", len(records), what, delay, exc)
+            await asyncio.sleep(delay)
 
 
 class WindowPublisher:

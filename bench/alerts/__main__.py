@@ -1,7 +1,7 @@
 """Detection latency: from the 202 of the event that crosses a threshold to its `firing` record on
 the alerts topic, under steady background traffic, in one run.
 
-    python -m bench.alerts [--seconds 60] [--rate 10000] [--probes 60]
+    python -m bench.alerts [--seconds 60] [--rate 10000] [--probes 60] [--events-key series]
 
 Starts a real Apache Kafka broker and the pipeline (sink, streams worker, ingest API) with the
 default rules plus one probe rule (any `bench.probe` feature event fires its own group at once).
@@ -9,6 +9,10 @@ bench/loadgen posts `--rate` events per second of normal Cosnap traffic (100-eve
 demo events without failures, open loop) while a probe event is posted every second; a consumer
 of the alerts topic notes when each probe's alert arrives. Prints p50/p99/max of the latency
 (bar, as in BENCHMARKS.md: p50 <= 1 s, p99 <= 2 s at 10k events/s) and the background rate achieved.
+
+With `--events-key series` envelopes are keyed by series and the probe rule spans the series
+keys: it matches the probes by a tag, and they are events of six features, so they lie on
+several partitions and each alert goes through the stage that merges the partitions' panes.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ PROBE_RULE = {
 }
 
 
+# With envelopes keyed by series: the probes are features bench.probe.0-5 (spread over the
+# partitions), matched by a tag rather than a name, so the rule spans the series keys.
+SPANNING_PROBE_RULE = PROBE_RULE | {"match": {"type": "feature", "tags": {"bench": "probe"}}}
+PROBE_FEATURES = 6
+
+
 def background_body(path: Path) -> None:
     """100 demo events without failures (the background must not fire), no ids, no timestamps:
     the server stamps each copy, so repeating the body is a steady stream of fresh events."""
@@ -70,12 +80,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=60, help="length of the background load")
     parser.add_argument("--rate", type=int, default=10_000, help="background events per second")
     parser.add_argument("--probes", type=int, default=50, help="probe events, one per second")
+    parser.add_argument(
+        "--events-key", choices=["project", "series"], default="project", help="COSNAP_EVENTS_KEY"
+    )
     args = parser.parse_args()
     loadgen = build_loadgen(RunnerSettings().kafka_cache_dir.parent / "loadgen")
 
     with bench_kafka("alerts") as bench:
         rules = yaml.safe_load(DEFAULT_RULES.read_text())
-        rules["rules"].append(PROBE_RULE)
+        spanning = args.events_key == "series"
+        rules["rules"].append(SPANNING_PROBE_RULE if spanning else PROBE_RULE)
         (bench.work / "rules.yaml").write_text(yaml.safe_dump(rules))
         background_body(bench.work / "body.json")
         settings = RunnerSettings(
@@ -91,6 +105,7 @@ def main() -> int:
             "COSNAP_QUERY_URL": settings.query_url,
             "COSNAP_CLICKHOUSE_HTTP_URL": f"http://127.0.0.1:{free_port()}",
             "COSNAP_RULES_FILE": str(bench.work / "rules.yaml"),
+            "COSNAP_EVENTS_KEY": args.events_key,
         }
         logs = bench.work / "logs"
         logs.mkdir()
@@ -152,6 +167,11 @@ def measure(
                     "action": "x",
                     "tags": {"probe": str(n)},
                 }
+                if args.events_key == "series":
+                    probe |= {
+                        "feature": f"bench.probe.{n % PROBE_FEATURES}",
+                        "tags": {"probe": str(n), "bench": "probe"},
+                    }
                 response = client.post("/v1/events", json=probe)
                 posted[str(n)] = time.time()
                 assert response.status_code == 202, response.text
@@ -176,6 +196,12 @@ def measure(
         "p50_ms": round(statistics.median(latencies), 1),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
         "max_ms": round(latencies[-1], 1),
+        "slowest_ms": dict(
+            sorted(
+                ((n, round((arrived[n] - posted[n]) * 1000, 1)) for n in arrived if n in posted),
+                key=lambda p: p[1],
+            )[-5:]
+        ),
         "background_events_per_s": round(background_load.requests_per_s * BATCH),
         "background_non_202": background_load.non_202,
         "missing_probes": sorted(set(posted) - set(arrived), key=int),

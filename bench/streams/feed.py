@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from cosnap_metrics.demo import CosnapTraffic
-from ingest.batch import TimePolicy, parse_events
+from ingest.batch import ParsedBatch, TimePolicy, parse_events
 from schemas.topics import EVENT_PARTITIONS, MAX_RECORD_BYTES
 
 EVENTS_PER_ENVELOPE = 500
@@ -28,7 +28,7 @@ INGEST_POLICY = TimePolicy(max_future_skew=timedelta(minutes=10), max_event_age=
 # The closer is hours ahead of the data: the ingest would refuse it, the worker takes it as given.
 CLOSER_POLICY = TimePolicy(max_future_skew=timedelta(days=1), max_event_age=timedelta(days=30))
 
-Envelope = tuple[str, bytes]  # (project, record value)
+Envelope = tuple[str, bytes]  # (Kafka key: the project, or project|type|name; record value)
 
 
 def choose_projects(count: int, partitions: int = EVENT_PARTITIONS) -> list[str]:
@@ -54,10 +54,14 @@ def envelope_value(project: str, events: list[bytes]) -> bytes:
 
 def wire_events(items: list[dict[str, Any]], received_at: datetime, policy: TimePolicy) -> list[bytes]:
     """The events as the ingest writes them; every item must be accepted."""
+    return _parsed(items, received_at, policy).accepted
+
+
+def _parsed(items: list[dict[str, Any]], received_at: datetime, policy: TimePolicy) -> ParsedBatch:
     batch = parse_events(items, None, received_at, uuid.uuid4().hex, policy)
     if batch.rejected:
         raise AssertionError(f"the ingest would reject {batch.rejected[0]}")
-    return batch.accepted
+    return batch
 
 
 def _iso(ts: datetime) -> str:
@@ -65,27 +69,40 @@ def _iso(ts: datetime) -> str:
 
 
 def pack(
-    timed: Iterable[tuple[str, datetime, dict[str, Any]]], policy: TimePolicy = INGEST_POLICY
+    timed: Iterable[tuple[str, datetime, dict[str, Any]]],
+    policy: TimePolicy = INGEST_POLICY,
+    *,
+    by_series: bool = False,
 ) -> Iterator[Envelope]:
     """Envelopes of EVENTS_PER_ENVELOPE events per project from (project, time, event) in time
-    order; each envelope is received 200 ms after its newest event. Remainders come last."""
+    order; each envelope is received 200 ms after its newest event. Remainders come last.
+    `by_series`: each such batch is split by series key as the ingest splits a request under
+    `COSNAP_EVENTS_KEY=series`, one envelope per key (keyed `project|type|name`)."""
     open_: dict[str, list[dict[str, Any]]] = {}
     for project, ts, event in timed:
         event["timestamp"] = _iso(ts)
         items = open_.setdefault(project, [])
         items.append(event)
         if len(items) == EVENTS_PER_ENVELOPE:
-            yield (
-                project,
-                envelope_value(project, wire_events(items, ts + timedelta(milliseconds=200), policy)),
-            )
+            yield from _envelopes(project, items, ts + timedelta(milliseconds=200), policy, by_series)
             del open_[project]
     for project, items in open_.items():
         newest = datetime.fromisoformat(items[-1]["timestamp"])
-        yield (
-            project,
-            envelope_value(project, wire_events(items, newest + timedelta(milliseconds=200), policy)),
-        )
+        yield from _envelopes(project, items, newest + timedelta(milliseconds=200), policy, by_series)
+
+
+def _envelopes(
+    project: str, items: list[dict[str, Any]], received_at: datetime, policy: TimePolicy, by_series: bool
+) -> Iterator[Envelope]:
+    batch = _parsed(items, received_at, policy)
+    if not by_series:
+        yield project, envelope_value(project, batch.accepted)
+        return
+    by_key: dict[str, list[bytes]] = {}
+    for name, event in zip(batch.names, batch.accepted, strict=True):
+        by_key.setdefault(f"{project}|{name}", []).append(event)
+    for key, events in by_key.items():
+        yield key, envelope_value(project, events)
 
 
 def cosnap_mix(
@@ -124,7 +141,7 @@ class Written:
 
 
 def produce(bootstrap: str, topic: str, envelopes: Iterable[Envelope]) -> Written:
-    """Write the envelopes (key = project) and wait for every acknowledgement; raises on a failed
+    """Write the envelopes (under their keys) and wait for every acknowledgement; raises on a failed
     delivery."""
     producer = Producer(
         {

@@ -45,12 +45,15 @@ def kafka_refused(why: str) -> KafkaUnavailable:
 class FakeProducer:
     """A RecordProducer in memory: acknowledges every record at once and keeps it in `records`,
     or, while `failing`, refuses every record as AckedProducer does on a Kafka outage and
-    answers `ready` with False. Like AckedProducer (message.max.bytes), it refuses a record
-    over MAX_RECORD_BYTES, so that a request which would cost a 503 on Kafka costs one here."""
+    answers `ready` with False; it refuses the records of the keys in `refused_keys` (one
+    partition's leader unreachable, the others not). Like AckedProducer (message.max.bytes), it
+    refuses a record over MAX_RECORD_BYTES, so that a request which would cost a 503 on Kafka
+    costs one here."""
 
     def __init__(self) -> None:
         self.records: list[Produced] = []
         self.failing = False
+        self.refused_keys: set[bytes] = set()
         self.closed = False
 
     def produce(
@@ -62,7 +65,7 @@ class FakeProducer:
         acked: asyncio.Future[None],
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        if self.failing:
+        if self.failing or key in self.refused_keys:
             acked.set_exception(kafka_refused("Local: Message timed out"))
             return
         if len(value) + len(key or b"") > MAX_RECORD_BYTES:

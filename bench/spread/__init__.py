@@ -1,0 +1,1 @@
+"""One project spread over partitions, folded by 1, 2 and 3 workers: `python -m bench.spread`."""
