@@ -10,18 +10,24 @@ from typing import Any
 
 from tests.conftest import Pipeline
 
+# An event's series and the value its windows add up, from its columns in metrics.events, and
+# its minute as the windows' start is formatted: the pieces of every recount.
+SERIES = """multiIf(type = 'revenue', name, type = 'performance', metric, type = 'feature', feature,
+                concat(funnel, ':', step))"""
+VALUE = """multiIf(type = 'revenue', toDecimal128(amount, 9),
+                type = 'performance', toDecimal128(toString(value), 9), toDecimal128(1, 9))"""
+MINUTE = "formatDateTime(toStartOfMinute(timestamp), '%Y-%m-%dT%H:%i:%S')"
+# The default dimension of performance (unit) and feature (action) series, in events and windows.
+DIMENSION = "multiIf(type = 'performance', unit, type = 'feature', action, '')"
+WINDOW_DIMENSION = "multiIf(type = 'performance', dims['unit'], type = 'feature', dims['action'], '')"
+
 WINDOWS = """
 SELECT project, type, name, currency, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count,
        toString(sum)
 FROM metrics.windows WHERE granularity = '1m'"""
-RECOUNT = """
-SELECT project, type,
-       multiIf(type = 'revenue', name, type = 'performance', metric, type = 'feature', feature,
-               concat(funnel, ':', step)) AS series, currency,
-       formatDateTime(toStartOfMinute(timestamp), '%Y-%m-%dT%H:%i:%S') AS minute, count(),
-       toString(sum(multiIf(type = 'revenue', toDecimal128(amount, 9),
-                    type = 'performance', toDecimal128(toString(value), 9), toDecimal128(1, 9))))
-FROM metrics.events FINAL GROUP BY project, type, series, currency, minute"""
+RECOUNT = f"""
+SELECT project, type, {SERIES} AS series, currency, {MINUTE} AS minute, count(), toString(sum({VALUE}))
+FROM metrics.events FINAL GROUP BY project, type, series, currency, minute"""  # noqa: S608 - constants
 
 
 def summed(rows: list[list[Any]]) -> dict[tuple[str, ...], tuple[int, Decimal]]:

@@ -17,7 +17,7 @@ import pytest
 
 from plumbing.keys import KeyStore
 from tests.conftest import Pipeline, wait_for
-from tests.recount import windows_and_recount
+from tests.recount import DIMENSION, MINUTE, SERIES, VALUE, WINDOW_DIMENSION, windows_and_recount
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -26,26 +26,18 @@ BATCH = 1000
 METRICS = ["api.latency", "ai.provider.latency", "page.load"]
 
 # The offline recomputation: the series and value of every event, in SQL, from metrics.events.
-RECOMPUTE = """
-SELECT type,
-       multiIf(type = 'revenue', name, type = 'performance', metric, type = 'feature', feature,
-               concat(funnel, ':', step)) AS series,
-       currency,
-       multiIf(type = 'performance', unit, type = 'feature', action, '') AS dim,
-       formatDateTime(toStartOfMinute(timestamp), '%Y-%m-%dT%H:%i:%S') AS minute,
-       count(),
-       toString(sum(multiIf(type = 'revenue', toDecimal128(amount, 9),
-                            type = 'performance', toDecimal128(toString(value), 9), toDecimal128(1, 9))))
+RECOMPUTE = f"""
+SELECT type, {SERIES} AS series, currency, {DIMENSION} AS dim, {MINUTE} AS minute, count(),
+       toString(sum({VALUE}))
 FROM metrics.events FINAL
 GROUP BY type, series, currency, dim, minute
-"""
-WINDOWS = """
-SELECT type, name, currency,
-       multiIf(type = 'performance', dims['unit'], type = 'feature', dims['action'], ''),
-       formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count, toString(sum)
+"""  # noqa: S608 - constants
+WINDOWS = f"""
+SELECT type, name, currency, {WINDOW_DIMENSION}, formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'),
+       count, toString(sum)
 FROM metrics.windows
 WHERE granularity = '1m'
-"""
+"""  # noqa: S608 - constants
 
 
 def make_events(start: datetime, rng: random.Random) -> list[dict[str, Any]]:

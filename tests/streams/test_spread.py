@@ -20,6 +20,7 @@ import yaml
 
 from schemas.records import alert_fingerprint as fingerprint
 from tests.conftest import Pipeline, wait_for
+from tests.recount import DIMENSION, MINUTE, SERIES, VALUE, WINDOW_DIMENSION
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -49,28 +50,18 @@ SPANNING = RULE | {
 
 # Every window of the events, from metrics.events (first copies), with its dimensions: unit,
 # action, currency, and the performance tags that are default dimensions (route, status).
-RECOMPUTE = """
-SELECT type,
-       multiIf(type = 'revenue', name, type = 'performance', metric, type = 'feature', feature,
-               concat(funnel, ':', step)) AS series,
-       currency,
-       multiIf(type = 'performance', unit, type = 'feature', action, '') AS dim,
-       tags['route'], tags['status'],
-       formatDateTime(toStartOfMinute(timestamp), '%Y-%m-%dT%H:%i:%S') AS minute,
-       count(),
-       toString(sum(multiIf(type = 'revenue', toDecimal128(amount, 9),
-                            type = 'performance', toDecimal128(toString(value), 9), toDecimal128(1, 9))))
+RECOMPUTE = f"""
+SELECT type, {SERIES} AS series, currency, {DIMENSION} AS dim, tags['route'], tags['status'],
+       {MINUTE} AS minute, count(), toString(sum({VALUE}))
 FROM metrics.events FINAL
 GROUP BY type, series, currency, dim, tags['route'], tags['status'], minute
-"""
-WINDOWS = """
-SELECT type, name, currency,
-       multiIf(type = 'performance', dims['unit'], type = 'feature', dims['action'], ''),
-       dims['route'], dims['status'],
+"""  # noqa: S608 - constants
+WINDOWS = f"""
+SELECT type, name, currency, {WINDOW_DIMENSION}, dims['route'], dims['status'],
        formatDateTime(window_start, '%Y-%m-%dT%H:%i:%S'), count, toString(sum)
 FROM metrics.windows
 WHERE granularity = '1m'
-"""
+"""  # noqa: S608 - constants
 
 
 def make_events(start: datetime, rng: random.Random) -> list[dict[str, Any]]:

@@ -76,8 +76,9 @@ def texts(driver: WebDriver, testids: list[str]) -> dict[str, str]:
     return found
 
 
-def wait_texts(driver: WebDriver, want: dict[str, str], timeout: float = 30) -> None:
-    """Until every element shows its text (the page refreshes itself every 5 s)."""
+def wait_texts(driver: WebDriver, want: dict[str, str], timeout: float = 90) -> None:
+    """Until every element shows its text (the page refreshes itself every 5 s; its reads are
+    slow on a machine busy with other tests: one run needed more than 30 s)."""
     try:
         WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: texts(d, list(want)) == want)
     except Exception:
