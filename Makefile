@@ -59,8 +59,9 @@ docker-compose:
 
 # Lint, types and the tests that need no Kafka broker (those marked `kafka` or `e2e` are left
 # out), in three processes, the property tests with a fifth of their examples (random ones: each
-# run draws others; make test draws every example from a fixed seed).
-check: lint prometheus docker-compose
+# run draws others; make test draws every example from a fixed seed). The official ClickHouse
+# clients' tests read chDB through the HTTP interface, no broker: their clients are built first.
+check: lint prometheus docker-compose clickhouse-js clickhouse-go
 	COSNAP_FUZZ_SCALE=0.2 $(BIN)/pytest -q -n 3 -m "not kafka and not e2e"
 
 # The dashboard test drives Debian's Chromium through its chromedriver (no browser download).

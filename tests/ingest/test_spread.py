@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from cosnap_metrics.broker import KafkaBroker
 from tests.conftest import Pipeline, wait_for
+from tests.ingest.contract_strategies import examples
 from tests.ingest.fakes import ServedIngest
 from tests.ingest.test_api import post
 
@@ -89,7 +90,9 @@ def test_one_key_refused_is_a_503_and_the_retry_goes_under_the_same_keys(served:
     assert {event_id: len(keys) for event_id, keys in keys_of.items()} == {e["event_id"]: 1 for e in events}
 
 
-@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(
+    max_examples=examples(50), suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
 @given(st.lists(st.sampled_from(range(200)), min_size=1, max_size=60), st.randoms(use_true_random=False))
 def test_any_retry_pattern_keeps_each_event_under_one_key(
     served_started: ServedIngest, picks: list[int], rng: Any

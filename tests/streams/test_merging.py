@@ -27,6 +27,7 @@ from streams.merging import PaneMerger
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
 from streams.windows import Accumulator, EventTimeWindows, iso
+from tests.ingest.contract_strategies import examples
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 NOW = 2_000_000_000.0  # wall clock: no partition is ever idle here
@@ -233,7 +234,7 @@ def test_the_merged_alerts_do_not_depend_on_how_many_partitions_hold_the_events(
     assert outcome(merged(count, seed=2, schedule=random.Random(count))) == outcome(one_partition(2))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3, 6]))
 def test_any_order_of_parts_redelivery_and_restart_gives_the_same_alerts(schedule: int, count: int) -> None:
     assert outcome(merged(count, seed=3, schedule=random.Random(schedule))) == outcome(one_partition(3))
