@@ -147,6 +147,12 @@ def _within(bounds: Bounds, point: float) -> bool:
     )
 
 
+def _rises(rule: Rule) -> bool:
+    """Whether the rule's condition, once it holds on part of a pane's events, holds on all of
+    them: a count, rate, sum or max above a threshold, without baseline."""
+    return rule.aggregate in _RISING and rule.op in (">", ">=") and rule.baseline is None
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     rule: Rule
@@ -346,6 +352,12 @@ class AlertEngine:
         self._changed_panes: set[tuple[GroupKey, int]] = set()  # of spanning rules, since the last take
         self._changed_minutes: set[tuple[str, int]] = set()  # (project, minute) of revenue or steps
         self._taken = -math.inf  # the clock at the last take
+        # Spanning groups whose rule rises (`_rises`) touched by the record being folded, and those
+        # whose part of the current pane already made the engine `urgent`, with that pane's start.
+        self._rising: set[GroupKey] = set()
+        self._urgent_groups: set[GroupKey] = set()
+        self._urgent_pane = -math.inf
+        self._urgent = False
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -383,6 +395,8 @@ class AlertEngine:
         if folded.newest is not None:
             self._newest = max(self._newest, folded.newest)
             self._arrival = now
+        if self._rising:
+            self._flag_urgent(now)
         if not touched:
             return []
         clock = self.clock(now)
@@ -455,6 +469,8 @@ class AlertEngine:
             group.hours[hour] = group.hours.get(hour, Decimal(0)) + added
         if rule.name in self._spanning:
             self._changed_panes.add((key, start))
+            if _rises(rule):
+                self._rising.add(key)
             return None  # evaluated where the partitions' panes are merged
         return key
 
@@ -513,7 +529,7 @@ class AlertEngine:
             if key not in self._groups:
                 continue  # forgotten since it was touched
             rule = self._compiled[key[0]].rule
-            if rule.aggregate not in _RISING or rule.op not in (">", ">=") or rule.baseline is not None:
+            if not _rises(rule):
                 continue
             value, _ = self.value(key, clock)
             if value is not None and rule.holds(value):
@@ -524,6 +540,31 @@ class AlertEngine:
 
     # -- spanning rules ---------------------------------------------------------------------------
 
+    @property
+    def urgent(self) -> bool:
+        """Whether the part should leave now rather than on the next tick: a group of a spanning
+        rule that rises holds on this partition's events alone, so it holds on the merged panes
+        too, and the merging stage can fire it as soon as it has the part (once per group and
+        pane; reset by `take_partials`)."""
+        return self._urgent
+
+    def _flag_urgent(self, now: float) -> None:
+        """Flag the engine `urgent` if a rising spanning group the record touched holds at the
+        partition's clock for the first time in its pane."""
+        clock = self.clock(now)
+        pane = clock // PANE_S * PANE_S
+        if pane != self._urgent_pane:
+            self._urgent_pane = pane
+            self._urgent_groups.clear()
+        for key in self._rising:
+            if key in self._urgent_groups:
+                continue
+            value, _ = self.value(key, clock)
+            if value is not None and self._compiled[key[0]].rule.holds(value):
+                self._urgent_groups.add(key)
+                self._urgent = True
+        self._rising.clear()
+
     def take_partials(self, now: float) -> dict[str, Any] | None:
         """This partition's part of the spanning rules' groups: the clock, the panes (hours,
         users) changed since the last take, whole as they are now, and the revenue and funnel
@@ -531,6 +572,7 @@ class AlertEngine:
         not moved since the last take (a clock that follows the wall clock: not into another
         pane). A pane is sent whole, not as a difference: the merging stage keeps each
         partition's latest, so sending one again changes nothing."""
+        self._urgent = False
         clock = self.clock(now)
         idle = clock != self._newest  # the clock follows the wall clock: the stage moves it on too
         moved = clock // PANE_S * PANE_S != self._taken // PANE_S * PANE_S if idle else clock > self._taken

@@ -272,7 +272,7 @@ def _compose(settings: StreamsSettings, app: faust.App) -> Worker:
     checkpointer = Checkpointer(sender, topics.checkpoints, topics.events, late, ack, settings.checkpoint_s)
     panes = PanePublisher(sender, topics.panes) if spanning else None
     emission = Emission(partitions, WindowPublisher(emitter, topics.aggregates), alerts, checkpointer, panes)
-    folder = Folder(partitions, alerts, DeadLetters(sender, topics.dead_letter), ack, emission.wake)
+    folder = Folder(partitions, alerts, DeadLetters(sender, topics.dead_letter), ack, emission.wake, panes)
     kafka = Outage("Kafka", log)
     merging = MergingStage(fresh_merger, source, alerts) if spanning else None
     return Worker(partitions, folder, emission, WorkerStatus(settings.tick_s, kafka), kafka, merging)

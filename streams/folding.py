@@ -24,7 +24,7 @@ from streams.dead_letters import DeadLetters
 from streams.envelope import EnvelopeView, Event, decode, raw_events
 from streams.metrics import DUPLICATE_EVENTS, LATE_EVENTS, REFUSED_EVENTS, count_overflow, events_folded
 from streams.partitions import EventsMessage, Partitions, PartitionState, record_context
-from streams.publishing import AlertPublisher
+from streams.publishing import AlertPublisher, PanePublisher
 from streams.windows import Folded
 
 log = logging.getLogger("cosnap.streams")
@@ -40,15 +40,19 @@ class Folder:
         dead_letters: DeadLetters,
         ack: Callable[[EventsMessage], None],
         wake: Callable[[], None],
+        panes: PanePublisher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`ack` acknowledges a record to Faust; `wake` is called when a record moved the
-        watermark past a window (streams/emission.py, Emission.wake)."""
+        watermark past a window (streams/emission.py, Emission.wake). `panes` sends the
+        partition's part of the rules spanning partitions right after a record that makes one
+        of their groups hold (None: no rule spans them); the timer sends the others."""
         self._partitions = partitions
         self._alerts = alerts
         self._dead_letters = dead_letters
         self._ack = ack
         self._wake = wake
+        self._panes = panes
         self._clock = clock
 
     async def fold(self, message: EventsMessage, value: bytes) -> None:
@@ -109,6 +113,10 @@ class Folder:
             state.passed(message)
             if changes:
                 await self._alerts.publish(message.partition, changes)
+            if self._panes is not None and state.alerts.urgent:
+                part = state.alerts.take_partials(now)
+                if part is not None:
+                    await self._panes.publish(message.partition, state.next_offset, part)
         return folded
 
 

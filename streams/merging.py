@@ -4,7 +4,9 @@ keyed by series (docs/reference.md, "Spreading a project over partitions").
 Every events partition folds such a rule's events into panes as it folds any rule's, but does not
 evaluate it (streams/alerts.py, `spanning`). On each tick the worker that owns the partition sends
 the panes it changed, whole, with the partition's event-time clock and the offset it has folded
-up to, to `metrics.internal.panes` (one partition, so one stage sees every partition's part). The
+up to, to `metrics.internal.panes` (one partition, so one stage sees every partition's part); and
+right after a record that makes a group of a rule that only rises hold on the partition's own
+panes (streams/folding.py, `AlertEngine.urgent`), once per group and pane. The
 worker that owns that partition merges them here: it keeps each events partition's latest part
 of every pane, merges the parts into one pane per group and evaluates the rule on the merged
 panes with an alert engine of its own, publishing the changes as the partitions' engines do

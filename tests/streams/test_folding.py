@@ -20,19 +20,20 @@ from streams.checkpointing import Checkpointer
 from streams.dead_letters import DeadLetters
 from streams.folding import Folder
 from streams.partitions import EventsMessage, Partitions, PartitionState
-from streams.publishing import AlertPublisher, LatePublisher
+from streams.publishing import AlertPublisher, LatePublisher, PanePublisher
 from streams.series import SeriesResolver
 from streams.watermark import Watermark
 from streams.windows import EventTimeWindows
 from tests.streams.fakes import QUICK, FakeSender, message
-from tests.streams.states import NOW, RULES, at, feature, fresh, offsets, record
+from tests.streams.states import NOW, RULES, T0, at, feature, fresh, offsets, record
 
 
 class Agent:
     """A Folder over one partition (0) of the given state, on a FakeSender; keeps the records it
     acknowledged and counts the times it woke the emission."""
 
-    def __init__(self, state: PartitionState | None = None) -> None:
+    def __init__(self, state: PartitionState | None = None, panes: bool = False) -> None:
+        """`panes`: the state's engine has spanning rules, whose parts go to topic "panes"."""
         self.state = state or fresh()
         self.sender = FakeSender()
         self.acked: list[EventsMessage] = []
@@ -44,6 +45,7 @@ class Agent:
             DeadLetters(self.sender, "dead"),
             self.acked.append,
             self._wake,
+            PanePublisher(self.sender, "panes", QUICK) if panes else None,
             clock=lambda: NOW,
         )
 
@@ -208,6 +210,46 @@ def test_a_checkpoint_never_holds_an_alert_state_kafka_has_not_acknowledged() ->
         agent.sender.release()
         await asyncio.gather(folding, checkpointing)
         assert [r.topic for r in agent.sender.acknowledged] == ["alerts", "checkpoints"]
+
+    asyncio.run(scenario())
+
+
+def test_a_record_that_makes_a_spanning_group_hold_sends_the_partitions_part_with_it() -> None:
+    """Envelopes keyed by series: a rule that rises (a count above a threshold) and spans
+    partitions is evaluated by the merging stage. The record whose events make one of its groups
+    hold on this partition alone sends the partition's part at once, without waiting for the
+    timer; later records of that pane and group wait for it."""
+    rules = RuleFile.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "probe",
+                    "window": "10s",
+                    "op": ">=",
+                    "threshold": 2,
+                    "match": {"type": "feature"},
+                    "group_by": ["feature"],
+                    "annotations": {"summary": "{value}"},
+                }
+            ]
+        }
+    )
+
+    async def scenario() -> None:
+        state = fresh()
+        state.alerts = AlertEngine(rules, idle_s=10**9, spanning=frozenset({"probe"}))
+        agent = Agent(state, panes=True)
+        await agent.fold(0, record(feature(1, 0)))
+        assert agent.sender.on("panes") == []  # the group does not hold yet: the timer sends it
+        await agent.fold(1, record(feature(2, 1)))
+        [part] = [orjson.loads(r.value) for r in agent.sender.on("panes")]
+        assert (part["source"], part["offset"]) == (0, 2)
+        [[rule, project, values, sent]] = part["groups"]
+        assert (rule, project, values) == ("probe", "p", ["f"])
+        assert sent["panes"][str(int(T0.timestamp()))][0][0] == 2  # the pane's count
+        await agent.fold(2, record(feature(3, 2)))
+        assert len(agent.sender.on("panes")) == 1  # once per group and pane
+        assert agent.sender.on("alerts") == []  # evaluated where the parts are merged
 
     asyncio.run(scenario())
 

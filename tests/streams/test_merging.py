@@ -186,6 +186,13 @@ def merged(count: int, seed: int, schedule: random.Random) -> list[dict[str, Any
         for _ in range(schedule.randint(1, 4)):
             if partition.next < len(partition.records):
                 partition.fold_next()
+                if partition.engine.urgent and schedule.random() < 0.5:
+                    # What the worker's Folder does: the part leaves with the record (or, by
+                    # the other half, on a later tick, as when its send is slow).
+                    part = partition.part()
+                    if part is not None:
+                        sent.append(part)
+                        changes += merger.add(as_sent(part), NOW)
         roll = schedule.random()
         if roll < 0.02:
             partition.restart(snapshots[partition.number])  # parts taken since may never have been sent
@@ -255,3 +262,41 @@ def test_a_part_ahead_of_the_merged_clock_fires_once_the_clock_reaches_its_pane(
     [firing] = merger.add(behind | {"offset": 4, "clock": t0 + 22}, NOW)
     assert (firing["rule"], firing["state"], firing["labels"]["route"]) == ("failures", "firing", "/a")
     assert firing["evaluated_at"] == iso(T0.timestamp() + 21)  # the merged clock: the older of 21 s and 22 s
+
+
+def test_a_partition_is_urgent_once_per_pane_when_its_own_part_makes_a_rising_group_hold() -> None:
+    """The count rule holds on one partition's events alone from the 20th failure of a route
+    on: the engine asks for its part to leave at once (the Folder sends it with the record),
+    once per group and pane at most; rules that could still change with other partitions'
+    events (a ratio, a percentile) never make it urgent."""
+    [partition] = [Partition(0, spread) for spread in records(1, seed=1)]
+    failed = dict.fromkeys(ROUTES, 0)  # the burst is shorter than the rule's window: all count
+    urgent: list[tuple[int, int]] = []  # (pane, most failures of a route) of each urgent record
+    while partition.next < len(partition.records):
+        for event in orjson.loads(partition.records[partition.next])["events"]:
+            if event["tags"]["status"] == "failed":
+                failed[event["tags"]["route"]] += 1
+        partition.fold_next()
+        if partition.engine.urgent:
+            urgent.append((int(partition.engine.clock(NOW)) // 10, max(failed.values())))
+            assert partition.part() is not None
+            assert not partition.engine.urgent  # the part is taken
+    assert urgent and urgent[0][1] == 20  # from the record holding the 20th failure of a route
+    assert all(most >= 20 for _, most in urgent)
+    panes = [pane for pane, _ in urgent]
+    assert max(panes.count(pane) for pane in panes) <= len(ROUTES)  # once per group and pane
+
+
+def test_only_spanning_rules_that_rise_make_a_partition_urgent() -> None:
+    """With the count rule left out, the ratio and the percentile rules hold through the burst
+    on the partition's own events, and the part still waits for the tick."""
+    rules = RuleFile(rules=[rule for rule in RULES.rules if rule.name != "failures"])
+    [spread] = records(1, seed=1)
+    windows = EventTimeWindows(
+        Watermark(lateness_s=0, idle_s=10**9), grace_s=math.inf, series=SeriesResolver(DEFAULT_SERIES)
+    )
+    engine = AlertEngine(rules, idle_s=10**9, spanning=SPANNING - {"failures"})
+    for value in spread:
+        envelope = decode(value)
+        engine.add(envelope.project, windows.add_envelope(0, envelope, NOW), NOW)
+        assert not engine.urgent
