@@ -66,9 +66,8 @@ class Emission:
                 changes = state.alerts.tick(now)
                 if changes:
                     await self._alerts.publish(partition, changes)
-                part = None if self._panes is None else state.alerts.take_partials(now)
-                if part is not None and self._panes is not None:
-                    await self._panes.publish(partition, state.next_offset, part)
+        if self._panes is not None:
+            await self._panes.send_parts(self._partitions, now)
         async with self._emitting:
             await self._emit()
             for partition, state in self._partitions.items():

@@ -45,8 +45,9 @@ class Folder:
     ) -> None:
         """`ack` acknowledges a record to Faust; `wake` is called when a record moved the
         watermark past a window (streams/emission.py, Emission.wake). `panes` sends the
-        partition's part of the rules spanning partitions right after a record that makes one
-        of their groups hold (None: no rule spans them); the timer sends the others."""
+        partition's part of the rules spanning partitions, and those of the worker's other
+        partitions, right after a record that makes one of their groups hold (None: no rule spans
+        them); otherwise the timer sends them."""
         self._partitions = partitions
         self._alerts = alerts
         self._dead_letters = dead_letters
@@ -113,10 +114,11 @@ class Folder:
             state.passed(message)
             if changes:
                 await self._alerts.publish(message.partition, changes)
-            if self._panes is not None and state.alerts.urgent:
-                part = state.alerts.take_partials(now)
-                if part is not None:
-                    await self._panes.publish(message.partition, state.next_offset, part)
+            urgent = self._panes is not None and state.alerts.urgent
+        if urgent and self._panes is not None:
+            # Every partition's part, not only this one's: the merging stage evaluates the group
+            # once the oldest partition clock it knows is in the group's pane.
+            await self._panes.send_parts(self._partitions, now)
         return folded
 
 

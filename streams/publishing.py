@@ -27,6 +27,7 @@ from plumbing.backoff import Backoff
 from plumbing.kafka import KafkaUnavailable
 from streams.checkpoint import PARTITION_HEADER
 from streams.metrics import count_transitions, count_windows
+from streams.partitions import Partitions
 from streams.windows import ClosedWindows
 
 log = logging.getLogger("cosnap.streams")
@@ -91,6 +92,15 @@ class PanePublisher:
         self._sender = sender
         self._topic = topic
         self._backoff = backoff or Backoff()
+
+    async def send_parts(self, partitions: Partitions, now: float) -> None:
+        """Send the part of each partition in `partitions` whose spanning panes changed or whose
+        clock moved (`AlertEngine.take_partials` at wall time `now`), each under its lock."""
+        for partition, state in partitions.items():
+            async with state.lock:
+                part = state.alerts.take_partials(now)
+                if part is not None:
+                    await self.publish(partition, state.next_offset, part)
 
     async def publish(self, partition: int, offset: int, part: dict[str, Any]) -> None:
         """Send the part of events partition `partition` folded up to `offset` (excluded) and
