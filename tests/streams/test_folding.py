@@ -32,8 +32,7 @@ class Agent:
     """A Folder over one partition (0) of the given state, on a FakeSender; keeps the records it
     acknowledged and counts the times it woke the emission."""
 
-    def __init__(self, state: PartitionState | None = None, panes: bool = False) -> None:
-        """`panes`: the state's engine has spanning rules, whose parts go to topic "panes"."""
+    def __init__(self, state: PartitionState | None = None) -> None:
         self.state = state or fresh()
         self.sender = FakeSender()
         self.acked: list[EventsMessage] = []
@@ -45,7 +44,6 @@ class Agent:
             DeadLetters(self.sender, "dead"),
             self.acked.append,
             self._wake,
-            PanePublisher(self.sender, "panes", QUICK) if panes else None,
             clock=lambda: NOW,
         )
 
@@ -214,11 +212,12 @@ def test_a_checkpoint_never_holds_an_alert_state_kafka_has_not_acknowledged() ->
     asyncio.run(scenario())
 
 
-def test_a_record_that_makes_a_spanning_group_hold_sends_the_partitions_part_with_it() -> None:
+def test_a_record_that_makes_a_spanning_group_hold_sends_the_workers_parts_with_it() -> None:
     """Envelopes keyed by series: a rule that rises (a count above a threshold) and spans
     partitions is evaluated by the merging stage. The record whose events make one of its groups
-    hold on this partition alone sends the partition's part at once, without waiting for the
-    timer; later records of that pane and group wait for it."""
+    hold on its partition alone sends the part of every partition the worker owns at once (the
+    stage evaluates a group once every partition's clock is in its pane), without waiting for
+    the timer; later records of that group and pane wait for it."""
     rules = RuleFile.model_validate(
         {
             "rules": [
@@ -234,22 +233,39 @@ def test_a_record_that_makes_a_spanning_group_hold_sends_the_partitions_part_wit
             ]
         }
     )
+    states = {n: fresh() for n in (0, 1)}
+    for state in states.values():
+        state.alerts = AlertEngine(rules, idle_s=10**9, spanning=frozenset({"probe"}))
+
+    async def load(partitions: list[int]) -> dict[int, PartitionState]:
+        return {n: states[n] for n in partitions}
 
     async def scenario() -> None:
-        state = fresh()
-        state.alerts = AlertEngine(rules, idle_s=10**9, spanning=frozenset({"probe"}))
-        agent = Agent(state, panes=True)
-        await agent.fold(0, record(feature(1, 0)))
-        assert agent.sender.on("panes") == []  # the group does not hold yet: the timer sends it
-        await agent.fold(1, record(feature(2, 1)))
-        [part] = [orjson.loads(r.value) for r in agent.sender.on("panes")]
-        assert (part["source"], part["offset"]) == (0, 2)
-        [[rule, project, values, sent]] = part["groups"]
-        assert (rule, project, values) == ("probe", "p", ["f"])
-        assert sent["panes"][str(int(T0.timestamp()))][0][0] == 2  # the pane's count
-        await agent.fold(2, record(feature(3, 2)))
-        assert len(agent.sender.on("panes")) == 1  # once per group and pane
-        assert agent.sender.on("alerts") == []  # evaluated where the parts are merged
+        sender = FakeSender()
+        folder = Folder(
+            Partitions(load, assigned=lambda: [0, 1]),
+            AlertPublisher(sender, "alerts", QUICK),
+            DeadLetters(sender, "dead"),
+            lambda _: None,
+            lambda: None,
+            PanePublisher(sender, "panes", QUICK),
+            clock=lambda: NOW,
+        )
+        values = [record(feature(n, n)) for n in range(4)]
+        await folder.fold(message(1, 0, values[0]), values[0])
+        await folder.fold(message(0, 0, values[1]), values[1])
+        assert sender.on("panes") == []  # no group holds on a partition's own events: the timer sends
+        await folder.fold(message(0, 1, values[2]), values[2])
+        parts = [orjson.loads(r.value) for r in sender.on("panes")]
+        assert [(part["source"], part["offset"]) for part in parts] == [(0, 2), (1, 1)]
+        for part in parts:
+            [[rule, project, group, sent]] = part["groups"]
+            assert (rule, project, group) == ("probe", "p", ["f"])
+            [[count, *_], _] = sent["panes"][str(int(T0.timestamp()))]
+            assert count == 2 - part["source"]  # each partition's own part of the pane
+        await folder.fold(message(0, 2, values[3]), values[3])
+        assert len(sender.on("panes")) == 2  # once per group and pane
+        assert sender.on("alerts") == []  # evaluated where the parts are merged
 
     asyncio.run(scenario())
 
