@@ -93,7 +93,7 @@ def create_app(settings: IngestSettings, producer: RecordProducer | None = None)
         kafka: RecordProducer = producer or AckedProducer(
             settings.kafka_bootstrap, timeout_s=settings.produce_timeout_s, client_id="cosnap-ingest"
         )
-        packer = EnvelopePacker(kafka, topics.events, linger_s=settings.linger_ms / 1000)
+        packer = EnvelopePacker(kafka, topics.events, linger_s=settings.envelope_linger_s)
         state.kafka = Kafka(kafka, packer)
         yield
         packer.flush_open()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
 from cosnap_metrics.broker import KafkaBroker
+from schemas.settings import IngestSettings
 from tests.conftest import Pipeline, wait_for
 from tests.ingest.contract_strategies import examples
 from tests.ingest.fakes import ServedIngest
@@ -153,3 +154,12 @@ def test_one_project_spreads_over_the_partitions_and_a_retry_lands_with_its_firs
     assert all(len(set(found)) == 1 for found in partitions_of.values())  # a copy with its first
     used = {found[0] for found in partitions_of.values()}
     assert len(used) >= 3, used  # one project, its series over (at least) 3 of the 6 partitions
+
+
+def test_envelopes_keyed_by_series_linger_longer_by_default() -> None:
+    """A request makes an envelope per key: keyed by series they wait 25 ms for the events of
+    concurrent requests, keyed by project 5 ms (docs/reference.md); COSNAP_LINGER_MS sets both."""
+    assert IngestSettings(events_key="project").envelope_linger_s == 0.005
+    assert IngestSettings(events_key="series").envelope_linger_s == 0.025
+    assert IngestSettings(events_key="series", linger_ms=0).envelope_linger_s == 0
+    assert IngestSettings(events_key="project", linger_ms=40).envelope_linger_s == 0.04
