@@ -96,6 +96,7 @@ def _ingest(args: argparse.Namespace) -> int:
         log_config=None,  # uvicorn's records go to the root logger's handler, as JSON
         access_log=False,  # the app logs each request with its request id (ingest/request_ids.py)
         timeout_graceful_shutdown=INGEST_GRACEFUL_S,
+        timeout_keep_alive=settings.ingest_keep_alive_s,
     )
     server = Server(config)
     shutdown = Shutdown(lambda signum: uvicorn.Server.handle_exit(server, signum, None), held)

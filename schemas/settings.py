@@ -155,6 +155,12 @@ class CommonSettings(BaseSettings):
 class IngestSettings(CommonSettings):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8000
+    ingest_keep_alive_s: int = Field(
+        default=75,
+        gt=0,
+        description="How long an idle HTTP connection stays open (uvicorn's own 5 s is shorter than the idle "
+        "time of clients' connection pools: a POST sent as the server closes its connection gets no answer)",
+    )
     produce_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for Kafka's ack")
     max_future_skew_s: float = Field(default=600.0, ge=0, description="Reject events further ahead")
     max_event_age_s: float = Field(default=30 * 86400.0, gt=0, description="Reject events older than this")

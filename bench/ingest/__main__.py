@@ -42,7 +42,8 @@ class Load:
     p50_ms: float
     p99_ms: float
     non_202: int
-    answers: dict[str, int] = field(default_factory=dict)  # requests per HTTP status, "error" for none
+    # requests per HTTP status; "error (why)" for those without an answer
+    answers: dict[str, int] = field(default_factory=dict)
 
 
 def build_loadgen(cache: Path) -> Path:
@@ -77,9 +78,9 @@ def load(
         argv += ["-rate", f"{rate:.1f}"]
     out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     non_202 = out["errors"] + sum(n for code, n in out["statuses"].items() if code != "202")
-    answers = {str(code): n for code, n in out["statuses"].items()} | (
-        {"error": out["errors"]} if out["errors"] else {}
-    )
+    answers = {str(code): n for code, n in out["statuses"].items()} | {
+        f"error ({kind})": n for kind, n in out["error_kinds"].items()
+    }
     return Load(out["per_second"], out["p50_ms"], out["p99_ms"], non_202, answers)
 
 

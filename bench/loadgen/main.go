@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"sort"
 	"sync"
@@ -26,6 +27,9 @@ type result struct {
 	MaxMs     float64     `json:"max_ms"`
 	Statuses  map[int]int `json:"statuses"`
 	Errors    int         `json:"errors"`
+	// Requests without an answer by what went wrong (the URL left out): the 30 s timeout, a
+	// connection the server closed or reset.
+	ErrorKinds map[string]int `json:"error_kinds"`
 }
 
 func main() {
@@ -50,6 +54,7 @@ func main() {
 	latencies := make([]float64, 0, 1<<16)
 	statuses := map[int]int{}
 	errors := 0
+	errorKinds := map[string]int{}
 	send := func(due time.Time) {
 		req, _ := http.NewRequest("POST", *url, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -60,6 +65,10 @@ func main() {
 		defer mu.Unlock()
 		if err != nil {
 			errors++
+			if urlErr, ok := err.(*neturl.Error); ok {
+				err = urlErr.Err
+			}
+			errorKinds[err.Error()]++
 			return
 		}
 		io.Copy(io.Discard, resp.Body)
@@ -111,7 +120,7 @@ func main() {
 	out := result{
 		Requests: len(latencies), Seconds: seconds, PerSecond: float64(len(latencies)) / seconds,
 		P50Ms: pct(0.50), P90Ms: pct(0.90), P99Ms: pct(0.99), MaxMs: pct(1.0),
-		Statuses: statuses, Errors: errors,
+		Statuses: statuses, Errors: errors, ErrorKinds: errorKinds,
 	}
 	json.NewEncoder(os.Stdout).Encode(out)
 }
