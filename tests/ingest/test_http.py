@@ -105,8 +105,26 @@ def test_an_idle_connection_stays_open_longer_than_clients_pools_keep_theirs(pip
         for pause in (0, 6):
             time.sleep(pause)
             sock.sendall(request)
-            answer = sock.recv(65536)
+            answer = one_response(sock)
             assert answer.startswith(b"HTTP/1.1 202"), answer
+
+
+def one_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response read from `sock` (its head and Content-Length bytes of body;
+    the two may arrive in separate segments)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        part = sock.recv(65536)
+        assert part, f"the connection closed after {answer!r}"
+        answer += part
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(n.split(b":", 1)[1]) for n in lines if n.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        part = sock.recv(65536)
+        assert part, f"the connection closed after {answer!r}"
+        body += part
+    return head + b"\r\n\r\n" + body
 
 
 def test_body_cap_is_enforced_while_streaming(served: ServedIngest) -> None:
