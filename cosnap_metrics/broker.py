@@ -10,6 +10,7 @@ umask of the process that starts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -118,10 +119,23 @@ def _downloaded(output: str) -> str:
 
 def free_port() -> int:
     """A TCP port of loopback no process listens on now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    [port] = free_ports(1)
+    return port
+
+
+def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
+    """`count` distinct TCP ports of loopback no process listens on now, none of them in `taken`.
+    Every socket stays bound until all are picked: one at a time, the kernel handed the same
+    port out twice (a three-node cluster got two nodes on one port)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            if port not in taken:
+                ports.append(port)
+        return ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +444,8 @@ def _cluster_layout(data_dir: Path, size: int, port: int, controller_port: int) 
                 "use another data directory"
             )
     else:
-        others = [[node_id, free_port(), free_port()] for node_id in range(2, size + 1)]
+        ports = iter(free_ports(2 * (size - 1), taken={port, controller_port}))
+        others = [[node_id, next(ports), next(ports)] for node_id in range(2, size + 1)]
         layout = {"cluster_id": new_cluster_id(), "nodes": [[1, 0, 0], *others]}
     layout["nodes"][0] = [1, port, controller_port]
     replace_private(path, json.dumps(layout) + "\n")

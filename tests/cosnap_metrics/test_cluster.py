@@ -17,7 +17,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from cosnap_metrics.broker import KafkaCluster, describe_partition
+from cosnap_metrics.broker import KafkaCluster, describe_partition, free_ports
 from cosnap_metrics.provision import ensure_topics
 from schemas.topics import Topics
 from tests.conftest import make_pipeline, wait_for
@@ -163,3 +163,11 @@ def test_run_refuses_a_number_of_brokers_it_cannot_start(tmp_path: Path) -> None
     variable = subprocess.run([CLI, "run"], env=env, capture_output=True, text=True, timeout=60)
     assert variable.returncode == 2 and "2 brokers: `run` starts 1 or 3" in variable.stderr
     assert not (tmp_path / "data" / "kafka-cluster").exists()
+
+
+def test_a_clusters_ports_are_distinct_and_leave_out_the_configured_ones() -> None:
+    """Picked one at a time, the kernel handed two nodes of one cluster the same port."""
+    taken = set(free_ports(2))
+    for _ in range(20):
+        ports = free_ports(6, taken=taken)
+        assert len(set(ports)) == 6 and not taken & set(ports)
