@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 
 from plumbing.backoff import Backoff
+from plumbing.consumer_group import GroupConsumer
 from plumbing.outage import Outage, watch_kafka
 from plumbing.sentry import record_span, sampled_trace
 from schemas.health import ServiceHealth
@@ -140,7 +141,7 @@ class TopicSink:
         self._partitions: list[str] = []
         self._flushed_at: float | None = None  # wall time of the last flush that inserted every row
         self._insert_error: str | None = None  # why the inserts of the current flush fail
-        self._consumer = KafkaConsumer(
+        self._consumer = GroupConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=group_id,

@@ -35,6 +35,7 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from plumbing.backoff import Backoff
+from plumbing.consumer_group import GroupConsumer
 from plumbing.outage import Outage, watch_kafka
 from plumbing.status import serve_status
 from plumbing.stopping import EXIT_UNFLUSHED, Shutdown
@@ -150,7 +151,7 @@ class Notifier:
         self._firing_lock = threading.Lock()
         self._firing: dict[str, AlertRecord] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(len(self._targets), 1), thread_name_prefix="deliver")
-        self._consumer = KafkaConsumer(
+        self._consumer = GroupConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=group_id,

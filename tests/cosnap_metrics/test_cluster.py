@@ -27,13 +27,21 @@ RECOVERED_WITHIN_S = 120.0  # a node started again is back in every ISR (two bus
 
 
 def _configs(cluster: KafkaCluster, kind: ConfigResourceType, name: str) -> dict[str, str]:
-    """The configuration `name` (a topic, a node id) has now, every key with its value."""
-    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap, client_id="cosnap-test")
-    try:
-        described = admin.describe_configs([ConfigResource(kind, name)], config_filter="all")
-    finally:
-        admin.close()
-    return {key: entry["value"] for key, entry in described[kind.name.lower()][name].items()}
+    """The configuration `name` (a topic, a node id) has, every key with its value. A topic just
+    created is described empty by a node that has not yet learnt of it from the controller (it
+    happened in a clean-clone run), so this asks until a node knows it."""
+
+    def described() -> dict[str, str]:
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap, client_id="cosnap-test")
+        try:
+            configs = admin.describe_configs([ConfigResource(kind, name)], config_filter="all")
+        finally:
+            admin.close()
+        return {key: entry["value"] for key, entry in configs[kind.name.lower()][name].items()}
+
+    found = wait_for(described, 30)
+    assert found, f"no node described {kind.name.lower()} {name} within 30 s"
+    return found
 
 
 def _values(cluster: KafkaCluster, topic: str) -> list[bytes]:
