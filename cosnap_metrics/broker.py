@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -117,25 +118,47 @@ def _downloaded(output: str) -> str:
     return words[3].rsplit("/", 1)[-1] if words[:2] == ["Downloaded", "from"] and len(words) > 3 else ""
 
 
+# Ports for listening are picked below the kernel's ephemeral range, from this one up.
+LISTEN_PORTS_FROM = 10_000
+_PICK = random.SystemRandom()  # not reseeded by test runners (the same seed in every process)
+
+
 def free_port() -> int:
-    """A TCP port of loopback no process listens on now (the kernel's pick)."""
+    """A TCP port of loopback no process listens on now (see `free_ports`)."""
     [port] = free_ports(1)
     return port
 
 
 def free_ports(count: int, taken: Collection[int] = ()) -> list[int]:
-    """`count` distinct TCP ports of loopback no process listens on now, none of them in `taken`.
-    Every socket stays bound until all are picked: one at a time, the kernel handed the same
-    port out twice (a three-node cluster got two nodes on one port)."""
+    """`count` distinct TCP ports of loopback no process uses now, none of them in `taken`.
+
+    In a clean-clone test run a port the kernel picked (`bind(0)`) was in use by another process
+    seconds later, when the sink bound it. The kernel picks from its ephemeral range
+    (`ip_local_port_range`), which is also where every outgoing connection gets its local port, so
+    these are picked at random below it. Every socket stays bound until all are picked: one at a
+    time, the kernel handed the same port out twice (a three-node cluster got two nodes on one
+    port)."""
+    below = _ephemeral_start()
     with contextlib.ExitStack() as held:
         ports: list[int] = []
         while len(ports) < count:
             sock = held.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
+            wanted = _PICK.randrange(LISTEN_PORTS_FROM, below) if below > LISTEN_PORTS_FROM else 0
+            try:
+                sock.bind(("127.0.0.1", wanted))
+            except OSError:  # in use
+                continue
             port: int = sock.getsockname()[1]
             if port not in taken:
                 ports.append(port)
         return ports
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 @dataclass(frozen=True, slots=True)

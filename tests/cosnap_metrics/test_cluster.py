@@ -17,7 +17,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from cosnap_metrics.broker import KafkaCluster, describe_partition, free_ports
+from cosnap_metrics.broker import LISTEN_PORTS_FROM, KafkaCluster, describe_partition, free_ports
 from cosnap_metrics.provision import ensure_topics
 from schemas.topics import Topics
 from tests.conftest import make_pipeline, wait_for
@@ -174,8 +174,11 @@ def test_run_refuses_a_number_of_brokers_it_cannot_start(tmp_path: Path) -> None
 
 
 def test_a_clusters_ports_are_distinct_and_leave_out_the_configured_ones() -> None:
-    """Picked one at a time, the kernel handed two nodes of one cluster the same port."""
+    """Picked one at a time, the kernel handed two nodes of one cluster the same port. And none is
+    from the range the kernel gives outgoing connections their local ports from."""
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     taken = set(free_ports(2))
     for _ in range(20):
         ports = free_ports(6, taken=taken)
         assert len(set(ports)) == 6 and not taken & set(ports)
+        assert all(LISTEN_PORTS_FROM <= port < ephemeral for port in ports)
