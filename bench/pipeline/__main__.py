@@ -42,7 +42,14 @@ Flat: the floor's slope grows by at most 5 MiB or 1 % of the starting RSS per 10
 whichever is larger (why: FLAT_MIB_PER_10MIN). Each process's CPU over the soak is reported as
 over a hold.
 
-Exit status 1 when no rate is held, or when the soak is not held or some process's RSS not flat.
+The broker is a JVM, whose RSS grows whenever G1 commits more of its heap (up to -Xmx) and never
+gives it back: a step of RSS is no leak. What a leak grows is the heap still live after a full
+collection. So from the warm-up's end, every LIVE_HEAP_EVERY_S and at the load's end, the soak has
+the broker collect (`jcmd <pid> GC.run`, a pause of a fraction of a second) and reads the heap
+that is left and the heap committed (`jcmd <pid> GC.heap_info`); the broker is flat when the live
+heap's slope is within the same bound (its RSS trend is printed too).
+
+Exit status 1 when no rate is held, or when the soak is not held or not flat.
 """
 
 from __future__ import annotations
@@ -50,8 +57,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -102,6 +111,8 @@ FLOOR_S = 60.0
 # events/s, one byte an event is 5.7 MiB per 10 minutes).
 FLAT_MIB_PER_10MIN = 5.0
 FLAT_SHARE_PER_10MIN = 0.01
+LIVE_HEAP_EVERY_S = 300.0
+INSTRUMENTS = ("loadgen", "bench")  # processes of the benchmark, not of the pipeline
 
 
 def cpu_seconds(pid: int) -> float:
@@ -137,6 +148,81 @@ def child_pid(command: str) -> int | None:
     return None
 
 
+def jvm_heap(pid: int) -> tuple[int, int] | None:
+    """(committed, used) heap of a JVM in kB, from `jcmd <pid> GC.heap_info` (G1's first line:
+    `garbage-first heap   total 262144K, used 123456K [...]`); None when it does not answer."""
+    try:
+        info = subprocess.run(
+            ["jcmd", str(pid), "GC.heap_info"],  # noqa: S607  # the JDK's, beside the broker's java
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return heap_info(info)
+
+
+def heap_info(text: str) -> tuple[int, int] | None:
+    """(committed, used) kB from the text of `jcmd <pid> GC.heap_info`."""
+    found = re.search(r"heap\s+total (\d+)K, used (\d+)K", text)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def jvm_live_heap(pid: int) -> tuple[float, int, int] | None:
+    """(monotonic time, committed kB, live kB): the heap of a JVM right after a full collection
+    it was asked for (`jcmd <pid> GC.run`, System.gc(): a full collection with G1)."""
+    try:
+        subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=60, check=True)  # noqa: S607
+    except (OSError, subprocess.SubprocessError):
+        return None
+    heap = jvm_heap(pid)
+    return (time.monotonic(), *heap) if heap else None
+
+
+class JstatSampler:
+    """A JVM's heap, committed and used, every `every_s`: one `jstat -gc <pid> <ms>` for the whole
+    soak (a jcmd a sample would start a JVM each time), read on a thread."""
+
+    def __init__(self, pid: int, every_s: float) -> None:
+        self.samples: list[tuple[float, int, int]] = []  # (monotonic time, committed kB, used kB)
+        self._jstat = subprocess.Popen(
+            ["jstat", "-gc", str(pid), str(int(every_s * 1000))],  # noqa: S607  # the JDK's, as jcmd
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._run, name="jstat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._jstat.stdout is not None
+        header: list[str] = []
+        for line in self._jstat.stdout:
+            if line.split()[:1] == ["S0C"]:
+                header = line.split()
+            elif header and (heap := jstat_heap(header, line.split())):
+                self.samples.append((time.monotonic(), *heap))
+
+    def close(self) -> None:
+        self._jstat.terminate()
+        self._jstat.wait(10)
+        self._thread.join(2)
+
+
+def jstat_heap(header: list[str], values: list[str]) -> tuple[int, int] | None:
+    """(committed, used) kB of a line of `jstat -gc`: survivors, eden and old generation."""
+    if len(values) != len(header):
+        return None
+    row = dict(zip(header, values, strict=True))
+    try:
+        committed = sum(float(row[c]) for c in ("S0C", "S1C", "EC", "OC"))
+        used = sum(float(row[c]) for c in ("S0U", "S1U", "EU", "OU"))
+    except (KeyError, ValueError):
+        return None
+    return round(committed), round(used)
+
+
 @dataclass(frozen=True)
 class Trend:
     """A process's RSS over a soak after its warm-up (MiB)."""
@@ -170,12 +256,14 @@ def _slope(kept: list[tuple[float, float]]) -> float:
     return statistics.linear_regression([at for at, _ in kept], [v for _, v in kept]).slope * 600
 
 
-def trend(samples: list[tuple[float, int]], after: float, until: float = math.inf) -> Trend:
-    """The trend of (monotonic time s, RSS kB) samples taken from `after` to `until`."""
+def trend(
+    samples: list[tuple[float, int]], after: float, until: float = math.inf, floor_s: float = FLOOR_S
+) -> Trend:
+    """The trend of (monotonic time s, kB) samples taken from `after` to `until`."""
     kept = [(at, kb / 1024) for at, kb in samples if after <= at <= until]
     if not kept:
         return Trend(*[float("nan")] * 5)
-    floors = [(at, kb / 1024) for at, kb in floor(samples) if after <= at <= until]
+    floors = [(at, kb / 1024) for at, kb in floor(samples, floor_s) if after <= at <= until]
     mib = [value for _, value in kept]
     return Trend(mib[0], mib[-1], max(mib), _slope(kept), _slope(floors))
 
@@ -382,6 +470,24 @@ def run_step(
     )
 
 
+@dataclass(frozen=True)
+class Soak:
+    step: Step
+    trends: dict[str, Trend]  # RSS, per process
+    broker_heap: list[tuple[float, int, int]]  # (monotonic time, committed kB, live kB), jvm_live_heap
+    broker_live: Trend  # of the live heap
+    broker_committed: list[tuple[float, int, int]]  # (minute of the soak, committed kB, used kB), jstat
+
+    @property
+    def flat(self) -> bool:
+        """The pipeline's processes: their RSS, the broker's live heap in place of its RSS. The
+        load generator and this benchmark (which keeps every probe for its report) are shown, not
+        judged."""
+        return self.broker_live.flat and all(
+            t.flat for name, t in self.trends.items() if name not in ("kafka", *INSTRUMENTS)
+        )
+
+
 def run_soak(
     bench: Bench,
     services: Services,
@@ -390,17 +496,30 @@ def run_soak(
     minutes: int,
     windows: AggregateReader,
     alerts: AlertListener,
-) -> tuple[Step, dict[str, Trend]]:
+) -> Soak:
     """`minutes` of load at `rate`, checked as a hold is, while every process's RSS is sampled
-    every SAMPLE_S (and printed as it is taken); each process's trend after WARMUP_S."""
+    every SAMPLE_S (and printed as it is taken), and the broker's live heap from the end of the
+    warm-up every LIVE_HEAP_EVERY_S; each one's trend after WARMUP_S."""
     samplers = {name: RssSampler(pid, SAMPLE_S) for name, pid in service_pids(bench, services).items()}
     samplers["bench"] = RssSampler(os.getpid(), SAMPLE_S)
+    heap: list[tuple[float, int, int]] = []
+    jstat = JstatSampler(bench.broker_pid, SAMPLE_S)
     began = time.monotonic()
+    until = began + minutes * 60  # the load's end: not the drain and the final reads of run_step
     stop = threading.Event()
 
     def watch() -> None:
         printed = began
+        collect_at = began + WARMUP_S
         while not stop.wait(1):
+            if time.monotonic() >= min(collect_at, until - 5) and (live := jvm_live_heap(bench.broker_pid)):
+                heap.append(live)
+                print(
+                    f"soak {(live[0] - began) / 60:4.1f} min: broker heap after a full collection "
+                    f"{live[2] / 1024:.0f} MiB of {live[1] / 1024:.0f} MiB committed",
+                    flush=True,
+                )
+                collect_at = math.inf if collect_at >= until - 5 else collect_at + LIVE_HEAP_EVERY_S
             if "loadgen" not in samplers and (pid := child_pid("loadgen")) is not None:
                 samplers["loadgen"] = RssSampler(pid, SAMPLE_S)
             if time.monotonic() - printed >= PRINT_S:
@@ -425,11 +544,14 @@ def run_soak(
         watcher.join()
         for sampler in samplers.values():
             sampler.close()
-    # Up to the load's end: not the drain and the final reads of run_step.
-    until = began + minutes * 60
-    return step, {
+        jstat.close()
+    trends = {
         name: trend(list(sampler.samples), began + WARMUP_S, until) for name, sampler in samplers.items()
     }
+    # Each point its own floor (one sample a collection): window 0.
+    live = trend([(at, kb) for at, _, kb in heap], began + WARMUP_S - 1, until, floor_s=0)
+    committed = [((at - began) / 60, kb, used) for at, kb, used in jstat.samples if at <= until]
+    return Soak(step, trends, heap, live, committed)
 
 
 def describe(step: Step) -> str:
@@ -485,7 +607,7 @@ def main() -> int:
     loadgen = build_loadgen(RunnerSettings().kafka_cache_dir.parent / "loadgen")
 
     steps: list[Step] = []
-    soak: tuple[Step, dict[str, Trend]] | None = None
+    soak: Soak | None = None
     with bench_kafka("pipeline") as bench:
         background_body(bench.work / "body.json")
         rules = yaml.safe_load(DEFAULT_RULES.read_text())
@@ -510,7 +632,7 @@ def main() -> int:
             if args.soak_minutes and soak_rate:
                 bench.progress.note(f"soak: {soak_rate:,} events/s for {args.soak_minutes} min")
                 soak = run_soak(bench, services, loadgen, soak_rate, args.soak_minutes, windows, alerts)
-                print(f"soak {describe(soak[0])}", flush=True)
+                print(f"soak {describe(soak.step)}", flush=True)
                 if dead := services.dead():
                     raise SystemExit(f"{', '.join(dead)} exited:\n{services.tail(dead[0])}")
         finally:
@@ -523,7 +645,7 @@ def main() -> int:
         print(f"\nhighest rate held for {args.hold} s: {max(held, default=0):,} events/s")
         print_tables(steps)
     if soak is not None:
-        step, trends = soak
+        step = soak.step
         print(
             f"\nsoak: {step.rate:,} events/s for {args.soak_minutes} min, "
             f"{'held' if step.held else 'NOT held'}; RSS after a {WARMUP_S:.0f} s warm-up, sampled "
@@ -537,17 +659,33 @@ def main() -> int:
             "| flat |"
         )
         print("|---|---|---|---|---|---|---|---|")
-        for name, t in trends.items():
+        for name, t in soak.trends.items():
+            judged = "(the broker: by its live heap)" if name == "kafka" else ""
+            judged = judged or ("(not judged)" if name in INSTRUMENTS else "")
             print(
                 f"| {name} | {t.start_mib:.0f} | {t.end_mib:.0f} | {t.max_mib:.0f} | "
                 f"{t.slope_mib_per_10min:+.1f} | {t.floor_slope_mib_per_10min:+.1f} | "
-                f"{t.bound_mib_per_10min:.1f} | {'yes' if t.flat else 'no'} |"
+                f"{t.bound_mib_per_10min:.1f} | {'yes' if t.flat else 'no'} {judged} |"
             )
+        live = soak.broker_live
+        print("\n| broker's heap after a full collection, at min | live MiB | committed MiB |")
+        print("|---|---|---|")
+        began = soak.broker_heap[0][0] - WARMUP_S if soak.broker_heap else 0.0
+        for at, committed, kept in soak.broker_heap:
+            print(f"| {(at - began) / 60:.1f} | {kept / 1024:.0f} | {committed / 1024:.0f} |")
+        print(
+            f"\nbroker's live heap: slope {live.slope_mib_per_10min:+.1f} MiB / 10 min, bound "
+            f"{live.bound_mib_per_10min:.1f}: {'flat' if live.flat else 'NOT flat'}"
+        )
+        print("\nbroker's heap committed (jstat, every 10 s), at each change: minute, committed, used MiB")
+        shown = None
+        for minute, kb, used in soak.broker_committed:
+            if kb != shown:
+                print(f"  {minute:5.1f} min: {kb / 1024:.0f} committed, {used / 1024:.0f} used")
+                shown = kb
     print(f"\nmeasured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores")
     holds_ok = not rates or bool(held)
-    soak_ok = not args.soak_minutes or (
-        soak is not None and soak[0].held and all(t.flat for t in soak[1].values())
-    )
+    soak_ok = not args.soak_minutes or (soak is not None and soak.step.held and soak.flat)
     return 0 if holds_ok and soak_ok else 1
 
 

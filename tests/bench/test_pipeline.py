@@ -1,14 +1,24 @@
-"""The soak's RSS trend of bench/pipeline: its slope and when it is flat (pure; the soak itself
-is a benchmark, not a test)."""
+"""The soak's RSS trend of bench/pipeline: its slope and when it is flat, and the broker judged by
+its live heap (pure; the soak itself is a benchmark, not a test)."""
 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.pipeline.__main__ import FLAT_MIB_PER_10MIN, SAMPLE_S, WARMUP_S, trend
+from bench.pipeline.__main__ import (
+    FLAT_MIB_PER_10MIN,
+    SAMPLE_S,
+    WARMUP_S,
+    Soak,
+    Step,
+    heap_info,
+    jstat_heap,
+    trend,
+)
 
 MIB = 1024  # kB
 
@@ -67,3 +77,50 @@ def test_too_few_samples_are_never_flat() -> None:
     assert math.isnan(one.slope_mib_per_10min)
     assert not one.flat
     assert not trend([], WARMUP_S).flat
+
+
+def test_the_jvms_heap_is_read_from_jcmd_and_its_live_heap_judges_the_broker() -> None:
+    text = (
+        "12345:\n garbage-first heap   total 401408K, used 187392K [0x00000000d0000000, 0x0000000100000000)\n"
+        "  region size 1024K, 30 young (30720K), 4 survivors (4096K)\n"
+        " Metaspace       used 61234K, committed 61824K, reserved 1105920K\n"
+    )
+    assert heap_info(text) == (401408, 187392)
+    assert heap_info("12345:\ncom.sun.tools.attach.AttachNotSupportedException") is None
+    header = [
+        "S0C",
+        "S1C",
+        "S0U",
+        "S1U",
+        "EC",
+        "EU",
+        "OC",
+        "OU",
+        "MC",
+        "MU",
+        "CCSC",
+        "CCSU",
+        "YGC",
+        "YGCT",
+        "FGC",
+        "FGCT",
+        "CGC",
+        "CGCT",
+        "GCT",
+    ]
+    line = "0.0 4096.0 0.0 4096.0 155648.0 90112.0 241664.0 93184.0 61824.0 61234.1 7168.0 6500.2 "
+    line += "120 1.234 0 0.000 8 0.050 1.284"
+    assert jstat_heap(header, line.split()) == (401408, 187392)
+    assert jstat_heap(header, ["-"] * len(header)) is None
+    assert jstat_heap(header, line.split()[:5]) is None
+
+    steady = trend(samples(500, 0.5), WARMUP_S)
+    stepped = trend(samples(450, 120), WARMUP_S)  # as the broker's RSS once G1 committed more heap
+    flat_heap = trend([(WARMUP_S + i * 300, 180 * MIB) for i in range(5)], WARMUP_S, floor_s=0)
+    growing_heap = trend([(WARMUP_S + i * 300, (180 + 10 * i) * MIB) for i in range(5)], WARMUP_S, floor_s=0)
+    assert not stepped.flat and flat_heap.flat and not growing_heap.flat
+    judged = {"sink": steady, "kafka": stepped, "loadgen": stepped, "bench": stepped}
+    step = cast(Step, None)  # the holds' checks are not the trend's
+    assert Soak(step, judged, [], flat_heap, []).flat
+    assert not Soak(step, judged, [], growing_heap, []).flat
+    assert not Soak(step, judged | {"sink": stepped}, [], flat_heap, []).flat
