@@ -510,16 +510,19 @@ def run_soak(
 
     def watch() -> None:
         printed = began
-        collect_at = began + WARMUP_S
+        # From the warm-up's end every LIVE_HEAP_EVERY_S, and 5 s before the load's end.
+        collections = [began + WARMUP_S + k * LIVE_HEAP_EVERY_S for k in range(minutes)]
+        collections = [at for at in collections if at < until - 5] + [until - 5]
         while not stop.wait(1):
-            if time.monotonic() >= min(collect_at, until - 5) and (live := jvm_live_heap(bench.broker_pid)):
-                heap.append(live)
-                print(
-                    f"soak {(live[0] - began) / 60:4.1f} min: broker heap after a full collection "
-                    f"{live[2] / 1024:.0f} MiB of {live[1] / 1024:.0f} MiB committed",
-                    flush=True,
-                )
-                collect_at = math.inf if collect_at >= until - 5 else collect_at + LIVE_HEAP_EVERY_S
+            if collections and time.monotonic() >= collections[0]:
+                collections.pop(0)
+                if live := jvm_live_heap(bench.broker_pid):
+                    heap.append(live)
+                    print(
+                        f"soak {(live[0] - began) / 60:4.1f} min: broker heap after a full collection "
+                        f"{live[2] / 1024:.0f} MiB of {live[1] / 1024:.0f} MiB committed",
+                        flush=True,
+                    )
             if "loadgen" not in samplers and (pid := child_pid("loadgen")) is not None:
                 samplers["loadgen"] = RssSampler(pid, SAMPLE_S)
             if time.monotonic() - printed >= PRINT_S:
