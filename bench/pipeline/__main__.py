@@ -474,7 +474,7 @@ def run_step(
 class Soak:
     step: Step
     trends: dict[str, Trend]  # RSS, per process
-    broker_heap: list[tuple[float, int, int]]  # (monotonic time, committed kB, live kB), jvm_live_heap
+    broker_heap: list[tuple[float, int, int]]  # (minute of the soak, committed kB, live kB), jvm_live_heap
     broker_live: Trend  # of the live heap
     broker_committed: list[tuple[float, int, int]]  # (minute of the soak, committed kB, used kB), jstat
 
@@ -553,8 +553,9 @@ def run_soak(
     }
     # Each point its own floor (one sample a collection): window 0.
     live = trend([(at, kb) for at, _, kb in heap], began + WARMUP_S - 1, until, floor_s=0)
+    collected = [((at - began) / 60, kb, kept) for at, kb, kept in heap]
     committed = [((at - began) / 60, kb, used) for at, kb, used in jstat.samples if at <= until]
-    return Soak(step, trends, heap, live, committed)
+    return Soak(step, trends, collected, live, committed)
 
 
 def describe(step: Step) -> str:
@@ -673,9 +674,8 @@ def main() -> int:
         live = soak.broker_live
         print("\n| broker's heap after a full collection, at min | live MiB | committed MiB |")
         print("|---|---|---|")
-        began = soak.broker_heap[0][0] - WARMUP_S if soak.broker_heap else 0.0
-        for at, committed, kept in soak.broker_heap:
-            print(f"| {(at - began) / 60:.1f} | {kept / 1024:.0f} | {committed / 1024:.0f} |")
+        for minute, committed, kept in soak.broker_heap:
+            print(f"| {minute:.1f} | {kept / 1024:.0f} | {committed / 1024:.0f} |")
         print(
             f"\nbroker's live heap: slope {live.slope_mib_per_10min:+.1f} MiB / 10 min, bound "
             f"{live.bound_mib_per_10min:.1f}: {'flat' if live.flat else 'NOT flat'}"
