@@ -44,7 +44,9 @@ def _joined_then_grown(kind: Callable[..., KafkaConsumer], kafka: KafkaBroker, t
     )
     assert wait_for(lambda: consumer.partitions_for_topic(topic), 30)
     consumer.subscribe([topic])
-    assert wait_for(lambda: consumer.poll(timeout_ms=200) is not None and _commits(consumer, topic), 30)
+    # Polls long enough for each join to finish within one: a shorter one can leave even this
+    # first join half done with KafkaConsumer.
+    assert wait_for(lambda: consumer.poll(timeout_ms=2_000) is not None and _commits(consumer, topic), 30)
     assert len(consumer.assignment()) == 2
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap, client_id="cosnap-test")
     try:
