@@ -58,8 +58,10 @@ def start(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[
 def children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        listed = task / "children"
-        found |= set(map(int, listed.read_text().split())) if listed.exists() else set()
+        try:
+            found |= set(map(int, (task / "children").read_text().split()))
+        except (FileNotFoundError, ProcessLookupError):  # the task ended since it was listed
+            continue
     return found
 
 
